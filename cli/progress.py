@@ -1,0 +1,50 @@
+"""rich progress bars fed by the engine's progress(stage, done, total) callback."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+STAGE_LABELS = {
+    "encode": "pass 1: encode",
+    "communicate": "communicate",
+    "decode": "pass 2: decode + write",
+}
+
+
+@contextlib.contextmanager
+def progress_reporter(quiet: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """A callback drawing one bar per stage on stderr; a no-op when quiet."""
+    if quiet:
+        yield lambda stage, done, total: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    tasks: dict[str, int] = {}
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(STAGE_LABELS.get(stage, stage), total=total, rate="")
+            task = tasks[stage]
+            elapsed = bar.tasks[task].elapsed or 0.0
+            rate = f"{done / elapsed:.1f} /s" if elapsed > 0 else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield update

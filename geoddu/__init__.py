@@ -1,0 +1,20 @@
+"""geoddu: segment huge GeoTIFFs with DDU-Net, a domain-decomposition U-Net."""
+
+__version__ = "0.1.0"
+
+from .errors import Cancelled, GeodduError  # noqa: E402
+
+__all__ = ["Cancelled", "GeodduError", "__version__", "load_model", "segment"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import geoddu` stays cheap (no torch/rasterio import) for the CLI's --help and QGIS.
+    if name == "load_model":
+        from .predictor import load_model
+
+        return load_model
+    if name == "segment":
+        from .engine.streaming import segment
+
+        return segment
+    raise AttributeError(f"module 'geoddu' has no attribute {name!r}")

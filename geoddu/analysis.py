@@ -1,0 +1,175 @@
+"""Receptive field, parameter and memory accounting (the paper's Tables IV, V, VIII and IX)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from .models.ddunet import DEFAULT_CONFIG, DDUNet
+
+# -- receptive field ---------------------------------------------------------------------------
+# A layer on the path from the input to one output pixel: ("conv", kernel, stride, dilation)
+# covers pooling too; ("up", kernel, stride) is a transposed convolution.
+Op = tuple[Any, ...]
+
+
+def _conv(k: int, s: int = 1, d: int = 1) -> Op:
+    return ("conv", k, s, d)
+
+
+def _encoder_path(cfg: dict[str, Any]) -> list[Op]:
+    enc = cfg["encoder"]
+    if enc == "unet":
+        path = [_conv(3), _conv(3)]
+        for _ in range(cfg["depth"]):
+            path += [_conv(2, 2), _conv(3), _conv(3)]
+        return path
+    # ResNets: stem, max-pool, then the residual branch (the longer path) of every block.
+    path = [_conv(7, 2), _conv(3, 2)]
+    blocks = {"resnet18": [2, 2, 2], "resnet50": [3, 4, 6]}[enc]
+    for stage, n in enumerate(blocks):
+        for b in range(n):
+            s = 2 if (stage > 0 and b == 0) else 1
+            path += [_conv(3, s), _conv(3)] if enc == "resnet18" else [_conv(1), _conv(3, s), _conv(1)]
+    return path + [_conv(3), _conv(3)]  # inter-conv
+
+
+def _decoder_path(cfg: dict[str, Any]) -> list[Op]:
+    ups = cfg["depth"] if cfg["encoder"] == "unet" else 4
+    return [op for _ in range(ups) for op in (("up", 2, 2), _conv(3), _conv(3))] + [_conv(1)]
+
+
+def receptive_field(config: dict[str, Any] | None = None, communicate: bool | None = None) -> int:
+    """Theoretical receptive field (pixels along one side) of one output pixel.
+
+    Computed backwards from one output pixel, layer by layer: a conv grows the region to
+    s*(r-1) + d*(k-1) + 1; a 2x2 stride-2 transposed conv maps r fine cells onto ceil(r/2)
+    coarse ones (the pixel aligned with the up-sampling grid). This reproduces Table IV:
+    U-Net 44 / 92 / 188 and DDU-Net 92 / 188 / 380 for D = 2 / 3 / 4 (for DDU-Net, one
+    infinitely large subimage, as in the paper). It equals the smallest footprint of
+    d(output pixel)/d(input) over pixel positions; see tests/test_receptive_field.py.
+    """
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    with_comm = cfg["comm_features"] > 0 if communicate is None else communicate
+    comm = [_conv(cfg["comm_kernel"], 1, cfg["comm_dilation"])] * cfg["comm_layers"]
+    path = _encoder_path(cfg) + (comm if with_comm else []) + _decoder_path(cfg)
+    r = 1
+    for op in reversed(path):
+        if op[0] == "conv":
+            _, k, s, d = op
+            r = s * (r - 1) + d * (k - 1) + 1
+        else:
+            _, k, s = op
+            r = max(1, math.ceil((r - k) / s) + 1)
+    return r
+
+
+def receptive_fields(config: dict[str, Any] | None = None) -> dict[str, int]:
+    return {
+        "without_communication": receptive_field(config, communicate=False),
+        "with_communication": receptive_field(config, communicate=True),
+    }
+
+
+# -- parameters --------------------------------------------------------------------------------
+def count_parameters(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(model: DDUNet) -> dict[str, Any]:
+    """Totals per part plus a block-by-block breakdown in the order of Tables V and IX."""
+    enc, dec = model.encoder, model.decoder
+    blocks: list[tuple[str, nn.Module | None]] = []
+    if model.config["encoder"] == "unet":
+        blocks.append(("input block", enc.inc))
+        blocks += [(f"encoder block {i + 1}", d) for i, d in enumerate(enc.downs)]
+    else:
+        blocks += [
+            ("block1 (conv1+bn1)", nn.ModuleList([enc.conv1, enc.bn1])),
+            ("block2 (layer1)", enc.layer1),
+            ("block3 (layer2)", enc.layer2),
+            ("block4 (layer3)", enc.layer3),
+            ("inter-conv", enc.inter_conv),
+        ]
+    blocks += [(f"decoder block {i + 1}", u) for i, u in enumerate(dec.ups)]
+    if dec.final is not None:
+        blocks.append((f"decoder block {len(dec.ups) + 1}", dec.final))
+    blocks.append(("output block", dec.head))
+    ed = count_parameters(enc) + count_parameters(dec)
+    comm = count_parameters(model.comm)
+    return {
+        "encoder_decoder": ed,
+        "communication": comm,
+        "total": ed + comm,
+        "blocks": {name: count_parameters(m) for name, m in blocks},
+    }
+
+
+# -- memory ------------------------------------------------------------------------------------
+@dataclass
+class MemoryRow:
+    name: str
+    size: int
+    in_channels: int
+    out_channels: int
+    values: int
+    megabytes: float
+    weights: int
+
+
+def memory_table(
+    model: DDUNet, height: int = 1024, width: int | None = None, subimages: int = 1
+) -> list[dict[str, Any]]:
+    """Feature-map memory stored for training, per block, in the manner of Table V.
+
+    Rules (float32 maps, 4 bytes): a double conv block keeps 4 maps of its output width (two
+    conv outputs, two BatchNorm outputs; ReLU and dropout act in place); a down block adds the
+    pooled input and the max-pool indices (int64); an up block adds the concatenated input; the
+    communication network keeps its input mosaic and 3 x 2 maps. With these rules the U-Net rows
+    of Table V come out (67M, 42M/176 MB, 21M/88 MB, ..., 101M/384 MB); the paper's
+    communication row is 7.6M where these rules give 7.3M (its derivation is not given).
+    `height` x `width` is the whole image; `subimages` only scales the communication row, which
+    sees the mosaic of all subimages of one subimage size (height x width).
+    """
+    if model.config["encoder"] != "unet":
+        raise ValueError("the memory table is defined for the U-Net encoder-decoder")
+    width = width or height
+    cfg = model.config
+    ch = model.encoder.channels
+    counts = parameter_counts(model)["blocks"]
+    rows: list[MemoryRow] = []
+
+    def add(name: str, scale: int, cin: int, cout: int, values: int, extra_bytes: int, w: int,
+            size: int | None = None) -> None:
+        hw = (height // scale) * (width // scale)
+        vals = values * hw
+        mb = (vals * 4 + extra_bytes * hw) / 2**20
+        rows.append(MemoryRow(name, size or height // scale, cin, cout, vals, round(mb, 2), w))
+
+    add("input", 1, cfg["in_channels"], cfg["in_channels"], cfg["in_channels"], 0, 0)
+    add("input block", 1, cfg["in_channels"], ch[0], 4 * ch[0], 0, counts["input block"])
+    for i in range(cfg["depth"]):
+        s = 2 ** (i + 1)
+        # pooled input (float32) + its indices (int64, 8 bytes) + 4 maps of the output width
+        add(f"encoder block {i + 1}", s, ch[i], ch[i + 1], 2 * ch[i] + 4 * ch[i + 1],
+            8 * ch[i] - 4 * ch[i], counts[f"encoder block {i + 1}"])
+    f = cfg["comm_features"]
+    if f:
+        s = model.stride
+        hw = (height // s) * (width // s) * subimages
+        vals = (1 + 2 * cfg["comm_layers"]) * f * hw
+        rows.append(MemoryRow("communication network", height // s, f, f, vals,
+                              round(vals * 4 / 2**20, 2), count_parameters(model.comm)))
+    for i in range(cfg["depth"]):
+        level = cfg["depth"] - 1 - i
+        s = 2**level
+        # concatenated input (skip + up-sampled) + 4 maps of the output width
+        # Table V lists a decoder block under the size of its (coarser) input.
+        add(f"decoder block {i + 1}", s, ch[level + 1], ch[level], 6 * ch[level], 0,
+            counts[f"decoder block {i + 1}"], size=height // (2 * s))
+    add("output block", 1, ch[0], cfg["num_classes"], cfg["num_classes"], 0,
+        counts["output block"])
+    return [asdict(r) for r in rows]

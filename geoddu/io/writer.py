@@ -1,0 +1,413 @@
+"""Atomic, tiled, georeferenced GeoTIFF outputs.
+
+Every output is written to a hidden temporary file next to the destination (same filesystem,
+so the final ``os.replace`` is atomic) and only renamed over the destination once it is
+complete: overviews built and, if asked, converted to a Cloud-Optimised GeoTIFF. A crash, an
+exception or Ctrl-C leaves the destination exactly as it was and removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from geoddu.errors import GeodduError
+
+__all__ = ["AtomicOutput", "ClassMapWriter", "FloatRasterWriter", "overview_factors"]
+
+TILE = 512
+CLASS_NODATA = 255
+TEMP_MARKER = ".geoddu-tmp-"
+
+# Sidecars GDAL may create next to a dataset; a discarded temp file must not leave them behind.
+_SIDECARS = ("", ".aux.xml", ".ovr", ".msk")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # Outputs of non-georeferenced inputs (microscopy) are legitimately in pixel space; GDAL's
+    # "no geotransform" warning would only confuse users.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+class AtomicOutput:
+    """A destination path plus the temporary file that replaces it only on success.
+
+    Use as a context manager (commit on normal exit, discard on any exception) or call
+    :meth:`commit` / :meth:`discard` explicitly. Nothing is created on disk until the caller
+    writes :attr:`temp`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        self.path = Path(os.fspath(path))
+        self.overwrite = overwrite
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise GeodduError(f"{parent}: output directory does not exist")
+        if self.path.is_dir():
+            raise GeodduError(f"{self.path}: is a directory")
+        if self.path.exists() and not overwrite:
+            raise GeodduError(f"{self.path} exists; pass --overwrite to replace it")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise GeodduError(f"{parent}: output directory is not writable")
+        self._temps: list[Path] = []
+        self.temp = self.scratch()
+        self.done = False
+
+    def scratch(self) -> Path:
+        """Another temporary path beside the destination, removed on commit or discard."""
+        # Leading dot and marker: nobody mistakes it for a result, and it sorts away from them.
+        while True:
+            name = f".{self.path.name}{TEMP_MARKER}{secrets.token_hex(4)}"
+            candidate = self.path.with_name(name)
+            if not candidate.exists():
+                self._temps.append(candidate)
+                return candidate
+
+    def _remove_temps(self) -> None:
+        for temp in self._temps:
+            for suffix in _SIDECARS:
+                Path(str(temp) + suffix).unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Move :attr:`temp` over the destination and remove every other temporary file."""
+        if self.done:
+            raise ValueError(f"{self.path}: output already committed or discarded")
+        try:
+            if not self.temp.is_file():
+                raise GeodduError(f"{self.path}: nothing was written")
+            # The destination may have appeared while we were working (another run).
+            if self.path.exists() and not self.overwrite:
+                raise GeodduError(f"{self.path} exists; pass --overwrite to replace it")
+            os.replace(self.temp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        self.done = True
+        self._remove_temps()
+
+    def discard(self) -> None:
+        """Delete every temporary file; the destination is left untouched. Idempotent."""
+        self.done = True
+        self._remove_temps()
+
+    def __enter__(self) -> AtomicOutput:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            if not self.done:
+                self.commit()
+        else:
+            self.discard()
+
+
+def overview_factors(width: int, height: int, smallest: int = 256) -> list[int]:
+    """Factors 2, 4, 8... down to the last level whose longer side is still >= ``smallest``."""
+    factors = []
+    factor = 2
+    while math.ceil(max(width, height) / factor) >= smallest:
+        factors.append(factor)
+        factor *= 2
+    return factors
+
+
+class _TiledWriter:
+    """Shared machinery: a tiled DEFLATE GeoTIFF written window by window, then committed."""
+
+    _dtype: str
+    _nodata: float
+    _predictor: int
+    _resampling: Resampling
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        width: int,
+        height: int,
+        count: int,
+        crs: Any,
+        transform: Affine | None,
+        overwrite: bool,
+        cog: bool,
+    ) -> None:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"output size must be positive, got {width}x{height}")
+        self.path = Path(os.fspath(path))
+        self.width = int(width)
+        self.height = int(height)
+        self.count = count
+        self.cog = cog
+        self._out = AtomicOutput(path, overwrite=overwrite)
+        # For a COG the tiled GeoTIFF is only an intermediate; the COG driver writes the
+        # final layout (overviews before data, ghost header) in a single copy.
+        self._gtiff = self._out.scratch() if cog else self._out.temp
+        georef: dict[str, Any] = {}
+        if crs is not None:
+            georef["crs"] = crs
+        if transform is not None and (crs is not None or not transform.is_identity):
+            georef["transform"] = transform
+        try:
+            with _quiet():
+                self._ds = rasterio.open(
+                    self._gtiff,
+                    "w",
+                    driver="GTiff",
+                    width=self.width,
+                    height=self.height,
+                    count=count,
+                    dtype=self._dtype,
+                    nodata=self._nodata,
+                    tiled=True,
+                    blockxsize=TILE,
+                    blockysize=TILE,
+                    compress="deflate",
+                    predictor=self._predictor,
+                    bigtiff="IF_SAFER",
+                    **georef,
+                )
+        except (RasterioError, OSError) as exc:
+            self._out.discard()
+            raise GeodduError(f"{self.path}: cannot create output: {exc}") from exc
+        self._finished = False
+
+    def _clip(
+        self, array: np.ndarray, row_off: int, col_off: int
+    ) -> tuple[np.ndarray, Window] | None:
+        if self._finished:
+            raise ValueError(f"{self.path}: write after the writer was closed or aborted")
+        row_off, col_off = int(row_off), int(col_off)
+        h, w = array.shape[-2:]
+        r0, r1 = max(row_off, 0), min(row_off + h, self.height)
+        c0, c1 = max(col_off, 0), min(col_off + w, self.width)
+        if r0 >= r1 or c0 >= c1:
+            return None
+        part = array[..., r0 - row_off : r1 - row_off, c0 - col_off : c1 - col_off]
+        return part, Window(c0, r0, c1 - c0, r1 - r0)
+
+    def _write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
+        clipped = self._clip(array, row_off, col_off)
+        if clipped is None:
+            return
+        part, window = clipped
+        try:
+            self._ds.write(np.ascontiguousarray(part), window=window)
+        except RasterioError as exc:
+            self.abort()
+            raise GeodduError(f"{self.path}: write failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Finish: build overviews, convert to COG if asked, and move into place."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            with _quiet():
+                factors = overview_factors(self.width, self.height)
+                if factors:
+                    self._ds.build_overviews(factors, self._resampling)
+                    self._ds.update_tags(ns="rio_overview", resampling=self._resampling.name)
+                self._ds.close()
+                if self.cog:
+                    rasterio.shutil.copy(
+                        self._gtiff,
+                        self._out.temp,
+                        driver="COG",
+                        BLOCKSIZE=TILE,
+                        COMPRESS="DEFLATE",
+                        PREDICTOR="YES",
+                        BIGTIFF="IF_SAFER",
+                        # The overviews built above are reused; RESAMPLING only matters if
+                        # the driver decides to add levels of its own.
+                        OVERVIEWS="AUTO",
+                        RESAMPLING=self._resampling.name.upper(),
+                    )
+            self._out.commit()
+        except (RasterioError, OSError) as exc:  # e.g. disk full
+            self._discard()
+            raise GeodduError(f"{self.path}: finishing the output failed: {exc}") from exc
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        try:
+            self._ds.close()
+        finally:
+            self._out.discard()
+
+    def abort(self) -> None:
+        """Stop writing and delete the temporary file; the destination is left untouched."""
+        self._finished = True
+        self._discard()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ClassMapWriter(_TiledWriter):
+    """Single-band uint8 class map: nodata 255, colour table and class names.
+
+    Class ``i`` is drawn in ``class_colors[i]``; 255 (no prediction) is transparent. Class
+    names are stored as dataset tags ``CLASS_NAMES`` (a JSON list) and ``CLASS_0``,
+    ``CLASS_1``... Overviews use mode resampling so they stay valid classes.
+    """
+
+    _dtype = "uint8"
+    _nodata = CLASS_NODATA
+    _predictor = 2
+    _resampling = Resampling.mode
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        width: int,
+        height: int,
+        crs: Any,
+        transform: Affine | None,
+        class_names: Sequence[str],
+        class_colors: Sequence[tuple[int, int, int]],
+        overwrite: bool = False,
+        cog: bool = False,
+    ) -> None:
+        names = [str(n) for n in class_names]
+        colors = [tuple(int(v) for v in c) for c in class_colors]
+        if not names:
+            raise GeodduError("a class map needs at least one class name")
+        if len(names) > CLASS_NODATA:
+            raise GeodduError(f"{len(names)} classes do not fit a uint8 map with 255 as nodata")
+        if len(colors) != len(names):
+            raise GeodduError(f"{len(names)} class names but {len(colors)} class colours")
+        for name, color in zip(names, colors, strict=True):
+            if len(color) != 3 or not all(0 <= v <= 255 for v in color):
+                raise GeodduError(f"class {name!r}: colour {color} is not an RGB triple 0-255")
+        self.class_names = names
+        self.class_colors = colors
+        super().__init__(
+            path,
+            width=width,
+            height=height,
+            count=1,
+            crs=crs,
+            transform=transform,
+            overwrite=overwrite,
+            cog=cog,
+        )
+        try:
+            colormap = {i: (*c, 255) for i, c in enumerate(colors)}
+            colormap[CLASS_NODATA] = (0, 0, 0, 0)
+            self._ds.write_colormap(1, colormap)
+            self._ds.update_tags(
+                CLASS_NAMES=json.dumps(names),
+                **{f"CLASS_{i}": name for i, name in enumerate(names)},
+            )
+            self._ds.set_band_description(1, "class")
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> ClassMapWriter:
+        return self
+
+    def write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
+        """Write class indices (h, w) at (row_off, col_off); parts off the image are dropped."""
+        array = np.asarray(array)
+        if array.ndim != 2:
+            raise ValueError(f"class map window must be (h, w), got shape {array.shape}")
+        if array.dtype != np.uint8:
+            if array.dtype.kind not in "iu":
+                raise TypeError(f"class map window must be integers, got {array.dtype}")
+            if array.size and (array.min() < 0 or array.max() > 255):
+                raise ValueError("class map values must be in 0..255")
+            array = array.astype(np.uint8)
+        self._write(array[np.newaxis], row_off, col_off)
+
+
+class FloatRasterWriter(_TiledWriter):
+    """float32 multi-band raster (per-class probabilities, confidence), nodata NaN.
+
+    Each band's description is its name in ``band_descriptions``. Overviews average.
+    """
+
+    _dtype = "float32"
+    _nodata = float("nan")
+    _predictor = 3  # floating-point predictor: DEFLATE compresses floats far better with it
+    _resampling = Resampling.average
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        width: int,
+        height: int,
+        crs: Any,
+        transform: Affine | None,
+        band_descriptions: Sequence[str],
+        overwrite: bool = False,
+        cog: bool = False,
+    ) -> None:
+        names = [str(n) for n in band_descriptions]
+        if not names:
+            raise GeodduError("a float raster needs at least one band name")
+        self.band_descriptions = names
+        super().__init__(
+            path,
+            width=width,
+            height=height,
+            count=len(names),
+            crs=crs,
+            transform=transform,
+            overwrite=overwrite,
+            cog=cog,
+        )
+        try:
+            for i, name in enumerate(names, start=1):
+                self._ds.set_band_description(i, name)
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> FloatRasterWriter:
+        return self
+
+    def write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
+        """Write (bands, h, w) at (row_off, col_off); a single band may be given as (h, w)."""
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim == 2 and self.count == 1:
+            array = array[np.newaxis]
+        if array.ndim != 3 or array.shape[0] != self.count:
+            raise ValueError(f"expected a ({self.count}, h, w) window, got shape {array.shape}")
+        self._write(array, row_off, col_off)

@@ -1,0 +1,78 @@
+"""Dice loss (Eq. 1) and dataset-wide IoU / mIoU (Eqs. 2 and 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    eps: float = 1e-7,
+    ignore_index: int | None = None,
+) -> torch.Tensor:
+    """DL = 1 - 2 (sum_p sum_k y_kp yhat_kp + eps) / (sum y + sum yhat + eps).
+
+    `logits` (B, K, H, W), `target` (B, H, W) class ids. Sums run over every pixel of the batch
+    and every class at once, as in Eq. (1). Pixels labelled `ignore_index` are left out of all
+    three sums.
+    """
+    probs = torch.softmax(logits.float(), dim=1)
+    k = logits.shape[1]
+    valid = None
+    if ignore_index is not None:
+        valid = target != ignore_index
+        target = torch.where(valid, target, torch.zeros_like(target))
+    onehot = F.one_hot(target.long(), k).permute(0, 3, 1, 2).to(probs.dtype)
+    if valid is not None:
+        mask = valid.unsqueeze(1).to(probs.dtype)
+        probs = probs * mask
+        onehot = onehot * mask
+    inter = (onehot * probs).sum()
+    return 1 - 2 * (inter + eps) / (onehot.sum() + probs.sum() + eps)
+
+
+class IoUAccumulator:
+    """Per-class IoU accumulated over a whole dataset (not averaged per image), Eq. (2).
+
+    IoU_k = TP_k / (TP_k + FP_k + FN_k) with counts summed over all images; mIoU (Eq. 3) is the
+    mean over the classes that are not ignored and that occur in the labels or predictions.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> None:
+        pred = _np(pred).ravel().astype(np.int64)
+        target = _np(target).ravel().astype(np.int64)
+        keep = (target >= 0) & (target < self.num_classes)
+        if self.ignore_index is not None:
+            # Ignored pixels count neither as hits nor as misses of any class.
+            keep &= target != self.ignore_index
+        idx = target[keep] * self.num_classes + pred[keep]
+        self.confusion += np.bincount(idx, minlength=self.num_classes**2).reshape(
+            self.num_classes, self.num_classes
+        )
+
+    def iou(self) -> np.ndarray:
+        """IoU per class; NaN where a class never occurs in labels or predictions."""
+        tp = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(union > 0, tp / union, np.nan)
+        if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:
+            out[self.ignore_index] = np.nan
+        return out
+
+    def miou(self) -> float:
+        vals = self.iou()
+        vals = vals[~np.isnan(vals)]
+        return float(vals.mean()) if vals.size else float("nan")
+
+
+def _np(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -1,0 +1,293 @@
+"""DDU-Net(D, F, C): weight-shared encoder-decoder clones joined by a communication network."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import GeodduError
+from ..partition import Partition
+from .communication import CommunicationNetwork
+from .resnet import RESNET_ENCODERS, ResNetEncoder
+from .unet import UNetDecoder, UNetEncoder
+
+ENCODERS = ("unet", *RESNET_ENCODERS)
+
+# The keywords every front uses; the names follow segmentation-models-pytorch / torchgeo.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "encoder": "unet",
+    "in_channels": 3,
+    "num_classes": 3,
+    "depth": 4,
+    "base_channels": 16,
+    "comm_features": 64,
+    "communicate": True,
+    "comm_layers": 3,
+    "comm_kernel": 5,
+    "comm_dilation": 1,
+    "up_bias": True,
+    "dropout": 0.1,
+}
+
+
+class DDUNet(nn.Module):
+    """Encoder-decoder clones on N x M subimages with the last F bottleneck maps communicated.
+
+    With `comm_features=0` on a 1x1 partition this is exactly the plain U-Net. With
+    `communicate=False` and F > 0 the F maps go through the communication network one subimage
+    at a time (the paper's C=N: extra bottleneck convolutions, no exchange).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 3,
+        encoder: str = "unet",
+        depth: int = 4,
+        base_channels: int = 16,
+        comm_features: int = 64,
+        communicate: bool = True,
+        comm_layers: int = 3,
+        comm_kernel: int = 5,
+        comm_dilation: int = 1,
+        up_bias: bool = True,
+        dropout: float = 0.1,
+        encoder_weights: str | None = None,
+        freeze_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        if encoder == "unet":
+            self.encoder: nn.Module = UNetEncoder(in_channels, base_channels, depth, dropout)
+            self.decoder = UNetDecoder(
+                self.encoder.out_channels, self.encoder.skip_channels, num_classes, up_bias, dropout
+            )
+        elif encoder in RESNET_ENCODERS:
+            if depth != 4:
+                raise GeodduError("ResNet encoders are cut at 1/16: depth must be 4")
+            self.encoder = ResNetEncoder(encoder, in_channels, dropout=dropout)
+            self.decoder = UNetDecoder(
+                self.encoder.out_channels,
+                self.encoder.skip_channels,
+                num_classes,
+                up_bias,
+                dropout,
+                decoder_channels=[128, 64, 64],
+                final_up=32,
+            )
+        else:
+            raise GeodduError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+        bottleneck = self.encoder.out_channels
+        if not 0 <= comm_features <= bottleneck:
+            raise GeodduError(
+                f"comm_features must be between 0 and the {bottleneck} bottleneck channels"
+            )
+        self.comm = (
+            CommunicationNetwork(comm_features, comm_layers, comm_kernel, comm_dilation, dropout)
+            if comm_features
+            else None
+        )
+        self.config = {
+            "encoder": encoder,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "depth": depth,
+            "base_channels": base_channels,
+            "comm_features": comm_features,
+            "communicate": bool(communicate and comm_features),
+            "comm_layers": comm_layers,
+            "comm_kernel": comm_kernel,
+            "comm_dilation": comm_dilation,
+            "up_bias": up_bias,
+            "dropout": dropout,
+        }
+        _he_init(self)
+        if encoder_weights:
+            if encoder == "unet":
+                raise GeodduError("--encoder-weights needs a ResNet encoder")
+            self.encoder.load_torchvision_weights(encoder_weights)
+        if freeze_encoder:
+            if encoder == "unet":
+                raise GeodduError("freezing the encoder needs a pretrained ResNet encoder")
+            self.encoder.freeze()
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        """Subimage sizes must be multiples of this (2^D for the U-Net, 16 for ResNets)."""
+        return self.encoder.stride
+
+    @property
+    def comm_features(self) -> int:
+        return self.config["comm_features"]
+
+    @property
+    def communicates(self) -> bool:
+        return self.config["communicate"]
+
+    @property
+    def comm_halo(self) -> int:
+        """Bottleneck cells a communicated cell depends on, on each side (0 without exchange)."""
+        return self.comm.halo if (self.comm is not None and self.communicates) else 0
+
+    # -- the stages, public so the streaming and distributed engines can run them apart --------
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.encoder(x)
+
+    def comm_input(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        """The last F bottleneck maps: what a subimage contributes to the mosaic."""
+        return bottleneck[:, bottleneck.shape[1] - self.comm_features :]
+
+    def communicate_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Run the communication network over a mosaic (or one subimage's maps, for C=N)."""
+        assert self.comm is not None
+        return self.comm(maps)
+
+    def replace_maps(self, bottleneck: torch.Tensor, communicated: torch.Tensor) -> torch.Tensor:
+        keep = bottleneck.shape[1] - self.comm_features
+        return torch.cat([bottleneck[:, :keep], communicated], dim=1)
+
+    def decode(self, skips: list[torch.Tensor], bottleneck: torch.Tensor) -> torch.Tensor:
+        return self.decoder(bottleneck, skips)
+
+    # -- whole forward ------------------------------------------------------------------------
+    def forward(
+        self, x: torch.Tensor, partition: Partition | tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Logits for images x (B, C, H, W) cut into `partition` (a Partition or (N, M))."""
+        h, w = x.shape[-2:]
+        if partition is None:
+            partition = (1, 1)
+        if not isinstance(partition, Partition):
+            partition = Partition.uniform(h, w, *partition, multiple=self.stride)
+        partition.validate(h, w, self.stride)
+        return Partition.stitch(self.forward_subimages(partition.split(x)))
+
+    def forward_subimages(
+        self, parts: Sequence[Sequence[torch.Tensor]]
+    ) -> list[list[torch.Tensor]]:
+        """Logits per subimage for a [row][col] grid of subimage batches."""
+        rows, cols = len(parts), len(parts[0])
+        flat = [parts[i][j] for i in range(rows) for j in range(cols)]
+        for t in flat:
+            if t.shape[-2] % self.stride or t.shape[-1] % self.stride:
+                raise GeodduError(
+                    f"subimage of {t.shape[-2]} x {t.shape[-1]} is not a multiple of the "
+                    f"model stride {self.stride}"
+                )
+        encoded = batched_apply(self.encode, flat)
+        skips = [e[0] for e in encoded]
+        bottlenecks = [e[1] for e in encoded]
+        if self.comm is not None:
+            maps = [self.comm_input(b) for b in bottlenecks]
+            if self.communicates:
+                grid = [maps[i * cols : (i + 1) * cols] for i in range(rows)]
+                mosaic = Partition.stitch(grid)
+                coarse = Partition(
+                    tuple(m.shape[-2] for m in maps[::cols]), tuple(m.shape[-1] for m in maps[:cols])
+                )
+                out = [m for row in coarse.split(self.communicate_maps(mosaic)) for m in row]
+            else:
+                out = batched_apply(self.communicate_maps, maps)
+            bottlenecks = [self.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
+        logits = batched_apply(lambda a: self.decode(a[0], a[1]), list(zip(skips, bottlenecks)))
+        return [logits[i * cols : (i + 1) * cols] for i in range(rows)]
+
+
+def batched_apply(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """Apply fn to items, stacking those of equal shape into one batch.
+
+    Subimages of the same size run as one batch, so BatchNorm in training mode sees the whole
+    image batch at once (the same statistics the full-image U-Net would use) and the work runs
+    as few large kernels instead of many small ones.
+    """
+    groups: dict[Any, list[int]] = {}
+    for k, item in enumerate(items):
+        groups.setdefault(_shape_key(item), []).append(k)
+    out: list[Any] = [None] * len(items)
+    for idx in groups.values():
+        if len(idx) == 1:
+            out[idx[0]] = fn(items[idx[0]])
+            continue
+        batch = _tree_cat([items[k] for k in idx])
+        n = _batch_size(items[idx[0]])
+        for pos, res in enumerate(_tree_chunk(fn(batch), len(idx), n)):
+            out[idx[pos]] = res
+    return out
+
+
+def _shape_key(item: Any) -> Any:
+    if isinstance(item, torch.Tensor):
+        return tuple(item.shape)
+    return tuple(_shape_key(x) for x in item)
+
+
+def _batch_size(item: Any) -> int:
+    return item.shape[0] if isinstance(item, torch.Tensor) else _batch_size(item[0])
+
+
+def _tree_cat(items: list[Any]) -> Any:
+    if isinstance(items[0], torch.Tensor):
+        return torch.cat(items, dim=0)
+    return type(items[0])(_tree_cat([it[k] for it in items]) for k in range(len(items[0])))
+
+
+def _tree_chunk(tree: Any, parts: int, n: int) -> list[Any]:
+    if isinstance(tree, torch.Tensor):
+        return [tree[k * n : (k + 1) * n] for k in range(parts)]
+    chunked = [_tree_chunk(t, parts, n) for t in tree]
+    return [type(tree)(c[k] for c in chunked) for k in range(parts)]
+
+
+def _he_init(model: nn.Module) -> None:
+    """He (Kaiming) initialisation, as in the paper (Sec. III-C)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+_NAME = re.compile(
+    r"^\s*(?P<kind>ddu-?net|u-?net)\s*\(\s*(?P<d>\d+)\s*(?:,\s*(?P<f>\d+)\s*,\s*(?P<c>[YN])\s*)?\)\s*$",
+    re.IGNORECASE,
+)
+
+
+def parse_model_name(name: str) -> dict[str, Any]:
+    """The paper's notation -> constructor keywords: 'DDU-Net(3,32,Y)', 'U-Net(4)'."""
+    m = _NAME.match(name)
+    if m is None:
+        raise GeodduError(f"cannot parse model name {name!r}; use e.g. DDU-Net(3,32,Y) or U-Net(3)")
+    cfg: dict[str, Any] = {"encoder": "unet", "depth": int(m["d"])}
+    if m["kind"].lower().startswith("ddu"):
+        if m["f"] is None:
+            raise GeodduError(f"{name!r}: DDU-Net needs (D, F, C)")
+        cfg.update(comm_features=int(m["f"]), communicate=m["c"].upper() == "Y")
+    else:
+        if m["f"] is not None:
+            raise GeodduError(f"{name!r}: U-Net takes only its depth, e.g. U-Net(3)")
+        cfg.update(comm_features=0, communicate=False)
+    return cfg
+
+
+def create_model(name: str | None = None, **kwargs: Any) -> DDUNet:
+    """Build any configuration: by the paper's name ('DDU-Net(3,32,Y)', 'U-Net(3)'), by encoder
+    name ('unet', 'resnet18', 'resnet50') or from keywords alone. Keywords override the name."""
+    cfg = dict(DEFAULT_CONFIG)
+    if name is not None:
+        if name.lower() in ENCODERS:
+            cfg["encoder"] = name.lower()
+        else:
+            cfg.update(parse_model_name(name))
+    unknown = set(kwargs) - set(DEFAULT_CONFIG) - {"encoder_weights", "freeze_encoder"}
+    if unknown:
+        raise GeodduError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+    cfg.update({k: v for k, v in kwargs.items() if v is not None})
+    return DDUNet(**cfg)

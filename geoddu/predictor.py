@@ -1,0 +1,137 @@
+"""A loaded checkpoint ready to segment: normalisation, the nodata rule, in-memory prediction.
+
+`SegmentationModel.predict` is the in-memory reference for small images; the streaming engine
+(`geoddu.segment`) must write exactly what it returns, so both share `prepare` and the skip rule.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .errors import GeodduError
+from .models.ddunet import DDUNet, batched_apply
+from .partition import Partition
+
+NODATA = 255
+
+
+class SegmentationModel(nn.Module):
+    """A DDU-Net plus what it needs to read a raster: bands, normalisation, classes, grid."""
+
+    def __init__(self, net: DDUNet, metadata: dict[str, Any]) -> None:
+        super().__init__()
+        self.net = net
+        self.metadata = metadata
+        self.classes: list[dict[str, Any]] = metadata["classes"]
+        self.bands: list[int] = metadata["bands"]
+        self.subimage_size: int = metadata["subimage_size"]
+        mean = torch.tensor(metadata["normalization"]["mean"], dtype=torch.float32)
+        std = torch.tensor(metadata["normalization"]["std"], dtype=torch.float32)
+        self.register_buffer("mean", mean.view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(-1, 1, 1), persistent=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.net.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def check_bands(self, count: int, what: str = "input") -> None:
+        if count != len(self.bands):
+            raise GeodduError(
+                f"{what} has {count} band(s) but the model expects {len(self.bands)} "
+                f"(bands {','.join(map(str, self.bands))}); pick them with --bands"
+            )
+
+    def prepare(self, raw: np.ndarray, valid: np.ndarray) -> torch.Tensor:
+        """Raw (C, H, W) values -> normalised (1, C, H, W) tensor; invalid pixels set to 0.
+
+        The nodata rule: an invalid pixel becomes the normalisation's zero before the encoder.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)).to(self.device)
+        x = (x - self.mean) / self.std
+        v = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device)
+        return torch.where(v, x, torch.zeros((), device=self.device)).unsqueeze(0)
+
+    def partition_for(self, height: int, width: int, subimage_size: int | None = None) -> Partition:
+        """The subimage grid of a scene: full subimages covering it, the last ones padded."""
+        size = subimage_size or self.subimage_size
+        if size % self.net.stride:
+            raise GeodduError(
+                f"subimage size {size} is not a multiple of the model stride {self.net.stride}"
+            )
+        rows, cols = -(-height // size), -(-width // size)
+        return Partition((size,) * rows, (size,) * cols)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray | None = None,
+        subimage_size: int | None = None,
+        return_logits: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Classes (H, W) uint8 for a whole raw image (bands, H, W) in memory; 255 = nodata.
+
+        The whole scene is one DDU-Net over the subimage grid: the communication network sees
+        the mosaic of every subimage. Subimages without a valid pixel are skipped: they
+        contribute zeros to the mosaic and come out as nodata.
+        """
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[None]
+        self.check_bands(image.shape[0])
+        _, h, w = image.shape
+        valid = np.ones((h, w), bool) if mask is None else np.asarray(mask).astype(bool)
+        part = self.partition_for(h, w, subimage_size)
+        ph, pw = part.shape
+        raw = np.zeros((image.shape[0], ph, pw), np.float32)
+        raw[:, :h, :w] = image
+        vpad = np.zeros((ph, pw), bool)
+        vpad[:h, :w] = valid
+        x = self.prepare(raw, vpad)
+        net = self.net
+        cells = part.subimages()
+        xs = [x[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width] for c in cells]
+        live = [bool(vpad[c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width].any())
+                for c in cells]
+        encoded = batched_apply(net.encode, xs)
+        bottlenecks = [e[1] for e in encoded]
+        if net.comm is not None:
+            maps = [net.comm_input(b) if ok else torch.zeros_like(net.comm_input(b))
+                    for b, ok in zip(bottlenecks, live, strict=True)]
+            if net.communicates:
+                rows, cols = part.grid
+                mosaic = Partition.stitch([maps[i * cols : (i + 1) * cols] for i in range(rows)])
+                coarse = part.scaled(net.stride)
+                out = [m for row in coarse.split(net.communicate_maps(mosaic)) for m in row]
+            else:
+                out = batched_apply(net.communicate_maps, maps)
+            bottlenecks = [net.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
+        logits = torch.zeros((1, net.config["num_classes"], ph, pw), device=self.device)
+        todo = [k for k, ok in enumerate(live) if ok]
+        decoded = batched_apply(
+            lambda a: net.decode(a[0], a[1]), [(encoded[k][0], bottlenecks[k]) for k in todo]
+        )
+        for k, out in zip(todo, decoded, strict=True):
+            c = cells[k]
+            logits[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width] = out
+        logits_np = logits[0, :, :h, :w].float().cpu().numpy()
+        classes = logits_np.argmax(0).astype(np.uint8)
+        classes[~valid] = NODATA
+        return (classes, logits_np) if return_logits else classes
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SegmentationModel:
+    """Load a geoddu checkpoint (weights_only) as a SegmentationModel in eval mode."""
+    ckpt = load_checkpoint(path)
+    model = SegmentationModel(model_from_checkpoint(ckpt), ckpt)
+    return model.to(device).eval()

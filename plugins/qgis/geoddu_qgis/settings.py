@@ -1,0 +1,68 @@
+"""The plugin's settings: which engine set-up to use. Shown in Processing > Options > Providers.
+
+Values are stored by Processing under ``Processing/Configuration/<NAME>`` in the QGIS profile and
+read from there at run time (so they also apply in ``qgis_process``). The environment variables
+of the same names (see :mod:`engine_bridge`) win over them.
+"""
+
+from __future__ import annotations
+
+from qgis.core import QgsSettings
+
+from . import engine_bridge
+
+GROUP = "geoddu"
+ENGINE_MODE = engine_bridge.ENV_MODE  # "GEODDU_ENGINE"
+PYTHON_ENV = engine_bridge.ENV_PYTHON_ENV  # "GEODDU_PYTHON_ENV"
+CLI = engine_bridge.ENV_CLI  # "GEODDU_CLI"
+MODE_LABELS = [
+    "auto: geoddu in QGIS's Python, else the Python environment, else the geoddu command",
+    "import: geoddu installed in QGIS's Python",
+    "env: the Python environment below",
+    "cli: the geoddu command",
+]
+
+
+def _key(name: str) -> str:
+    return "Processing/Configuration/" + name
+
+
+def engine_settings() -> dict:
+    """Keyword arguments for :func:`engine_bridge.find_engine` from the saved settings."""
+    qs = QgsSettings()
+    try:
+        mode = engine_bridge.MODES[int(qs.value(_key(ENGINE_MODE), 0))]
+    except (TypeError, ValueError, IndexError):
+        mode = "auto"
+    return {
+        "mode": mode,
+        "python_env": str(qs.value(_key(PYTHON_ENV), "") or ""),
+        "cli": str(qs.value(_key(CLI), "") or ""),
+    }
+
+
+def register() -> None:
+    """Add the settings to Processing's options dialog (no-op without the processing plugin)."""
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig, Setting
+    except ImportError:
+        return
+    ProcessingConfig.addSetting(Setting(
+        GROUP, ENGINE_MODE, "Engine set-up", MODE_LABELS[0], valuetype=Setting.SELECTION,
+        options=MODE_LABELS))
+    ProcessingConfig.addSetting(Setting(
+        GROUP, PYTHON_ENV, "Python environment with geoddu installed (folder)", "",
+        valuetype=Setting.FOLDER))
+    ProcessingConfig.addSetting(Setting(
+        GROUP, CLI, "geoddu command (empty: the one on PATH)", "", valuetype=Setting.FILE))
+    ProcessingConfig.readSettings()
+
+
+def unregister() -> None:
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+    except ImportError:
+        return
+    for name in (ENGINE_MODE, PYTHON_ENV, CLI):
+        if name in ProcessingConfig.settings:
+            ProcessingConfig.removeSetting(name)
