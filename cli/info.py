@@ -13,12 +13,27 @@ from .options import json_option, model_config, model_options
 
 @click.command(short_help="Parameters and receptive field of a model.")
 @model_options
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Describe this checkpoint instead of the model options.")
-@click.option("--size", nargs=2, type=click.IntRange(1), default=None, metavar="H W",
-              help="Also estimate feature-map memory per block for an H x W input (Table V).")
-@click.option("--subimages", type=click.IntRange(1), default=1, show_default=True,
-              help="Subimages in the communication mosaic (memory estimate only).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Describe this checkpoint instead of the model options.",
+)
+@click.option(
+    "--size",
+    nargs=2,
+    type=click.IntRange(1),
+    default=None,
+    metavar="H W",
+    help="Also estimate feature-map memory per block for an H x W input (Table V).",
+)
+@click.option(
+    "--subimages",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Subimages in the communication mosaic (memory estimate only).",
+)
 @json_option
 def info(checkpoint, size, subimages, as_json, **kwargs) -> None:
     """Print the parameter counts per part (encoder-decoder, communication network) and the
@@ -78,13 +93,29 @@ def info(checkpoint, size, subimages, as_json, **kwargs) -> None:
         f"{rf['with_communication']} px with communication"
     )
     if "memory" in out:
-        m = Table("block", "size", "in", "out", "values", "MB", "weights",
-                  title=f"Feature-map memory for training on {size[0]} x {size[1]}")
+        m = Table(
+            "block",
+            "size",
+            "in",
+            "out",
+            "values",
+            "MB",
+            "weights",
+            title=f"Feature-map memory for training on {size[0]} x {size[1]}",
+        )
         for r in out["memory"]:
-            m.add_row(r["name"], str(r["size"]), str(r["in_channels"]), str(r["out_channels"]),
-                      f"{r['values']:,}", f"{r['megabytes']:.1f}", f"{r['weights']:,}")
+            m.add_row(
+                r["name"],
+                str(r["size"]),
+                str(r["in_channels"]),
+                str(r["out_channels"]),
+                f"{r['values']:,}",
+                f"{r['megabytes']:.1f}",
+                f"{r['weights']:,}",
+            )
         console.print(m)
     if meta:
         names = ", ".join(k["name"] for k in meta["classes"])
-        console.print(f"Classes: {names}; bands {meta['bands']}; "
-                      f"subimage size {meta['subimage_size']}")
+        console.print(
+            f"Classes: {names}; bands {meta['bands']}; subimage size {meta['subimage_size']}"
+        )

@@ -14,14 +14,33 @@ from .options import model_config, model_options, overwrite_option
 
 @click.command(short_help="Write an untrained checkpoint.")
 @model_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              help="Checkpoint file to write.")
-@click.option("--classes-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help='JSON: [{"name": "water", "color": [0, 0, 255]}, ...] (one per class).')
-@click.option("--subimage-size", type=click.IntRange(1), default=256, show_default=True,
-              help="Subimage size segment will use (a multiple of the model stride).")
-@click.option("--bands", "band_count", type=click.IntRange(1), default=None,
-              help="Band count (defaults to --in-channels).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Checkpoint file to write.",
+)
+@click.option(
+    "--classes-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help='JSON: [{"name": "water", "color": [0, 0, 255]}, ...] (one per class).',
+)
+@click.option(
+    "--subimage-size",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    help="Subimage size segment will use (a multiple of the model stride).",
+)
+@click.option(
+    "--bands",
+    "band_count",
+    type=click.IntRange(1),
+    default=None,
+    help="Band count (defaults to --in-channels).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight initialisation seed.")
 @overwrite_option
 def init(output, classes_file, subimage_size, band_count, seed, overwrite, **kwargs) -> None:

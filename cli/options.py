@@ -15,25 +15,61 @@ F = Callable[..., Any]
 def model_options(f: F) -> F:
     """The architecture keywords, named as in segmentation-models-pytorch / torchgeo."""
     opts = [
-        click.option("--encoder", type=click.Choice(ENCODERS), default=DEFAULT_CONFIG["encoder"],
-                     show_default=True, help="Encoder: the paper's U-Net or a ResNet (Fig. 12)."),
-        click.option("--in-channels", type=click.IntRange(1), default=DEFAULT_CONFIG["in_channels"],
-                     show_default=True, help="Input bands."),
-        click.option("--classes", "num_classes", type=click.IntRange(1),
-                     default=DEFAULT_CONFIG["num_classes"], show_default=True,
-                     help="Number of output classes."),
-        click.option("--depth", type=click.IntRange(1), default=DEFAULT_CONFIG["depth"],
-                     show_default=True, help="D: down/up-sampling blocks (U-Net encoder)."),
-        click.option("--base-channels", type=click.IntRange(1),
-                     default=DEFAULT_CONFIG["base_channels"], show_default=True,
-                     help="Channels of the first block; doubled at each level."),
-        click.option("--comm-features", type=click.IntRange(0),
-                     default=DEFAULT_CONFIG["comm_features"], show_default=True,
-                     help="F: bottleneck maps sent through the communication network."),
-        click.option("--communicate/--no-communicate", default=True, show_default=True,
-                     help="C: stitch the F maps of all subimages (Y) or not (N)."),
-        click.option("--up-bias/--no-up-bias", default=True, show_default=True,
-                     help="Bias on the transposed convs (Table VIII: yes, Table V: no)."),
+        click.option(
+            "--encoder",
+            type=click.Choice(ENCODERS),
+            default=DEFAULT_CONFIG["encoder"],
+            show_default=True,
+            help="Encoder: the paper's U-Net or a ResNet (Fig. 12).",
+        ),
+        click.option(
+            "--in-channels",
+            type=click.IntRange(1),
+            default=DEFAULT_CONFIG["in_channels"],
+            show_default=True,
+            help="Input bands.",
+        ),
+        click.option(
+            "--classes",
+            "num_classes",
+            type=click.IntRange(1),
+            default=DEFAULT_CONFIG["num_classes"],
+            show_default=True,
+            help="Number of output classes.",
+        ),
+        click.option(
+            "--depth",
+            type=click.IntRange(1),
+            default=DEFAULT_CONFIG["depth"],
+            show_default=True,
+            help="D: down/up-sampling blocks (U-Net encoder).",
+        ),
+        click.option(
+            "--base-channels",
+            type=click.IntRange(1),
+            default=DEFAULT_CONFIG["base_channels"],
+            show_default=True,
+            help="Channels of the first block; doubled at each level.",
+        ),
+        click.option(
+            "--comm-features",
+            type=click.IntRange(0),
+            default=DEFAULT_CONFIG["comm_features"],
+            show_default=True,
+            help="F: bottleneck maps sent through the communication network.",
+        ),
+        click.option(
+            "--communicate/--no-communicate",
+            default=True,
+            show_default=True,
+            help="C: stitch the F maps of all subimages (Y) or not (N).",
+        ),
+        click.option(
+            "--up-bias/--no-up-bias",
+            default=True,
+            show_default=True,
+            help="Bias on the transposed convs (Table VIII: yes, Table V: no).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -42,8 +78,16 @@ def model_options(f: F) -> F:
 
 def model_config(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the model options out of a command's kwargs."""
-    keys = ("encoder", "in_channels", "num_classes", "depth", "base_channels", "comm_features",
-            "communicate", "up_bias")
+    keys = (
+        "encoder",
+        "in_channels",
+        "num_classes",
+        "depth",
+        "base_channels",
+        "comm_features",
+        "communicate",
+        "up_bias",
+    )
     cfg = {k: kwargs.pop(k) for k in keys}
     if cfg["encoder"] != "unet":
         cfg["depth"] = 4
@@ -56,17 +100,22 @@ def parse_bands(value: str | None) -> list[int] | None:
     try:
         bands = [int(v) for v in value.split(",")]
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of band numbers") from exc
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of band numbers"
+        ) from exc
     if any(b < 1 for b in bands):
         raise click.BadParameter("band numbers start at 1")
     return bands
 
 
 bands_option = click.option(
-    "--bands", callback=lambda ctx, param, v: parse_bands(v), metavar="1,2,3",
+    "--bands",
+    callback=lambda ctx, param, v: parse_bands(v),
+    metavar="1,2,3",
     help="Input bands to use, 1-based, in the model's order (default: the checkpoint's).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
-overwrite_option = click.option("--overwrite", is_flag=True,
-                                help="Replace an existing output file.")
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace an existing output file."
+)

@@ -13,31 +13,84 @@ from .progress import progress_reporter
 
 @click.command(short_help="Segment a raster into a class map GeoTIFF.")
 @click.argument("src", type=str)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Class map GeoTIFF to write (uint8, nodata 255, colour table).")
-@click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="geoddu checkpoint (from `geoddu train` or `geoddu init`).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Class map GeoTIFF to write (uint8, nodata 255, colour table).",
+)
+@click.option(
+    "-m",
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="geoddu checkpoint (from `geoddu train` or `geoddu init`).",
+)
 @bands_option
-@click.option("--subimage-size", type=click.IntRange(1), default=None,
-              help="Override the checkpoint's subimage size (a multiple of the model stride).")
-@click.option("--device", default=None,
-              help="cpu (default), cuda, cuda:1; several comma-separated spread the work.")
-@click.option("--gpus", type=click.IntRange(1), default=None,
-              help="Spread the subimages over this many CUDA devices on this host.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              show_default=True, help="Mixed precision (bf16/fp16 on CUDA).")
-@click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
-              help="Also write per-class probabilities (float32, one band per class).")
-@click.option("--confidence", type=click.Path(dir_okay=False), default=None,
-              help="Also write the maximum softmax probability (float32).")
+@click.option(
+    "--subimage-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Override the checkpoint's subimage size (a multiple of the model stride).",
+)
+@click.option(
+    "--device",
+    default=None,
+    help="cpu (default), cuda, cuda:1; several comma-separated spread the work.",
+)
+@click.option(
+    "--gpus",
+    type=click.IntRange(1),
+    default=None,
+    help="Spread the subimages over this many CUDA devices on this host.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Mixed precision (bf16/fp16 on CUDA).",
+)
+@click.option(
+    "--probabilities",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write per-class probabilities (float32, one band per class).",
+)
+@click.option(
+    "--confidence",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the maximum softmax probability (float32).",
+)
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimised GeoTIFF.")
 @overwrite_option
 @quiet_option
-@click.option("--progress-format", type=click.Choice(["rich", "json"]), default="rich",
-              show_default=True,
-              help="json: one JSON object per line on stderr (for QGIS and other programs).")
-def segment(src, output, model_path, bands, subimage_size, device, gpus, precision,
-            probabilities, confidence, cog, overwrite, quiet, progress_format) -> None:
+@click.option(
+    "--progress-format",
+    type=click.Choice(["rich", "json"]),
+    default="rich",
+    show_default=True,
+    help="json: one JSON object per line on stderr (for QGIS and other programs).",
+)
+def segment(
+    src,
+    output,
+    model_path,
+    bands,
+    subimage_size,
+    device,
+    gpus,
+    precision,
+    probabilities,
+    confidence,
+    cog,
+    overwrite,
+    quiet,
+    progress_format,
+) -> None:
     """Segment the raster SRC with a DDU-Net checkpoint and write a georeferenced class map
     (same CRS, transform and size as SRC).
 
@@ -60,19 +113,34 @@ def segment(src, output, model_path, bands, subimage_size, device, gpus, precisi
 
     def go(progress, cancel=None):
         return run_segment(
-            src, output, model_path, bands=bands, subimage_size=subimage_size, device=device,
-            gpus=gpus, precision=precision, probabilities=probabilities, confidence=confidence,
-            cog=cog, overwrite=overwrite, progress=progress, cancel=cancel,
+            src,
+            output,
+            model_path,
+            bands=bands,
+            subimage_size=subimage_size,
+            device=device,
+            gpus=gpus,
+            precision=precision,
+            probabilities=probabilities,
+            confidence=confidence,
+            cog=cog,
+            overwrite=overwrite,
+            progress=progress,
+            cancel=cancel,
         )
 
     if progress_format == "json":
+
         def emit(obj):
             sys.stderr.write(json.dumps(obj) + "\n")
             sys.stderr.flush()
 
         try:
-            result = go(lambda stage, done, total: emit(
-                {"event": "progress", "stage": stage, "done": done, "total": total}))
+            result = go(
+                lambda stage, done, total: emit(
+                    {"event": "progress", "stage": stage, "done": done, "total": total}
+                )
+            )
         except GeodduError as exc:
             emit({"event": "error", "message": str(exc)})
             raise

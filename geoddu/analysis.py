@@ -33,7 +33,9 @@ def _encoder_path(cfg: dict[str, Any]) -> list[Op]:
     for stage, n in enumerate(blocks):
         for b in range(n):
             s = 2 if (stage > 0 and b == 0) else 1
-            path += [_conv(3, s), _conv(3)] if enc == "resnet18" else [_conv(1), _conv(3, s), _conv(1)]
+            path += (
+                [_conv(3, s), _conv(3)] if enc == "resnet18" else [_conv(1), _conv(3, s), _conv(1)]
+            )
     return path + [_conv(3), _conv(3)]  # inter-conv
 
 
@@ -142,8 +144,16 @@ def memory_table(
     counts = parameter_counts(model)["blocks"]
     rows: list[MemoryRow] = []
 
-    def add(name: str, scale: int, cin: int, cout: int, values: int, extra_bytes: int, w: int,
-            size: int | None = None) -> None:
+    def add(
+        name: str,
+        scale: int,
+        cin: int,
+        cout: int,
+        values: int,
+        extra_bytes: int,
+        w: int,
+        size: int | None = None,
+    ) -> None:
         hw = (height // scale) * (width // scale)
         vals = values * hw
         mb = (vals * 4 + extra_bytes * hw) / 2**20
@@ -154,22 +164,45 @@ def memory_table(
     for i in range(cfg["depth"]):
         s = 2 ** (i + 1)
         # pooled input (float32) + its indices (int64, 8 bytes) + 4 maps of the output width
-        add(f"encoder block {i + 1}", s, ch[i], ch[i + 1], 2 * ch[i] + 4 * ch[i + 1],
-            8 * ch[i] - 4 * ch[i], counts[f"encoder block {i + 1}"])
+        add(
+            f"encoder block {i + 1}",
+            s,
+            ch[i],
+            ch[i + 1],
+            2 * ch[i] + 4 * ch[i + 1],
+            8 * ch[i] - 4 * ch[i],
+            counts[f"encoder block {i + 1}"],
+        )
     f = cfg["comm_features"]
     if f:
         s = model.stride
         hw = (height // s) * (width // s) * subimages
         vals = (1 + 2 * cfg["comm_layers"]) * f * hw
-        rows.append(MemoryRow("communication network", height // s, f, f, vals,
-                              round(vals * 4 / 2**20, 2), count_parameters(model.comm)))
+        rows.append(
+            MemoryRow(
+                "communication network",
+                height // s,
+                f,
+                f,
+                vals,
+                round(vals * 4 / 2**20, 2),
+                count_parameters(model.comm),
+            )
+        )
     for i in range(cfg["depth"]):
         level = cfg["depth"] - 1 - i
         s = 2**level
         # concatenated input (skip + up-sampled) + 4 maps of the output width
         # Table V lists a decoder block under the size of its (coarser) input.
-        add(f"decoder block {i + 1}", s, ch[level + 1], ch[level], 6 * ch[level], 0,
-            counts[f"decoder block {i + 1}"], size=height // (2 * s))
-    add("output block", 1, ch[0], cfg["num_classes"], cfg["num_classes"], 0,
-        counts["output block"])
+        add(
+            f"decoder block {i + 1}",
+            s,
+            ch[level + 1],
+            ch[level],
+            6 * ch[level],
+            0,
+            counts[f"decoder block {i + 1}"],
+            size=height // (2 * s),
+        )
+    add("output block", 1, ch[0], cfg["num_classes"], cfg["num_classes"], 0, counts["output block"])
     return [asdict(r) for r in rows]

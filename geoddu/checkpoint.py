@@ -21,8 +21,16 @@ FORMAT_VERSION = 1
 
 # Distinct, colour-blind-friendly defaults for checkpoints that do not name their classes.
 DEFAULT_COLORS = [
-    (0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
-    (213, 94, 0), (204, 121, 167), (127, 127, 127), (255, 255, 255),
+    (0, 0, 0),
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (127, 127, 127),
+    (255, 255, 255),
 ]
 
 
@@ -67,7 +75,9 @@ def build_metadata(
             f"subimage size {subimage_size} is not a multiple of the model stride {stride}"
         )
     return {
-        "classes": [{"name": str(c["name"]), "color": [int(v) for v in c["color"]]} for c in classes],
+        "classes": [
+            {"name": str(c["name"]), "color": [int(v) for v in c["color"]]} for c in classes
+        ],
         "bands": [int(b) for b in bands],
         "normalization": {k: [float(v) for v in normalization[k]] for k in ("mean", "std")},
         "subimage_size": int(subimage_size),
@@ -132,7 +142,9 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> DDUNet:
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise GeodduError(f"checkpoint weights do not fit its architecture: {_first_line(exc)}")
+        raise GeodduError(
+            f"checkpoint weights do not fit its architecture: {_first_line(exc)}"
+        ) from exc
     return model
 
 

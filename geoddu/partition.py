@@ -45,7 +45,7 @@ class Partition:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def uniform(cls, height: int, width: int, rows: int, cols: int, multiple: int = 1) -> Partition:
-        """N x M subimages as equal as possible, each a multiple of `multiple` (the model stride)."""
+        """N x M subimages as equal as possible, each a multiple of `multiple` (model stride)."""
         return cls(
             _split_evenly(height, rows, multiple, "height"),
             _split_evenly(width, cols, multiple, "width"),
@@ -112,9 +112,10 @@ class Partition:
         h, w = x.shape[-2:]
         if (h, w) != self.shape:
             raise GeodduError(f"array is {h} x {w} but the partition covers {self.shape}")
+        cols = list(zip(self.col_offsets, self.col_sizes, strict=True))
         return [
-            [x[..., ro : ro + rh, co : co + cw] for co, cw in zip(self.col_offsets, self.col_sizes)]
-            for ro, rh in zip(self.row_offsets, self.row_sizes)
+            [x[..., ro : ro + rh, co : co + cw] for co, cw in cols]
+            for ro, rh in zip(self.row_offsets, self.row_sizes, strict=True)
         ]
 
     @staticmethod
@@ -161,7 +162,8 @@ def _split_evenly(total: int, parts: int, multiple: int, what: str) -> tuple[int
     units = total // multiple
     if units < parts:
         raise GeodduError(
-            f"cannot cut a {what} of {total} into {parts} subimages that are multiples of {multiple}"
+            f"cannot cut a {what} of {total} into {parts} subimages that are multiples "
+            f"of {multiple}"
         )
     base, extra = divmod(units, parts)
     return tuple((base + (1 if k < extra else 0)) * multiple for k in range(parts))

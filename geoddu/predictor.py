@@ -100,14 +100,20 @@ class SegmentationModel(nn.Module):
         x = self.prepare(raw, vpad)
         net = self.net
         cells = part.subimages()
-        xs = [x[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width] for c in cells]
-        live = [bool(vpad[c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width].any())
-                for c in cells]
+        xs = [
+            x[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width] for c in cells
+        ]
+        live = [
+            bool(vpad[c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width].any())
+            for c in cells
+        ]
         encoded = batched_apply(net.encode, xs)
         bottlenecks = [e[1] for e in encoded]
         if net.comm is not None:
-            maps = [net.comm_input(b) if ok else torch.zeros_like(net.comm_input(b))
-                    for b, ok in zip(bottlenecks, live, strict=True)]
+            maps = [
+                net.comm_input(b) if ok else torch.zeros_like(net.comm_input(b))
+                for b, ok in zip(bottlenecks, live, strict=True)
+            ]
             if net.communicates:
                 rows, cols = part.grid
                 mosaic = Partition.stitch([maps[i * cols : (i + 1) * cols] for i in range(rows)])

@@ -36,7 +36,8 @@ def test_iou_accumulates_over_the_dataset_not_per_image():
     acc.update(np.array([2, 2]), np.array([2, 0]))  # image 2
     # class 0: TP 1, FP 1 (img1 px1? no) -> confusion by hand:
     # pairs (t,p): (0,0) (1,0) (1,1) (1,1) (2,2) (0,2)
-    # class 0: TP1, FN1 (0->2), FP1 (1->0) -> 1/3; class 1: TP2, FN1 -> 2/3; class 2: TP1, FP1 -> 1/2
+    # class 0: TP1, FN1 (0->2), FP1 (1->0) -> 1/3; class 1: TP2, FN1 -> 2/3;
+    # class 2: TP1, FP1 -> 1/2
     np.testing.assert_allclose(acc.iou(), [1 / 3, 2 / 3, 1 / 2])
     assert acc.miou() == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
 

@@ -12,7 +12,16 @@ def test_table_v_block_by_block():
     m = create_model("U-Net(4)", in_channels=3, base_channels=16, num_classes=3, up_bias=False)
     blocks = parameter_counts(m)["blocks"]
     assert list(blocks.values()) == [
-        2800, 13952, 55552, 221696, 885760, 573952, 143616, 35968, 9024, 51
+        2800,
+        13952,
+        55552,
+        221696,
+        885760,
+        573952,
+        143616,
+        35968,
+        9024,
+        51,
     ]
     assert parameter_counts(m)["total"] == 1942371
 
@@ -58,14 +67,18 @@ def test_resnet_shapes_and_stride():
 def test_resnet_loads_torchvision_state_dict_and_freezes(tmp_path):
     ref = create_model("resnet18", num_classes=2, comm_features=8)
     # A torchvision-layout state dict: our backbone's keys plus an fc head and a layer4.
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v
-             for k, v in ref.encoder.state_dict().items() if not k.startswith("inter_conv.")}
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in ref.encoder.state_dict().items()
+        if not k.startswith("inter_conv.")
+    }
     state["fc.weight"] = torch.randn(1000, 512)
     state["layer4.0.conv1.weight"] = torch.randn(512, 256, 3, 3)
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
-    m = create_model("resnet18", num_classes=2, comm_features=8,
-                     encoder_weights=str(path), freeze_encoder=True)
+    m = create_model(
+        "resnet18", num_classes=2, comm_features=8, encoder_weights=str(path), freeze_encoder=True
+    )
     assert torch.equal(m.encoder.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
     assert not any(p.requires_grad for p in m.encoder.layer1.parameters())
     assert all(p.requires_grad for p in m.encoder.inter_conv.parameters())
@@ -78,7 +91,10 @@ def test_resnet_loads_torchvision_state_dict_and_freezes(tmp_path):
 
 def test_names_and_factory():
     assert parse_model_name("DDU-Net(3,32,Y)") == {
-        "encoder": "unet", "depth": 3, "comm_features": 32, "communicate": True
+        "encoder": "unet",
+        "depth": 3,
+        "comm_features": 32,
+        "communicate": True,
     }
     assert parse_model_name("U-Net(2)")["comm_features"] == 0
     m = create_model("DDU-Net(2,8,N)", in_channels=1, base_channels=4)

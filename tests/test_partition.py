@@ -14,8 +14,10 @@ def test_uniform_partition_sizes_are_stride_multiples_and_sum_up():
     assert all(s % 16 == 0 for s in p.row_sizes + p.col_sizes)
 
 
-@pytest.mark.parametrize("array", [np.arange(2 * 48 * 80).reshape(2, 48, 80),
-                                   torch.arange(2 * 48 * 80).reshape(2, 48, 80)])
+@pytest.mark.parametrize(
+    "array",
+    [np.arange(2 * 48 * 80).reshape(2, 48, 80), torch.arange(2 * 48 * 80).reshape(2, 48, 80)],
+)
 def test_split_stitch_round_trip(array):
     p = Partition((16, 32), (32, 16, 32))
     parts = p.split(array)

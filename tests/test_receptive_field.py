@@ -37,7 +37,9 @@ def _footprints(model, size: int, positions: range, trials: int = 6) -> list[int
     return widths
 
 
-@pytest.mark.parametrize(("name", "size"), [("U-Net(2)", 96), ("U-Net(3)", 160), ("DDU-Net(2,4,Y)", 160)])
+@pytest.mark.parametrize(
+    ("name", "size"), [("U-Net(2)", 96), ("U-Net(3)", 160), ("DDU-Net(2,4,Y)", 160)]
+)
 def test_empirical_receptive_field_matches_theory(name, size):
     torch.manual_seed(0)
     model = create_model(name, in_channels=1, base_channels=4, num_classes=2)

@@ -25,7 +25,9 @@ def resolve_devices(device: str | None = None, gpus: int | None = None) -> list[
             raise GeodduError("--gpus must be at least 1")
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus > have:
-            raise GeodduError(f"--gpus {gpus} asked for, but this machine has {have} CUDA device(s)")
+            raise GeodduError(
+                f"--gpus {gpus} asked for, but this machine has {have} CUDA device(s)"
+            )
         return [torch.device("cuda", i) for i in range(gpus)]
     names = [d.strip() for d in (device or "cpu").split(",") if d.strip()]
     out = []
@@ -38,7 +40,9 @@ def resolve_devices(device: str | None = None, gpus: int | None = None) -> list[
             have = torch.cuda.device_count() if torch.cuda.is_available() else 0
             index = dev.index or 0
             if index >= have:
-                raise GeodduError(f"device {name} asked for, but this machine has {have} CUDA device(s)")
+                raise GeodduError(
+                    f"device {name} asked for, but this machine has {have} CUDA device(s)"
+                )
             dev = torch.device("cuda", index)
         elif dev.type != "cpu":
             raise GeodduError(f"unsupported device {name!r}; use cpu or cuda[:N]")

@@ -33,17 +33,14 @@ class MapStore:
         self._fd: int | None = None
         self._written: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
-        if total <= max_ram_bytes:
+        self.on_disk = total > max_ram_bytes
+        if not self.on_disk:
             self._mem = {}
         else:
             fd, name = tempfile.mkstemp(prefix="geoddu-maps-", suffix=".f32", dir=directory)
             os.unlink(name)  # anonymous: the space is freed even if the process is killed
             os.ftruncate(fd, total)
             self._fd = fd
-
-    @property
-    def on_disk(self) -> bool:
-        return self._fd is not None
 
     def put(self, cell: tuple[int, int], maps: np.ndarray) -> None:
         maps = np.ascontiguousarray(maps, dtype=np.float32).reshape(self.record_shape)
@@ -60,8 +57,9 @@ class MapStore:
             return np.zeros(self.record_shape, np.float32)
         if self._mem is not None:
             return self._mem[cell]
-        buf = os.pread(self._fd, self.record_bytes, self._offset(cell))
-        return np.frombuffer(buf, np.float32).reshape(self.record_shape)
+        out = np.empty(self.record_shape, np.float32)
+        os.preadv(self._fd, [out], self._offset(cell))
+        return out
 
     def _offset(self, cell: tuple[int, int]) -> int:
         return (cell[0] * self.grid[1] + cell[1]) * self.record_bytes

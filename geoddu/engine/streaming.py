@@ -89,12 +89,15 @@ def segment(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     store_max_ram_bytes: int = 256 * 2**20,
+    comm_tile_cells: int = COMM_TILE_CELLS,
 ) -> SegmentResult:
     """Segment the raster `src` into the class map `dst` (atomic: nothing at `dst` on failure).
 
     `progress(stage, done, total)` is called from the calling thread after each subimage (stages
     "encode", "communicate", "decode"); `cancel()` is polled between subimages and makes the run
-    raise `Cancelled` without writing anything.
+    raise `Cancelled` without writing anything. `store_max_ram_bytes` and `comm_tile_cells`
+    tune memory (bottleneck maps kept in RAM below that size; communication tile side in
+    bottleneck cells) and never change the result.
     """
     t0 = time.perf_counter()
     devices = resolve_devices(device, gpus)
@@ -120,7 +123,7 @@ def segment(
                 run.over_cells("encode", lambda ctx, c, raw, ok: _encode(ctx, c, raw, ok, encoded))
                 communicated = MapStore(cells, shape, store_max_ram_bytes, _tmpdir(dst))
                 stores.append(communicated)
-                _communicate(run, replicas[0], part, encoded, communicated)
+                _communicate(run, replicas[0], part, encoded, communicated, comm_tile_cells)
                 encoded.close()
             else:
                 communicated = None
@@ -153,14 +156,22 @@ def segment(
 
 def _open_writers(dst, source, model, overwrite, cog, probabilities, confidence) -> dict[str, Any]:
     """All outputs are created (and their paths checked) before any compute starts."""
-    geo = {"width": source.width, "height": source.height, "crs": source.crs,
-           "transform": source.transform, "overwrite": overwrite}
+    geo = {
+        "width": source.width,
+        "height": source.height,
+        "crs": source.crs,
+        "transform": source.transform,
+        "overwrite": overwrite,
+    }
     names = [c["name"] for c in model.classes]
     writers: dict[str, Any] = {}
     try:
         writers["classes"] = ClassMapWriter(
-            dst, class_names=names, class_colors=[tuple(c["color"]) for c in model.classes],
-            cog=cog, **geo,
+            dst,
+            class_names=names,
+            class_colors=[tuple(c["color"]) for c in model.classes],
+            cog=cog,
+            **geo,
         )
         if probabilities is not None:
             writers["probabilities"] = FloatRasterWriter(
@@ -259,7 +270,9 @@ class _Run:
                 handle.close()
                 events.put(("exit", None))
 
-        threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(blocks))]
+        threads = [
+            threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(blocks))
+        ]
         for t in threads:
             t.start()
         done, running, error = 0, len(threads), None
@@ -343,14 +356,19 @@ def _encode(ctx: _Worker, cell: Subimage, raw, valid, store: MapStore) -> bool:
 
 
 def _communicate(
-    run: _Run, model: SegmentationModel, part: Partition, src: MapStore, dst: MapStore
+    run: _Run,
+    model: SegmentationModel,
+    part: Partition,
+    src: MapStore,
+    dst: MapStore,
+    tile_cells: int,
 ) -> None:
     """The communication network over the whole mosaic, tile by tile with an exact halo."""
     net = model.net
     rows, cols = part.grid
     cell = part.row_sizes[0] // net.stride
     halo = net.comm_halo
-    step = max(1, COMM_TILE_CELLS // cell)
+    step = max(1, tile_cells // cell)
     tiles = [(r, c) for r in range(0, rows, step) for c in range(0, cols, step)]
     mh, mw = rows * cell, cols * cell
     with torch.inference_mode():
@@ -378,9 +396,7 @@ def _communicate(
             run.report("communicate", n, len(tiles))
 
 
-def _decode(
-    ctx: _Worker, cell: Subimage, raw, valid, communicated: MapStore | None, sink
-) -> bool:
+def _decode(ctx: _Worker, cell: Subimage, raw, valid, communicated: MapStore | None, sink) -> bool:
     h = min(cell.height, ctx.source.height - cell.row_off)
     w = min(cell.width, ctx.source.width - cell.col_off)
     live = bool(valid.any())
@@ -445,8 +461,9 @@ class _BackgroundWriter:
                 if "confidence" in self.writers:
                     conf = np.nanmax(probs, axis=0, initial=-np.inf)[None]
                     conf[~np.isfinite(conf)] = np.nan
-                    self.writers["confidence"].write(conf.astype(np.float32), cell.row_off,
-                                                     cell.col_off)
+                    self.writers["confidence"].write(
+                        conf.astype(np.float32), cell.row_off, cell.col_off
+                    )
             except BaseException as exc:  # noqa: BLE001 - surfaced on the next put / exit
                 self.error = exc
 

@@ -187,13 +187,15 @@ class DDUNet(nn.Module):
                 grid = [maps[i * cols : (i + 1) * cols] for i in range(rows)]
                 mosaic = Partition.stitch(grid)
                 coarse = Partition(
-                    tuple(m.shape[-2] for m in maps[::cols]), tuple(m.shape[-1] for m in maps[:cols])
+                    tuple(m.shape[-2] for m in maps[::cols]),
+                    tuple(m.shape[-1] for m in maps[:cols]),
                 )
                 out = [m for row in coarse.split(self.communicate_maps(mosaic)) for m in row]
             else:
                 out = batched_apply(self.communicate_maps, maps)
             bottlenecks = [self.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
-        logits = batched_apply(lambda a: self.decode(a[0], a[1]), list(zip(skips, bottlenecks)))
+        pairs = list(zip(skips, bottlenecks, strict=True))
+        logits = batched_apply(lambda a: self.decode(a[0], a[1]), pairs)
         return [logits[i * cols : (i + 1) * cols] for i in range(rows)]
 
 

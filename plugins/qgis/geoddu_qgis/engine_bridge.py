@@ -91,17 +91,23 @@ class Engine:
         dst: str,
         model: str,
         *,
-        device: str = "cpu",
+        device: str | None = None,
         gpus: int | None = None,
         subimage_size: int | None = None,
+        bands: list[int] | None = None,
+        precision: str | None = None,
+        probabilities: str | None = None,
+        confidence: str | None = None,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         log: LogFn | None = None,
     ) -> str:
         """Segment ``src`` into the class map ``dst`` (overwritten); return the output path.
 
-        Raises :class:`EngineCancelled` when ``cancel()`` turned True, :class:`EngineError` with
-        the engine's one-line message on any failure.
+        Options left at None are the engine's defaults (``geoddu.segment``'s keywords).
+        ``probabilities`` and ``confidence`` are optional extra output paths. Raises
+        :class:`EngineCancelled` when ``cancel()`` turned True, :class:`EngineError` with the
+        engine's one-line message on any failure.
         """
         raise NotImplementedError
 
@@ -118,14 +124,10 @@ class InProcessEngine(Engine):
         version = getattr(module, "__version__", "?")
         super().__init__(f"geoddu {version} imported in-process from {where}")
 
-    def segment(self, src, dst, model, *, device="cpu", gpus=None, subimage_size=None,
-                progress=None, cancel=None, log=None):
+    def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
         errors = importlib.import_module(self.module.__name__ + ".errors")
-        kwargs = {"device": device, "overwrite": True}
-        if gpus:
-            kwargs["gpus"] = gpus
-        if subimage_size:
-            kwargs["subimage_size"] = subimage_size
+        kwargs = {key: value for key, value in options.items() if value not in (None, [], "")}
+        kwargs["overwrite"] = True
         if progress is not None:
             kwargs["progress"] = progress
         if cancel is not None:
@@ -133,7 +135,7 @@ class InProcessEngine(Engine):
         try:
             self.module.segment(src, dst, model, **kwargs)
         except errors.Cancelled as exc:
-            raise EngineCancelled(str(exc) or "Cancelled: no output was written.") from None
+            raise EngineCancelled(str(exc) or "cancelled; no output was written") from None
         except errors.GeodduError as exc:
             raise EngineError(str(exc)) from None
         except Exception as exc:  # an engine bug: keep the traceback for the log
@@ -154,20 +156,31 @@ class CliEngine(Engine):
         self.kind = kind
         super().__init__("geoddu command " + " ".join(self.command))
 
-    def arguments(self, src, dst, model, *, device="cpu", gpus=None, subimage_size=None):
+    def arguments(self, src, dst, model, *, device=None, gpus=None, subimage_size=None,
+                  bands=None, precision=None, probabilities=None, confidence=None) -> list[str]:
+        """The command line for one run (``geoddu segment ... --progress-format json``)."""
         args = [*self.command, "segment", src, "-o", dst, "--model", model, "--overwrite",
-                "--device", device, "--progress-format", "json"]
+                "--progress-format", "json"]
+        if device:
+            args += ["--device", device]
         if gpus:
             args += ["--gpus", str(int(gpus))]
         if subimage_size:
             args += ["--subimage-size", str(int(subimage_size))]
+        if bands:
+            args += ["--bands", ",".join(str(int(b)) for b in bands)]
+        if precision:
+            args += ["--precision", precision]
+        if probabilities:
+            args += ["--probabilities", probabilities]
+        if confidence:
+            args += ["--confidence", confidence]
         return args
 
-    def segment(self, src, dst, model, *, device="cpu", gpus=None, subimage_size=None,
-                progress=None, cancel=None, log=None):
-        args = self.arguments(src, dst, model, device=device, gpus=gpus,
-                              subimage_size=subimage_size)
-        before = _file_state(dst)
+    def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
+        args = self.arguments(src, dst, model, **options)
+        outputs = [dst] + [options[k] for k in ("probabilities", "confidence") if options.get(k)]
+        before = {path: _file_state(path) for path in outputs}
         popen_kw = {}
         if os.name == "nt":
             popen_kw["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP
@@ -220,12 +233,17 @@ class CliEngine(Engine):
             elif kind == "error":
                 error_message = str(event.get("message") or "geoddu failed")
         rc = proc.wait()
+        for reader in readers:
+            reader.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
 
+        if cancelled or rc != 0:
+            for path, state in before.items():
+                _remove_if_new(path, state)
         if cancelled:
-            _remove_if_new(dst, before)
-            raise EngineCancelled("Cancelled: no output was written.")
+            raise EngineCancelled("cancelled; no output was written")
         if rc != 0:
-            _remove_if_new(dst, before)
             message = error_message or (tail[-1] if tail else f"geoddu exited with status {rc}")
             raise EngineError(message, "\n".join(tail))
         return output or dst
@@ -283,10 +301,13 @@ def find_engine(mode: str | None = None, python_env: str | None = None, cli: str
 def _try_import(tried: list[str], kind: str = "import", where: str = "QGIS's Python"):
     try:
         module = importlib.import_module("geoddu")
+        # geoddu imports its engine (torch, rasterio) lazily: touch it now so that a broken
+        # dependency shows here, where another set-up can still be tried.
+        segment = getattr(module, "segment", None)
     except Exception as exc:  # ImportError, or a broken dependency (numpy ABI, torch DLLs, ...)
         tried.append(f"import geoddu: {type(exc).__name__}: {_one_line(str(exc))}")
         return None
-    if not callable(getattr(module, "segment", None)):
+    if not callable(segment):
         tried.append(f"import geoddu: {getattr(module, '__file__', '?')} has no segment()")
         return None
     return InProcessEngine(module, kind, where)
@@ -392,7 +413,13 @@ def _prepend_site_dir(site_dir: str) -> list[str]:
 
 def _forget_failed_import(name: str) -> None:
     module = sys.modules.get(name)
-    if module is not None and not callable(getattr(module, "segment", None)):
+    if module is None:
+        return
+    try:
+        usable = callable(getattr(module, "segment", None))
+    except Exception:
+        usable = False
+    if not usable:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
 

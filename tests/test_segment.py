@@ -1,0 +1,178 @@
+"""The streaming engine writes exactly what the in-memory model predicts, on real files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import tifffile
+import torch
+from helpers import CRS, TRANSFORM, make_checkpoint, write_geotiff
+
+import geoddu
+from geoddu.errors import Cancelled, GeodduError
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(1), src
+
+
+def _reference(model_path, image, mask=None):
+    model = geoddu.load_model(model_path)
+    classes, logits = model.predict(image, mask, return_logits=True)
+    return classes, torch.softmax(torch.from_numpy(logits), 0).numpy()
+
+
+def test_streaming_equals_whole_scene_model(tmp_path, scene, checkpoint):
+    with rasterio.open(scene) as src:
+        image = src.read()
+    ref_classes, ref_probs = _reference(checkpoint, image)
+    # Tiny map store budget and tiles: the disk store and the halo'd communication tiles run.
+    result = geoddu.segment(
+        scene,
+        tmp_path / "out.tif",
+        checkpoint,
+        probabilities=tmp_path / "p.tif",
+        confidence=tmp_path / "c.tif",
+        store_max_ram_bytes=0,
+        comm_tile_cells=16,
+    )
+    assert result.communicated and result.map_store_on_disk
+    assert result.subimages == 5 * 7 and result.encoder_runs == 2 * 35
+    out, src = _read(tmp_path / "out.tif")
+    assert src.crs.to_string() == CRS and src.transform == TRANSFORM
+    assert (src.width, src.height, src.dtypes[0], src.nodata) == (205, 150, "uint8", 255)
+    np.testing.assert_array_equal(out, ref_classes)
+    with rasterio.open(tmp_path / "p.tif") as p:
+        probs = p.read()
+    assert np.abs(probs - ref_probs).max() <= 1e-4
+    with rasterio.open(tmp_path / "c.tif") as c:
+        np.testing.assert_allclose(c.read(1), ref_probs.max(0), atol=1e-4)
+
+
+def test_several_devices_give_the_same_map(tmp_path, scene, checkpoint):
+    geoddu.segment(scene, tmp_path / "one.tif", checkpoint)
+    result = geoddu.segment(scene, tmp_path / "three.tif", checkpoint, device="cpu,cpu,cpu")
+    assert result.devices == ["cpu", "cpu", "cpu"]
+    np.testing.assert_array_equal(_read(tmp_path / "one.tif")[0], _read(tmp_path / "three.tif")[0])
+
+
+def test_communication_reaches_across_the_scene(tmp_path, scene):
+    """Changing one subimage changes the others' outputs only with communication."""
+    with rasterio.open(scene) as src:
+        image = src.read()
+    changed = image.copy()
+    changed[:, :32, :32] = 255 - changed[:, :32, :32]
+    other = write_geotiff(tmp_path / "changed.tif", changed)
+    for name, communicates in (("DDU-Net(2,4,Y)", True), ("DDU-Net(2,4,N)", False)):
+        ckpt = make_checkpoint(tmp_path / f"{name}.pt", name)
+        probs = []
+        for k, src in enumerate((scene, other)):
+            result = geoddu.segment(
+                src,
+                tmp_path / f"{k}{communicates}.tif",
+                ckpt,
+                probabilities=tmp_path / f"p{k}{communicates}.tif",
+            )
+            assert result.communicated is communicates
+            with rasterio.open(tmp_path / f"p{k}{communicates}.tif") as p:
+                probs.append(p.read())
+        neighbour = (slice(None), slice(32, 64), slice(32, 64))  # the diagonal neighbour
+        moved = np.abs(probs[0][neighbour] - probs[1][neighbour]).max()
+        assert (moved > 1e-4) if communicates else (moved == 0)
+
+
+def test_no_communication_runs_one_pass_and_matches_predict(tmp_path, scene):
+    ckpt = make_checkpoint(tmp_path / "n.pt", "DDU-Net(2,4,N)")
+    result = geoddu.segment(scene, tmp_path / "n.tif", ckpt)
+    assert not result.communicated
+    assert result.encoder_runs == result.subimages  # a single pass
+    with rasterio.open(scene) as src:
+        ref, _ = _reference(ckpt, src.read())
+    np.testing.assert_array_equal(_read(tmp_path / "n.tif")[0], ref)
+
+
+def test_nodata_stays_nodata_and_empty_subimages_are_skipped(tmp_path, checkpoint):
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 255, (3, 96, 128), dtype=np.uint8)
+    data[:, :32, :64] = 0  # two whole subimages of nodata
+    data[:, 50:60, 70:90] = 0  # a hole inside valid subimages
+    scene = write_geotiff(tmp_path / "holes.tif", data, nodata=0)
+    result = geoddu.segment(scene, tmp_path / "o.tif", checkpoint)
+    assert result.skipped == 2
+    out, _ = _read(tmp_path / "o.tif")
+    with rasterio.open(scene) as src:
+        mask = src.dataset_mask() > 0
+    ref, _ = _reference(checkpoint, data, mask)
+    np.testing.assert_array_equal(out, ref)
+    assert (out[~mask] == 255).all() and (out[mask] != 255).all()
+
+
+def test_plain_tiff_without_georeferencing_and_band_selection(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 65535, (2, 100, 70), dtype=np.uint16)
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, data, tile=(32, 32), photometric="minisblack", planarconfig="separate")
+    ckpt = make_checkpoint(tmp_path / "one.pt", in_channels=1)
+    geoddu.segment(path, tmp_path / "o.tif", ckpt, bands=[2])
+    out, src = _read(tmp_path / "o.tif")
+    assert src.crs is None and out.shape == (100, 70)
+    ref, _ = _reference(ckpt, data[1:].astype(np.float32))
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_cancel_leaves_no_output(tmp_path, scene, checkpoint):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled):
+        geoddu.segment(
+            scene, tmp_path / "o.tif", checkpoint, cancel=cancel, probabilities=tmp_path / "p.tif"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "scene.tif"]
+
+
+def test_progress_reports_every_stage(tmp_path, scene, checkpoint):
+    seen = []
+    geoddu.segment(
+        scene,
+        tmp_path / "o.tif",
+        checkpoint,
+        progress=lambda stage, done, total: seen.append((stage, done, total)),
+    )
+    stages = [s for s, _, _ in seen]
+    assert stages[0] == "encode" and "communicate" in stages and stages[-1] == "decode"
+    assert seen[-1] == ("decode", 35, 35)
+
+
+def test_output_rules(tmp_path, scene, checkpoint):
+    out = tmp_path / "o.tif"
+    geoddu.segment(scene, out, checkpoint, cog=True)
+    with rasterio.open(out) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.colormap(1)[1][:3] == (230, 159, 0)
+    with pytest.raises(GeodduError, match="overwrite"):
+        geoddu.segment(scene, out, checkpoint)
+    geoddu.segment(scene, out, checkpoint, overwrite=True)
+    with pytest.raises(GeodduError, match="does not exist"):
+        geoddu.segment(scene, tmp_path / "missing" / "o.tif", checkpoint)
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, scene, checkpoint):
+    with pytest.raises(GeodduError, match="band"):
+        geoddu.segment(
+            scene, tmp_path / "o.tif", make_checkpoint(tmp_path / "4b.pt", in_channels=4)
+        )
+    with pytest.raises(GeodduError, match="multiple of the model stride"):
+        geoddu.segment(scene, tmp_path / "o.tif", checkpoint, subimage_size=30)
+    with pytest.raises(GeodduError, match="CUDA"):
+        geoddu.segment(scene, tmp_path / "o.tif", checkpoint, gpus=2)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(GeodduError, match="checkpoint"):
+        geoddu.segment(scene, tmp_path / "o.tif", bad)
+    assert not (tmp_path / "o.tif").exists()
