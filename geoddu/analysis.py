@@ -206,3 +206,34 @@ def memory_table(
         )
     add("output block", 1, ch[0], cfg["num_classes"], cfg["num_classes"], 0, counts["output block"])
     return [asdict(r) for r in rows]
+
+
+# -- compute -----------------------------------------------------------------------------------
+def conv_flops(model: nn.Module, height: int, width: int, in_channels: int | None = None) -> int:
+    """Multiply-adds x 2 of every conv / transposed conv in one forward pass of an H x W input.
+
+    Counted from the layers' shapes with forward hooks on a meta-device copy (nothing is
+    computed); BatchNorm, ReLU and pooling are left out, as usual for a roofline.
+    """
+    import copy
+
+    import torch
+
+    total = 0
+
+    def hook(mod: nn.Module, inputs: tuple, out: Any) -> None:
+        nonlocal total
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        if isinstance(mod, nn.Conv2d):
+            total += 2 * mod.in_channels // mod.groups * k * out.numel()
+        else:  # transposed conv: every input value scatters a k x k x out_channels patch
+            total += 2 * inputs[0].numel() * mod.out_channels * k
+
+    meta = copy.deepcopy(model).eval().to_empty(device="meta")
+    for m in meta.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            m.register_forward_hook(hook)
+    cin = in_channels or getattr(model, "config", {}).get("in_channels", 3)
+    with torch.no_grad():
+        meta(torch.empty(1, cin, height, width, device="meta"))
+    return total

@@ -24,7 +24,7 @@ def test_round_trip_is_self_describing_and_weights_only(tmp_path):
     # The file itself must load with weights_only=True: nothing but plain data inside.
     raw = torch.load(path, weights_only=True)
     assert raw["config"] == model.config and raw["geoddu_version"] == geoddu.__version__
-    loaded = geoddu.load_model(path)
+    loaded = geoddu.load_model(path, fuse=False)
     assert not loaded.training
     assert loaded.bands == [3, 1] and loaded.subimage_size == 64
     assert loaded.classes[2] == {"name": "urban", "color": [255, 0, 0]}

@@ -153,3 +153,22 @@ def test_unequal_subimages_and_subimage_api():
     torch.testing.assert_close(Partition.stitch(parts), whole)
     with pytest.raises(GeodduError, match="multiple"):
         m(x, Partition((18, 30), (80,)))
+
+
+@pytest.mark.parametrize("name", ["DDU-Net(2,4,Y)", "resnet18"])
+def test_fused_inference_copy_computes_the_same_function(name):
+    from geoddu.models.fusion import fuse_for_inference
+
+    torch.manual_seed(0)
+    m = create_model(name, in_channels=3, num_classes=3, base_channels=4, comm_features=4)
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    m.eval()
+    fused = fuse_for_inference(m)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in fused.modules())
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # original untouched
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, (2, 2)), m(x, (2, 2)), rtol=1e-4, atol=1e-4)

@@ -228,10 +228,13 @@ class _TiledWriter:
         try:
             with _quiet():
                 factors = overview_factors(self.width, self.height)
-                if factors:
-                    self._ds.build_overviews(factors, self._resampling)
-                    self._ds.update_tags(ns="rio_overview", resampling=self._resampling.name)
                 self._ds.close()
+                if factors:
+                    # Built on the reopened file: in the dataset still open for writing, GDAL
+                    # does not yet see the colour table on the overview bands and warns.
+                    with rasterio.open(self._gtiff, "r+") as ds:
+                        ds.build_overviews(factors, self._resampling)
+                        ds.update_tags(ns="rio_overview", resampling=self._resampling.name)
                 if self.cog:
                     rasterio.shutil.copy(
                         self._gtiff,

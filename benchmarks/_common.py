@@ -1,0 +1,55 @@
+"""Shared helpers for the benchmark scripts: synthetic scenes and checkpoints."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from geoddu.checkpoint import build_metadata, save_checkpoint
+from geoddu.models import create_model
+
+
+def make_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """A 3-band uint8 GeoTIFF of size x size with smooth structure, written window by window."""
+    if path.exists():
+        return path
+    rng = np.random.default_rng(seed)
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                   crs="EPSG:32631", transform=from_origin(500000, 4000000, 0.5, 0.5),
+                   tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                   BIGTIFF="IF_SAFER")
+    base = rng.integers(0, 255, (3, 64, 64)).astype(np.float32)
+    tmp = path.with_suffix(".partial.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        step = 2048
+        for r in range(0, size, step):
+            for c in range(0, size, step):
+                h, w = min(step, size - r), min(step, size - c)
+                yy, xx = np.mgrid[r : r + h, c : c + w]
+                pattern = base[:, (yy // 97) % 64, (xx // 89) % 64]
+                noise = rng.normal(0, 12, (3, h, w))
+                dst.write(np.clip(pattern + noise, 0, 255).astype(np.uint8),
+                          window=Window(c, r, w, h))
+    tmp.rename(path)
+    return path
+
+
+def make_checkpoint(path: Path, name: str, base_channels: int, subimage_size: int,
+                    classes: int = 6, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = create_model(name, in_channels=3, num_classes=classes, base_channels=base_channels)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(4.0)  # keep random activations in a sane range
+    save_checkpoint(path, model, build_metadata(model.config, subimage_size=subimage_size))
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

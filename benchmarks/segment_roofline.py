@@ -1,0 +1,85 @@
+"""How close `geoddu segment` comes to this machine's convolution ceiling on the CPU.
+
+The ceiling is what torch reaches on one large 3x3 convolution (64 -> 64 channels, 512^2,
+channels-last, the layout the engine uses). The model's FLOPs per megapixel are counted from its
+layers (geoddu.analysis.conv_flops). The engine runs the encoder twice (pass 1 for the
+bottleneck mosaic, pass 2 for the skips), so it executes more FLOPs than one forward; both
+ratios are printed. Goal: model FLOPs delivered >= 50% of the ceiling, end to end.
+
+    python benchmarks/segment_roofline.py [--size 4096] [--model "DDU-Net(4,64,Y)"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def conv_ceiling(repeats: int = 5) -> float:
+    """GFLOP/s of torch on one large convolution (the best of `repeats`)."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval()
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 64, 512, 512).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 64 * 64 * 9 * 512 * 512
+    best = float("inf")
+    with torch.inference_mode():
+        conv(x)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - t)
+    return flops / best / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--model", default="DDU-Net(4,64,Y)")
+    ap.add_argument("--base-channels", type=int, default=16)
+    ap.add_argument("--subimage-size", type=int, default=512)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+
+    import geoddu
+    from _common import make_checkpoint, make_scene
+    from geoddu.analysis import conv_flops
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="geoddu-roofline-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = make_checkpoint(work / "roofline.pt", args.model, args.base_channels,
+                           args.subimage_size)
+    scene = make_scene(work / f"scene_{args.size}.tif", args.size)
+    model = geoddu.load_model(ckpt)
+    s = args.subimage_size
+    per_mpx = 1e6 / (s * s)
+    model_flops = conv_flops(model.net, s, s) * per_mpx
+    encoder_flops = conv_flops(model.net.encoder, s, s, in_channels=3) * per_mpx
+    executed = model_flops + (encoder_flops if model.net.communicates else 0)
+
+    ceiling = conv_ceiling()
+    t = time.perf_counter()
+    result = geoddu.segment(scene, work / "out.tif", model, overwrite=True)
+    seconds = time.perf_counter() - t
+    mpx_s = result.width * result.height / 1e6 / seconds
+    delivered = model_flops * mpx_s / 1e9
+    print(f"model {args.model} base {args.base_channels}, subimages {s}^2, scene {args.size}^2, "
+          f"{torch.get_num_threads()} CPU threads")
+    print(f"conv ceiling (one 64->64 3x3 conv, 512^2):   {ceiling:.1f} GFLOP/s")
+    print(f"model FLOPs per megapixel (one forward):     {model_flops / 1e9:.1f} GFLOP/Mpx")
+    print(f"executed FLOPs per megapixel (2x encoder):   {executed / 1e9:.1f} GFLOP/Mpx")
+    print(f"end to end (read, 2 passes, write):          {seconds:.1f} s, {mpx_s:.3f} Mpx/s")
+    print(f"model FLOPs delivered:                       {delivered:.1f} GFLOP/s = "
+          f"{100 * delivered / ceiling:.0f}% of ceiling")
+    print(f"FLOPs executed:                              {executed * mpx_s / 1e9:.1f} GFLOP/s = "
+          f"{100 * executed * mpx_s / 1e9 / ceiling:.0f}% of ceiling")
+
+
+if __name__ == "__main__":
+    main()
