@@ -123,7 +123,10 @@ def segment(
                 run.over_cells("encode", lambda ctx, c, raw, ok: _encode(ctx, c, raw, ok, encoded))
                 communicated = MapStore(cells, shape, store_max_ram_bytes, _tmpdir(dst))
                 stores.append(communicated)
-                _communicate(run, replicas[0], part, encoded, communicated, comm_tile_cells)
+                tiles = grid_tiles(*part.grid, max(1, comm_tile_cells // hs))
+                communicate_tiles(
+                    run, replicas[0], tiles, part.grid, hs, encoded.get, communicated.put
+                )
                 encoded.close()
             else:
                 communicated = None
@@ -243,8 +246,14 @@ class _Run:
         if self.progress is not None:
             self.progress(stage, done, total)
 
-    def over_cells(self, stage: str, fn: Callable[[_Worker, Subimage, Any, Any], bool]) -> None:
-        cells = self.part.subimages()
+    def over_cells(
+        self,
+        stage: str,
+        fn: Callable[[_Worker, Subimage, Any, Any], bool],
+        cells: list[Subimage] | None = None,
+    ) -> None:
+        """fn(worker, cell, raw, valid) for `cells` (default: all), split over the devices."""
+        cells = self.part.subimages() if cells is None else cells
         blocks = balanced_blocks(cells, len(self.replicas))
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -355,32 +364,57 @@ def _encode(ctx: _Worker, cell: Subimage, raw, valid, store: MapStore) -> bool:
     return True
 
 
-def _communicate(
+def grid_tiles(rows: int, cols: int, step: int) -> list[tuple[int, int, int, int]]:
+    """Square tiles of step x step cells covering the whole grid: (r0, r1, c0, c1)."""
+    return [
+        (r, min(rows, r + step), c, min(cols, c + step))
+        for r in range(0, rows, step)
+        for c in range(0, cols, step)
+    ]
+
+
+def run_tiles(cells: Sequence[Subimage], step: int) -> list[tuple[int, int, int, int]]:
+    """Tiles covering exactly `cells`: runs of consecutive cells within a grid row, cut at
+    `step` cells (a rank's contiguous block need not be a rectangle)."""
+    tiles: list[tuple[int, int, int, int]] = []
+    for c in sorted(cells, key=lambda c: (c.row, c.col)):
+        last = tiles[-1] if tiles else None
+        if last and last[0] == c.row and last[3] == c.col and last[3] - last[2] < step:
+            tiles[-1] = (last[0], last[1], last[2], c.col + 1)
+        else:
+            tiles.append((c.row, c.row + 1, c.col, c.col + 1))
+    return tiles
+
+
+def communicate_tiles(
     run: _Run,
     model: SegmentationModel,
-    part: Partition,
-    src: MapStore,
-    dst: MapStore,
-    tile_cells: int,
+    tiles: Sequence[tuple[int, int, int, int]],
+    grid: tuple[int, int],
+    cell: int,
+    get_maps: Callable[[tuple[int, int]], np.ndarray],
+    put_maps: Callable[[tuple[int, int], np.ndarray], None],
 ) -> None:
-    """The communication network over the whole mosaic, tile by tile with an exact halo."""
+    """The communication network over the bottleneck mosaic, tile by tile, exactly.
+
+    Each tile of cells is extended by the network's halo on every side (clipped at the mosaic
+    edge, where 'same' zero padding is what the whole-mosaic pass sees too) and its centre kept:
+    every kept value depends only on inputs inside the extended tile, so tiling changes nothing.
+    `get_maps(cell)` may come from this process's store or from halos received from other ranks.
+    """
     net = model.net
-    rows, cols = part.grid
-    cell = part.row_sizes[0] // net.stride
+    rows, cols = grid
     halo = net.comm_halo
-    step = max(1, tile_cells // cell)
-    tiles = [(r, c) for r in range(0, rows, step) for c in range(0, cols, step)]
     mh, mw = rows * cell, cols * cell
     with torch.inference_mode():
-        for n, (r0, c0) in enumerate(tiles, 1):
+        for n, (r0, r1, c0, c1) in enumerate(tiles, 1):
             run.check_cancel()
-            r1, c1 = min(rows, r0 + step), min(cols, c0 + step)
             y0, y1 = max(0, r0 * cell - halo), min(mh, r1 * cell + halo)
             x0, x1 = max(0, c0 * cell - halo), min(mw, c1 * cell + halo)
             region = np.zeros((net.comm_features, y1 - y0, x1 - x0), np.float32)
             for i in range(y0 // cell, -(-y1 // cell)):
                 for j in range(x0 // cell, -(-x1 // cell)):
-                    maps = src.get((i, j))
+                    maps = get_maps((i, j))
                     ya, yb = max(y0, i * cell), min(y1, (i + 1) * cell)
                     xa, xb = max(x0, j * cell), min(x1, (j + 1) * cell)
                     region[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = maps[
@@ -392,7 +426,7 @@ def _communicate(
             for i in range(r0, r1):
                 for j in range(c0, c1):
                     ya, xa = i * cell - y0, j * cell - x0
-                    dst.put((i, j), out[:, ya : ya + cell, xa : xa + cell])
+                    put_maps((i, j), out[:, ya : ya + cell, xa : xa + cell])
             run.report("communicate", n, len(tiles))
 
 
