@@ -66,6 +66,12 @@ from .progress import progress_reporter
     help="Also write the maximum softmax probability (float32).",
 )
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimised GeoTIFF.")
+@click.option("--aoi", type=str, default=None,
+              help="Area of interest (any vector GDAL reads, any CRS): only its pixels are "
+                   "segmented; the rest is nodata. Work grows with the area, not the scene.")
+@click.option("--aoi-layer", default=None, help="Layer of the --aoi file.")
+@click.option("--aoi-where", default=None, metavar="SQL",
+              help="Attribute filter for --aoi features, e.g. \"name = 'farm'\".")
 @overwrite_option
 @quiet_option
 @click.option(
@@ -87,6 +93,9 @@ def segment(
     probabilities,
     confidence,
     cog,
+    aoi,
+    aoi_layer,
+    aoi_where,
     overwrite,
     quiet,
     progress_format,
@@ -107,6 +116,7 @@ def segment(
       geoddu segment scene.tif -o landcover.tif -m model.pt
       geoddu segment scene.tif -o landcover.tif -m model.pt --gpus 4 --precision bf16
       geoddu segment scan.ome.tif -o classes.tif -m model.pt --bands 1 --probabilities p.tif
+      geoddu segment scene.tif -o farm.tif -m model.pt --aoi fields.gpkg --aoi-where "id = 7"
     """
     from geoddu.engine.streaming import segment as run_segment
     from geoddu.errors import GeodduError
@@ -127,6 +137,9 @@ def segment(
             overwrite=overwrite,
             progress=progress,
             cancel=cancel,
+            aoi=aoi,
+            aoi_layer=aoi_layer,
+            aoi_where=aoi_where,
         )
 
     if progress_format == "json":

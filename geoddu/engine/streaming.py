@@ -90,6 +90,9 @@ def segment(
     cancel: CancelFn | None = None,
     store_max_ram_bytes: int = 256 * 2**20,
     comm_tile_cells: int = COMM_TILE_CELLS,
+    aoi: str | os.PathLike | None = None,
+    aoi_layer: str | None = None,
+    aoi_where: str | None = None,
 ) -> SegmentResult:
     """Segment the raster `src` into the class map `dst` (atomic: nothing at `dst` on failure).
 
@@ -98,6 +101,11 @@ def segment(
     raise `Cancelled` without writing anything. `store_max_ram_bytes` and `comm_tile_cells`
     tune memory (bottleneck maps kept in RAM below that size; communication tile side in
     bottleneck cells) and never change the result.
+
+    `aoi` (any vector GDAL reads, any CRS; `aoi_layer`, `aoi_where` pick features) limits the
+    work to the subimages the area touches plus those within the communication network's reach
+    around them: pixels outside the area are nodata, pixels inside get exactly the classes of a
+    full-scene run, and the run time grows with the area, not the scene.
     """
     t0 = time.perf_counter()
     devices = resolve_devices(device, gpus)
@@ -107,6 +115,11 @@ def segment(
     source = _open_source(src, bands, model)
     part = model.partition_for(source.height, source.width, subimage_size)
     net = model.net
+    area = None
+    todo = part.subimages()
+    encode_cells = todo
+    if aoi is not None:
+        area, todo, encode_cells = _aoi_cells(source, part, net, aoi, aoi_layer, aoi_where)
     replicas = [model if model.device == d else copy.deepcopy(model).to(d).eval() for d in devices]
     run = _Run(source, part, replicas, precision, progress, cancel)
     stores: list[MapStore] = []
@@ -120,10 +133,15 @@ def segment(
                 shape = (net.comm_features, hs, hs)
                 encoded = MapStore(cells, shape, store_max_ram_bytes, _tmpdir(dst))
                 stores.append(encoded)
-                run.over_cells("encode", lambda ctx, c, raw, ok: _encode(ctx, c, raw, ok, encoded))
+                run.over_cells(
+                    "encode",
+                    lambda ctx, c, raw, ok: _encode(ctx, c, raw, ok, encoded),
+                    encode_cells,
+                )
                 communicated = MapStore(cells, shape, store_max_ram_bytes, _tmpdir(dst))
                 stores.append(communicated)
-                tiles = grid_tiles(*part.grid, max(1, comm_tile_cells // hs))
+                step = max(1, comm_tile_cells // hs)
+                tiles = grid_tiles(*part.grid, step) if area is None else run_tiles(todo, step)
                 communicate_tiles(
                     run, replicas[0], tiles, part.grid, hs, encoded.get, communicated.put
                 )
@@ -131,7 +149,9 @@ def segment(
             else:
                 communicated = None
             run.over_cells(
-                "decode", lambda ctx, c, raw, ok: _decode(ctx, c, raw, ok, communicated, sink)
+                "decode",
+                lambda ctx, c, raw, ok: _decode(ctx, c, raw, ok, communicated, sink, area),
+                todo,
             )
     except BaseException:
         for w in writers.values():
@@ -145,7 +165,7 @@ def segment(
         output=Path(dst),
         width=source.width,
         height=source.height,
-        subimages=len(part),
+        subimages=len(todo),
         skipped=run.skipped,
         communicated=net.communicates,
         devices=[str(d) for d in devices],
@@ -189,6 +209,40 @@ def _open_writers(dst, source, model, overwrite, cog, probabilities, confidence)
             w.abort()
         raise
     return writers
+
+
+def _aoi_cells(source, part: Partition, net, aoi, layer, where):
+    """The area in the raster's CRS, the cells it touches, and those plus the cells within the
+    communication network's reach (their encodings feed the touched cells' mosaic)."""
+    import shapely
+    from rasterio.transform import array_bounds
+    from rasterio.windows import Window, bounds
+
+    from ..io.vector import aoi_geometry
+
+    area = aoi_geometry(
+        aoi,
+        source.crs,
+        array_bounds(source.height, source.width, source.transform),
+        layer=layer,
+        where=where,
+    )
+    cells = part.subimages()
+    boxes = [
+        shapely.box(*bounds(Window(c.col_off, c.row_off, c.width, c.height), source.transform))
+        for c in cells
+    ]
+    hit = shapely.intersects(np.array(boxes, dtype=object), area)
+    touched = [c for c, h in zip(cells, hit, strict=True) if h]
+    cell = part.row_sizes[0] // net.stride
+    reach = -(-net.comm_halo // cell)  # neighbouring cells the halo reaches into
+    near = {
+        (c.row + dr, c.col + dc)
+        for c in touched
+        for dr in range(-reach, reach + 1)
+        for dc in range(-reach, reach + 1)
+    }
+    return area, touched, [c for c in cells if c.index in near]
 
 
 def _open_source(src: str | os.PathLike, bands: Sequence[int] | None, model: SegmentationModel):
@@ -430,7 +484,9 @@ def communicate_tiles(
             run.report("communicate", n, len(tiles))
 
 
-def _decode(ctx: _Worker, cell: Subimage, raw, valid, communicated: MapStore | None, sink) -> bool:
+def _decode(
+    ctx: _Worker, cell: Subimage, raw, valid, communicated: MapStore | None, sink, area=None
+) -> bool:
     h = min(cell.height, ctx.source.height - cell.row_off)
     w = min(cell.width, ctx.source.width - cell.col_off)
     live = bool(valid.any())
@@ -451,6 +507,15 @@ def _decode(ctx: _Worker, cell: Subimage, raw, valid, communicated: MapStore | N
     logits = logits[0, :, :h, :w].float()
     classes = logits.argmax(0).to(torch.uint8).cpu().numpy()
     keep = valid[:h, :w]
+    if area is not None:
+        # The area only masks the output: encoders saw the real pixels, so classes inside the
+        # area are those of a full-scene run.
+        from rasterio.windows import Window, transform
+
+        from ..io.vector import geometry_window_mask
+
+        wt = transform(Window(cell.col_off, cell.row_off, w, h), ctx.source.transform)
+        keep = keep & geometry_window_mask(area, wt, (h, w))
     classes[~keep] = NODATA
     probs = None
     if sink.wants_probabilities:
