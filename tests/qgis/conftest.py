@@ -21,7 +21,11 @@ from __future__ import annotations
 import importlib.util
 import os
 
-HAVE_QGIS = importlib.util.find_spec("qgis") is not None
+# Not just `find_spec("qgis") is not None`: with tests/ on sys.path (the main suite puts it
+# there), this very folder is found as a namespace package called `qgis`. The real one is a
+# regular package, with an origin.
+_spec = importlib.util.find_spec("qgis")
+HAVE_QGIS = _spec is not None and _spec.origin is not None
 
 if not HAVE_QGIS:
     collect_ignore_glob = ["test_*.py"]
@@ -31,33 +35,20 @@ else:
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     import pytest
-
-    ROOT = Path(__file__).resolve().parents[2]
-    PLUGIN_PARENT = ROOT / "plugins" / "qgis"
-    QGIS_PLUGINS = "/usr/share/qgis/python/plugins"  # where `processing` lives on Debian
-
-    #: The test checkpoint's classes: names and colours the class map must be shown with.
-    CLASSES = [
-        {"name": "water", "color": [0, 90, 200]},
-        {"name": "forest", "color": [20, 140, 40]},
-        {"name": "urban", "color": [220, 30, 30]},
-    ]
-    HEIGHT, WIDTH, BANDS = 96, 128, 3
-    GEOTRANSFORM = (500000.0, 10.0, 0.0, 4600000.0, 0.0, -10.0)
-    EPSG = 32631
-    SUBIMAGE = 32
-
-    def _strict() -> bool:
-        return os.environ.get("GEODDU_QGIS_TESTS_STRICT") == "1"
-
-    def missing(reason: str):
-        """Skip, or fail under GEODDU_QGIS_TESTS_STRICT=1."""
-        if _strict():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    from qgis_testdata import (
+        BANDS,
+        CLASSES,
+        EPSG,
+        GEOTRANSFORM,
+        HEIGHT,
+        PLUGIN_PARENT,
+        QGIS_PLUGINS,
+        SUBIMAGE,
+        WIDTH,
+        missing,
+    )
 
     @pytest.fixture(scope="session")
     def qgis_app(tmp_path_factory):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputString,
@@ -15,16 +16,20 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
     QgsProviderRegistry,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
 from . import engine_bridge, settings
 from .icons import plugin_icon
-from .styling import ClassMapStyler, read_classes
+from .styling import ClassMapStyler, ClassPolygonStyler, read_classes
 
 DEVICES = ["cpu", "cuda"]
 PRECISIONS = ["fp32", "bf16", "fp16"]
+#: Stages `geoddu vectorize` reports (sieve only with a minimum area).
+VECTOR_STAGES = ("sieve", "polygonize")
+EXTRA_RASTERS = (("probabilities", "PROBABILITIES"), ("confidence", "CONFIDENCE"))
 
 
 class SegmentAlgorithm(QgsProcessingAlgorithm):
@@ -38,6 +43,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     OUTPUT = "OUTPUT"
     PROBABILITIES = "PROBABILITIES"
     CONFIDENCE = "CONFIDENCE"
+    POLYGONS = "POLYGONS"
+    MIN_AREA = "MIN_AREA"
+    SIMPLIFY = "SIMPLIFY"
     ENGINE = "ENGINE"
 
     def tr(self, text: str) -> str:
@@ -75,9 +83,13 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "transform; it is added to the project with the checkpoint's class colours and "
             "names.\n"
             "<b>Probabilities</b>, <b>Confidence</b> (optional): float32 GeoTIFFs with one "
-            "band per class, and the highest class probability.\n\n"
+            "band per class, and the highest class probability.\n"
+            "<b>Polygons</b> (optional): the class map as polygons (GeoPackage, GeoJSON, "
+            "FlatGeobuf or Shapefile), one per connected region, with class_id and class_name; "
+            "regions smaller than the minimum area are merged into a neighbour first, and "
+            "borders can be simplified without gaps or overlaps.\n\n"
             "The engine is geoddu imported in QGIS's Python, a configured Python environment, or "
-            "the geoddu command (Processing > Options > Providers > geoddu)."
+            "the geoddu command (Settings > Options > Processing > Providers > geoddu)."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -111,6 +123,18 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             createByDefault=False))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.CONFIDENCE, self.tr("Confidence"), optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            self.POLYGONS, self.tr("Polygons"), QgsProcessing.TypeVectorPolygon, optional=True,
+            createByDefault=False))
+        min_area = QgsProcessingParameterNumber(
+            self.MIN_AREA, self.tr("Polygons: merge regions smaller than (map units², 0: none)"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.0, optional=True, minValue=0.0)
+        simplify = QgsProcessingParameterNumber(
+            self.SIMPLIFY, self.tr("Polygons: simplify borders by (map units, 0: none)"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.0, optional=True, minValue=0.0)
+        for param in (min_area, simplify):
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(param)
         self.addOutput(QgsProcessingOutputString(self.ENGINE, self.tr("Engine used")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -128,9 +152,11 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         subimage_size = self.parameterAsInt(parameters, self.SUBIMAGE_SIZE, context) or None
         dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         extra = {key: self.parameterAsOutputLayer(parameters, name, context) or None
-                 for key, name in (("probabilities", self.PROBABILITIES),
-                                   ("confidence", self.CONFIDENCE))}
-        for path in (dst, *extra.values()):
+                 for key, name in EXTRA_RASTERS}
+        polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
+        min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context) or None
+        simplify = self.parameterAsDouble(parameters, self.SIMPLIFY, context) or None
+        for path in (dst, polygons, *extra.values()):
             if path and os.path.dirname(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
 
@@ -140,36 +166,65 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
         feedback.pushInfo(self.tr("Engine: {}").format(engine.description))
 
-        stages = []
+        # With polygons, segmenting is the first 80 % of the bar and polygonising the rest.
+        share = 80.0 if polygons else 100.0
+        seen = []
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in stages:  # one line per stage, not per subimage
-                stages.append(stage)
-                feedback.setProgressText(self.tr("geoddu: {} ({} steps)").format(stage, total))
-            feedback.setProgress(engine_bridge.overall_percent(stage, done, total))
+        def reporter(stages, start, span):
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in seen:  # one line per stage, not per subimage
+                    seen.append(stage)
+                    steps = self.tr("1 step") if total == 1 else self.tr("{} steps").format(total)
+                    feedback.setProgressText(self.tr("geoddu: {} ({})").format(stage, steps))
+                percent = engine_bridge.overall_percent(stage, done, total, stages)
+                feedback.setProgress(start + span * percent / 100.0)
 
+            return progress
+
+        written = []  # this run's outputs: a cancelled or failed run removes them all
         try:
-            output = engine.segment(src, dst, model, device=device, gpus=gpus, bands=bands,
-                                    precision=precision, subimage_size=subimage_size, **extra,
-                                    progress=progress, cancel=feedback.isCanceled,
-                                    log=feedback.pushConsoleInfo)
-        except engine_bridge.EngineCancelled as exc:
-            raise QgsProcessingException(str(exc)) from None
+            output = engine.segment(
+                src, dst, model, device=device, gpus=gpus, bands=bands, precision=precision,
+                subimage_size=subimage_size, **extra, cancel=feedback.isCanceled,
+                progress=reporter(engine_bridge.STAGES, 0.0, share),
+                log=feedback.pushConsoleInfo)
+            written += [output, *[path for path in extra.values() if path]]
+            if polygons:
+                feedback.setProgressText(self.tr("geoddu: polygons"))
+                stages = VECTOR_STAGES if min_area else VECTOR_STAGES[1:]
+                polygons = engine.vectorize(
+                    output, polygons, min_area=min_area, simplify=simplify,
+                    progress=reporter(stages, share, 100.0 - share),
+                    cancel=feedback.isCanceled, log=feedback.pushConsoleInfo)
         except engine_bridge.EngineError as exc:
-            if exc.details:
+            for path in written:
+                remove_raster(path)
+            if exc.details and not isinstance(exc, engine_bridge.EngineCancelled):
                 feedback.pushDebugInfo(exc.details)
             raise QgsProcessingException(str(exc)) from None
         feedback.setProgress(100)
 
+        classes = read_classes(output)
         if context.willLoadLayerOnCompletion(dst):
-            classes = read_classes(output)
             details = context.layerToLoadOnCompletionDetails(dst)
             details.setPostProcessor(ClassMapStyler.create(classes))
+        if polygons and context.willLoadLayerOnCompletion(polygons):
+            details = context.layerToLoadOnCompletionDetails(polygons)
+            details.setPostProcessor(ClassPolygonStyler.create(classes))
         results = {self.OUTPUT: output, self.ENGINE: engine.kind}
-        results.update({name: extra[key] for key, name in (("probabilities", self.PROBABILITIES),
-                                                           ("confidence", self.CONFIDENCE))
-                        if extra[key]})
+        results.update({name: extra[key] for key, name in EXTRA_RASTERS if extra[key]})
+        if polygons:
+            results[self.POLYGONS] = polygons
         return results
+
+
+def remove_raster(path: str) -> None:
+    """Remove a GeoTIFF this run wrote, with its GDAL side-cars."""
+    for candidate in (path, path + ".aux.xml", path + ".ovr"):
+        try:
+            os.remove(candidate)
+        except OSError:
+            pass
 
 
 def raster_path(layer) -> str:

@@ -65,15 +65,18 @@ class EngineCancelled(EngineError):
     """The run was cancelled between subimages; no output file was left behind."""
 
 
+NO_POLYGONS = "this geoddu cannot write polygons (no `geoddu vectorize`); update geoddu"
+
+
 class EngineNotFound(EngineError):
     """No way to run geoddu was found; the message says what was tried and how to fix it."""
 
 
-def overall_percent(stage: str, done: int, total: int) -> float:
-    """Map the engine's per-stage ``(stage, done, total)`` onto 0-100 over all stages."""
+def overall_percent(stage: str, done: int, total: int, stages=STAGES) -> float:
+    """Map the engine's per-stage ``(stage, done, total)`` onto 0-100 over all ``stages``."""
     frac = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
-    if stage in STAGES:
-        return 100.0 * (STAGES.index(stage) + frac) / len(STAGES)
+    if stage in stages:
+        return 100.0 * (stages.index(stage) + frac) / len(stages)
     return 100.0 * frac
 
 
@@ -111,6 +114,21 @@ class Engine:
         """
         raise NotImplementedError
 
+    def vectorize(
+        self,
+        src: str,
+        dst: str,
+        *,
+        min_area: float | None = None,
+        simplify: float | None = None,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+        log: LogFn | None = None,
+    ) -> str:
+        """Polygonise the class map ``src`` into the vector file ``dst`` (format by extension,
+        overwritten); same errors as :meth:`segment`."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
 
@@ -125,6 +143,22 @@ class InProcessEngine(Engine):
         super().__init__(f"geoddu {version} imported in-process from {where}")
 
     def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
+        self._call(self.module.segment, src, dst, model, progress=progress, cancel=cancel,
+                   **options)
+        return dst
+
+    def vectorize(self, src, dst, *, progress=None, cancel=None, log=None, **options):
+        function = getattr(self.module, "vectorize", None)
+        if function is None:
+            try:
+                function = importlib.import_module(
+                    self.module.__name__ + ".io.polygonize").vectorize
+            except (ImportError, AttributeError):
+                raise EngineError(NO_POLYGONS) from None
+        self._call(function, src, dst, progress=progress, cancel=cancel, **options)
+        return dst
+
+    def _call(self, function, *args, progress=None, cancel=None, **options):
         errors = importlib.import_module(self.module.__name__ + ".errors")
         kwargs = {key: value for key, value in options.items() if value not in (None, [], "")}
         kwargs["overwrite"] = True
@@ -133,14 +167,13 @@ class InProcessEngine(Engine):
         if cancel is not None:
             kwargs["cancel"] = cancel
         try:
-            self.module.segment(src, dst, model, **kwargs)
+            function(*args, **kwargs)
         except errors.Cancelled as exc:
             raise EngineCancelled(str(exc) or "cancelled; no output was written") from None
         except errors.GeodduError as exc:
             raise EngineError(str(exc)) from None
         except Exception as exc:  # an engine bug: keep the traceback for the log
             raise EngineError(f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
-        return dst
 
 
 class CliEngine(Engine):
@@ -150,6 +183,7 @@ class CliEngine(Engine):
 
     #: Seconds to wait after the polite stop signal before killing a cancelled subprocess.
     stop_grace_s = 10.0
+    killed = False
 
     def __init__(self, command: list[str], kind: str = "cli"):
         self.command = list(command)
@@ -180,6 +214,25 @@ class CliEngine(Engine):
     def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
         args = self.arguments(src, dst, model, **options)
         outputs = [dst] + [options[k] for k in ("probabilities", "confidence") if options.get(k)]
+        return self._run(args, outputs, progress, cancel, log)
+
+    def vectorize(self, src, dst, *, min_area=None, simplify=None, progress=None, cancel=None,
+                  log=None):
+        # `geoddu vectorize` reports no progress lines: the run shows as one step.
+        args = [*self.command, "vectorize", src, "-o", dst, "--overwrite", "--quiet"]
+        if min_area:
+            args += ["--min-area", repr(float(min_area))]
+        if simplify:
+            args += ["--simplify", repr(float(simplify))]
+        try:
+            return self._run(args, [dst], progress, cancel, log)
+        except EngineError as exc:
+            if "No such command" in str(exc):
+                raise EngineError(NO_POLYGONS, exc.details) from None
+            raise
+
+    def _run(self, args, outputs, progress, cancel, log) -> str:
+        """Run one geoddu command; relay its JSON progress; map failures to EngineError."""
         before = {path: _file_state(path) for path in outputs}
         popen_kw = {}
         if os.name == "nt":
@@ -205,6 +258,7 @@ class CliEngine(Engine):
         tail: list[str] = []
         open_streams = 2
         cancelled = False
+        self.killed = False
         while open_streams:
             if cancel is not None and not cancelled and cancel():
                 cancelled = True
@@ -229,7 +283,7 @@ class CliEngine(Engine):
                 progress(str(event.get("stage", "")), int(event.get("done", 0)),
                          int(event.get("total", 0)))
             elif kind == "done":
-                output = event.get("output") or dst
+                output = event.get("output")
             elif kind == "error":
                 error_message = str(event.get("message") or "geoddu failed")
         rc = proc.wait()
@@ -241,12 +295,14 @@ class CliEngine(Engine):
         if cancelled or rc != 0:
             for path, state in before.items():
                 _remove_if_new(path, state)
+                if self.killed:
+                    _remove_engine_temporaries(path)
         if cancelled:
             raise EngineCancelled("cancelled; no output was written")
         if rc != 0:
-            message = error_message or (tail[-1] if tail else f"geoddu exited with status {rc}")
+            message = error_message or _error_line(tail) or f"geoddu exited with status {rc}"
             raise EngineError(message, "\n".join(tail))
-        return output or dst
+        return output or outputs[0]
 
     def _stop(self, proc: subprocess.Popen) -> None:
         """Ask the subprocess to stop (SIGINT / CTRL_BREAK), then kill it after a grace period."""
@@ -258,6 +314,15 @@ class CliEngine(Engine):
             proc.wait(timeout=self.stop_grace_s)
         except (subprocess.TimeoutExpired, OSError, ValueError):
             proc.kill()
+            self.killed = True  # it could not remove its temporary files itself
+
+
+def _error_line(tail: list[str]) -> str:
+    """The command's one-line error: its last ``Error: ...`` line, else its last line."""
+    for line in reversed(tail):
+        if line.startswith("Error: "):
+            return line[len("Error: "):]
+    return tail[-1] if tail else ""
 
 
 def find_engine(mode: str | None = None, python_env: str | None = None, cli: str | None = None,
@@ -294,7 +359,7 @@ def find_engine(mode: str | None = None, python_env: str | None = None, cli: str
     raise EngineNotFound(
         "geoddu engine not found (" + "; ".join(tried) + "). Install geoddu into QGIS's Python, "
         f"or set a Python environment ({ENV_PYTHON_ENV}) or the geoddu command ({ENV_CLI}) in "
-        "Processing > Options > Providers > geoddu."
+        "Settings > Options > Processing > Providers > geoddu."
     )
 
 
@@ -394,8 +459,7 @@ def env_cli_command(env: str) -> list[str] | None:
                 ("python.exe",)):
         candidate = os.path.join(env, *rel)
         if os.path.isfile(candidate):
-            return [candidate, "-c", "import sys; from geoddu_cli.main import cli; "
-                    "sys.argv[0] = 'geoddu'; cli()"]
+            return [candidate, "-m", "geoddu_cli"]
     return None
 
 
@@ -458,6 +522,18 @@ def _remove_if_new(path: str, before) -> None:
             os.remove(path)
         except OSError:
             pass
+
+
+def _remove_engine_temporaries(path: str) -> None:
+    """Remove the engine's temporary files for output ``path`` (``.NAME.geoddu-tmp-*``), which
+    a killed subprocess leaves behind."""
+    folder, name = os.path.split(os.path.abspath(path))
+    for entry in _listdir(folder):
+        if entry.startswith(f".{name}.geoddu-tmp-"):
+            try:
+                os.remove(os.path.join(folder, entry))
+            except OSError:
+                pass
 
 
 def _listdir(path: str) -> list[str]:

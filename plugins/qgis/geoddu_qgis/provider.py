@@ -33,3 +33,6 @@ class GeodduProvider(QgsProcessingProvider):
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802
         return ["tif"]
+
+    def supportedOutputVectorLayerExtensions(self):  # noqa: N802
+        return ["gpkg", "geojson", "fgb", "shp"]  # what `geoddu vectorize` writes

@@ -1,4 +1,5 @@
-"""The plugin's settings: which engine set-up to use. Shown in Processing > Options > Providers.
+"""The plugin's settings: which engine set-up to use. Shown in Settings > Options >
+Processing > Providers > geoddu.
 
 Values are stored by Processing under ``Processing/Configuration/<NAME>`` in the QGIS profile and
 read from there at run time (so they also apply in ``qgis_process``). The environment variables
@@ -47,6 +48,9 @@ def register() -> None:
         from processing.core.ProcessingConfig import ProcessingConfig, Setting
     except ImportError:
         return
+    from .icons import plugin_icon
+
+    ProcessingConfig.setGroupIcon(GROUP, plugin_icon())
     ProcessingConfig.addSetting(Setting(
         GROUP, ENGINE_MODE, "Engine set-up", MODE_LABELS[0], valuetype=Setting.SELECTION,
         options=MODE_LABELS))

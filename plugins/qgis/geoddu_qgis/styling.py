@@ -10,7 +10,13 @@ from __future__ import annotations
 import json
 
 from osgeo import gdal
-from qgis.core import QgsPalettedRasterRenderer, QgsProcessingLayerPostProcessorInterface
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsFillSymbol,
+    QgsPalettedRasterRenderer,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsRendererCategory,
+)
 from qgis.PyQt.QtGui import QColor
 
 NODATA = 255
@@ -90,6 +96,30 @@ class ClassMapStyler(QgsProcessingLayerPostProcessorInterface):
         if apply_class_style(layer, self.classes) and feedback is not None:
             feedback.pushInfo(f"Styled {layer.name()} with {len(self.classes)} classes: "
                               + ", ".join(c["name"] for c in self.classes))
+
+
+def categorized_renderer(classes: list[dict], field: str = "class_id"):
+    """Polygons coloured by class: one category per class, labelled with its name."""
+    categories = []
+    for c in classes:
+        symbol = QgsFillSymbol.createSimple({
+            "color": "{},{},{},255".format(*c["color"]),
+            "outline_style": "no",
+        })
+        categories.append(QgsRendererCategory(c["value"], symbol, c["name"]))
+    return QgsCategorizedSymbolRenderer(field, categories)
+
+
+class ClassPolygonStyler(ClassMapStyler):
+    """Applied by Processing to the polygons layer: categories by class_id."""
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt naming)
+        if layer is None or not layer.isValid() or not self.classes:
+            return
+        if layer.fields().indexOf("class_id") < 0:
+            return
+        layer.setRenderer(categorized_renderer(self.classes))
+        layer.triggerRepaint()
 
 
 def _fallback_color(value: int) -> list[int]:
