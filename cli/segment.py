@@ -12,13 +12,31 @@ from .progress import progress_reporter
 
 
 @click.command(short_help="Segment a raster into a class map GeoTIFF.")
-@click.argument("src", type=str)
+@click.argument("src", nargs=-1, required=True, type=str)
 @click.option(
     "-o",
     "--output",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
     help="Class map GeoTIFF to write (uint8, nodata 255, colour table).",
+)
+@click.option(
+    "--output-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Several scenes (or a folder, or a .txt of paths): write OUTPUT_DIR/<stem>.tif each.",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="With --output-dir: leave scenes whose output exists (continue a killed batch).",
+)
+@click.option(
+    "--timeout",
+    type=click.IntRange(1),
+    default=1800,
+    show_default=True,
+    help="Under torchrun: seconds a rank may wait on another before the job ends.",
 )
 @click.option(
     "-m",
@@ -84,6 +102,9 @@ from .progress import progress_reporter
 def segment(
     src,
     output,
+    output_dir,
+    skip_existing,
+    timeout,
     model_path,
     bands,
     subimage_size,
@@ -117,9 +138,46 @@ def segment(
       geoddu segment scene.tif -o landcover.tif -m model.pt --gpus 4 --precision bf16
       geoddu segment scan.ome.tif -o classes.tif -m model.pt --bands 1 --probabilities p.tif
       geoddu segment scene.tif -o farm.tif -m model.pt --aoi fields.gpkg --aoi-where "id = 7"
+      geoddu segment a.tif b.tif scenes/ list.txt --output-dir out/ -m model.pt --skip-existing
+      torchrun --nproc-per-node 4 -m geoddu_cli segment scene.tif -o out.tif -m model.pt
+
+    Several SRC (a folder means its rasters, a .txt file one path per line) need
+    --output-dir. Under torchrun the ranks share the work: scenes are spread over the ranks, and
+    a scene larger than a fair share is cut into blocks of subimages, one per rank, which
+    exchange only the halos the communication network needs (docs/distributed.md).
     """
+    from geoddu.engine import distributed
     from geoddu.engine.streaming import segment as run_segment
     from geoddu.errors import GeodduError
+
+    if distributed.launched_by_torchrun() or output_dir is not None or len(src) != 1 or not output:
+        if aoi is not None:
+            raise GeodduError("--aoi works on one scene outside torchrun")
+        options = dict(
+            bands=bands,
+            subimage_size=subimage_size,
+            device=device,
+            gpus=gpus,
+            precision=precision,
+            probabilities=probabilities,
+            confidence=confidence,
+            cog=cog,
+        )
+        status = distributed.cli_segment(
+            src,
+            output,
+            output_dir,
+            model_path,
+            skip_existing=skip_existing,
+            overwrite=overwrite,
+            timeout_s=timeout,
+            quiet=quiet,
+            progress_format=progress_format,
+            options=options,
+            bars=progress_reporter,
+        )
+        sys.exit(status)
+    src = src[0]
 
     def go(progress, cancel=None):
         return run_segment(

@@ -1,0 +1,278 @@
+"""Training one DDU-Net across ranks: each rank holds a block of every patch's subimages.
+
+The building blocks of spatially-distributed training (the training loop itself lives in
+`geoddu.train`):
+
+* `SpatialDDUNet` runs the encoder and decoder on the rank's own subimages only. The last F
+  bottleneck maps of all ranks are gathered with an autograd-aware all-gather
+  (`all_gather_single_autograd`: its backward is a reduce-scatter), and the communication
+  network runs on the whole gathered mosaic on every rank of the group.
+* `SpatialBatchNorm2d` keeps the single-process rule: batch statistics over every subimage of
+  every patch in the batch, so the per-channel sum and sum of squares are all-reduced
+  (autograd-aware) across the group. Running statistics come out identical on every rank.
+* `spatial_dice_loss` is Eq. (1) with its three sums all-reduced: the loss of the global patch.
+* `average_gradients` (or DDP over the same group) averages the parameter gradients.
+
+Convention: every rank computes the same global loss and calls `backward()`. The collectives'
+backward passes then sum `world` identical copies, so each rank's local gradients are `world`
+times its share; averaging over the group gives exactly the single-process gradient (and is
+what DDP does anyway). Dropout draws its masks per rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as fcol
+import torch.nn.functional as F
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from ..models.ddunet import DDUNet, batched_apply
+from ..partition import Partition, Subimage, balanced_blocks
+
+
+def _world(group: Any) -> tuple[int, int]:
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def all_reduce_sum(x: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Sum of `x` over the group, differentiable (an all-gather whose backward reduce-scatters;
+    torch 2.13 has no autograd all-reduce that does not warn). For small tensors: statistics."""
+    _, world = _world(group)
+    if world == 1:
+        return x
+    group = group if group is not None else dist.group.WORLD
+    gathered = fcol.all_gather_single_autograd(x.reshape(1, -1), 0, group)
+    return gathered.view(world, -1).sum(0).view(x.shape)
+
+
+class SpatialBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics cover the whole group's batch of subimages.
+
+    Sums are accumulated in float64 (one all-reduce of 2C+1 values), so E[x^2] - E[x]^2 does
+    not cancel badly; normalising and the running-statistics update are the same arithmetic
+    as `nn.BatchNorm2d`, and identical on every rank.
+    """
+
+    def __init__(self, *args: Any, group: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d, group: Any = None) -> SpatialBatchNorm2d:
+        new = cls(
+            bn.num_features,
+            bn.eps,
+            bn.momentum,
+            bn.affine,
+            bn.track_running_stats,
+            group=group,
+            device=bn.weight.device if bn.affine else None,
+        )
+        new.load_state_dict(bn.state_dict())
+        new.train(bn.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.track_running_stats:
+            return super().forward(x)
+        c = x.shape[1]
+        n_local = x.numel() // c
+        s = x.sum(dim=(0, 2, 3), dtype=torch.float64)
+        ss = (x * x).sum(dim=(0, 2, 3), dtype=torch.float64)
+        count = torch.tensor([float(n_local)], dtype=torch.float64, device=x.device)
+        total = all_reduce_sum(torch.cat([s, ss, count]), self.group)
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:
+                    factor = 1.0 / float(self.num_batches_tracked)
+                else:
+                    factor = self.momentum
+                count_all = float(n)  # the same on every rank
+                unbiased = var * (count_all / (count_all - 1)) if count_all > 1 else var
+                self.running_mean.mul_(1 - factor).add_(mean.to(x.dtype), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased.to(x.dtype), alpha=factor)
+        shape = (1, c, 1, 1)
+        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype) + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_batchnorm(module: nn.Module, group: Any = None) -> nn.Module:
+    """Replace every `nn.BatchNorm2d` under `module` by a `SpatialBatchNorm2d` (same state)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SpatialBatchNorm2d):
+            setattr(module, name, SpatialBatchNorm2d.from_batchnorm(child, group))
+        else:
+            convert_batchnorm(child, group)
+    return module
+
+
+class SpatialDDUNet(nn.Module):
+    """A DDU-Net whose subimages are spread over the ranks of `group`.
+
+    Every rank holds the full set of weights. Rank r owns the r-th balanced contiguous block of
+    the partition's subimages (row-major, the same assignment as the segment engine); it
+    encodes and decodes only those. `forward(parts, partition)` takes the rank's own subimage
+    batches in block order (see `own_parts`) and returns their logits in the same order.
+    """
+
+    def __init__(self, net: DDUNet, group: Any = None) -> None:
+        super().__init__()
+        self.net = net
+        self.group = group
+        convert_batchnorm(net.encoder, group)
+        convert_batchnorm(net.decoder, group)
+        if net.comm is not None and not net.communicates:
+            # C=N: the communication network runs per subimage, so its batch is spread too.
+            convert_batchnorm(net.comm, group)
+        # Bytes this rank sent in the last forward + backward (a ring all-gather or
+        # reduce-scatter sends (world - 1) chunks); read by the benchmark.
+        self.bytes_sent = 0
+
+    @property
+    def rank(self) -> int:
+        return _world(self.group)[0]
+
+    @property
+    def world(self) -> int:
+        return _world(self.group)[1]
+
+    def own_cells(self, partition: Partition) -> list[Subimage]:
+        return balanced_blocks(partition.subimages(), self.world)[self.rank]
+
+    def own_parts(self, x: torch.Tensor, partition: Partition) -> list[torch.Tensor]:
+        """The rank's subimages of a whole batch (B, C, H, W) (or labels (B, H, W))."""
+        return [
+            x[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width]
+            for c in self.own_cells(partition)
+        ]
+
+    def forward(self, parts: Sequence[torch.Tensor], partition: Partition) -> list[torch.Tensor]:
+        net = self.net
+        own = self.own_cells(partition)
+        if len(parts) != len(own):
+            raise ValueError(f"rank {self.rank} owns {len(own)} subimages, got {len(parts)}")
+        self.bytes_sent = 0
+        encoded = batched_apply(net.encode, list(parts))
+        skips = [e[0] for e in encoded]
+        bottlenecks = [e[1] for e in encoded]
+        if net.comm is not None:
+            maps = [net.comm_input(b) for b in bottlenecks]
+            if net.communicates:
+                out = self._communicate(maps, partition, own)
+            else:
+                out = batched_apply(net.communicate_maps, maps)
+            bottlenecks = [net.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
+        pairs = list(zip(skips, bottlenecks, strict=True))
+        return batched_apply(lambda a: net.decode(a[0], a[1]), pairs)
+
+    def _communicate(
+        self, maps: list[torch.Tensor], partition: Partition, own: list[Subimage]
+    ) -> list[torch.Tensor]:
+        """Gather every rank's F maps into the mosaic, run the communication network on it (on
+        every rank), and keep the own cells' part."""
+        net, world = self.net, self.world
+        stride = net.stride
+        coarse = partition.scaled(stride)
+        batch = maps[0].shape[0] if maps else 0
+        feats = net.comm_features
+        blocks = balanced_blocks(partition.subimages(), world)
+        sizes = [
+            sum(batch * feats * (c.height // stride) * (c.width // stride) for c in b)
+            for b in blocks
+        ]
+        chunk = max(sizes)
+        flat = torch.cat([m.reshape(-1) for m in maps]) if maps else None
+        if world == 1:
+            gathered = flat
+        else:
+            ref = maps[0] if maps else next(self.net.parameters())
+            if flat is None:
+                flat = ref.new_zeros(0)
+            # Blocks differ by up to one subimage: pad every chunk to the largest.
+            flat = F.pad(flat, (0, chunk - flat.numel()))
+            group = self.group if self.group is not None else dist.group.WORLD
+            gathered = fcol.all_gather_single_autograd(flat, 0, group)
+            # forward all-gather + backward reduce-scatter, ring algorithms
+            self.bytes_sent += 2 * (world - 1) * chunk * flat.element_size()
+        cells: dict[tuple[int, int], torch.Tensor] = {}
+        for r, b in enumerate(blocks):
+            off = r * chunk
+            for c in b:
+                h, w = c.height // stride, c.width // stride
+                n = batch * feats * h * w
+                cells[c.index] = gathered[off : off + n].view(batch, feats, h, w)
+                off += n
+        rows, cols = partition.grid
+        mosaic = Partition.stitch([[cells[(i, j)] for j in range(cols)] for i in range(rows)])
+        out = net.communicate_maps(mosaic)
+        ro, co = coarse.row_offsets, coarse.col_offsets
+        return [
+            out[
+                ...,
+                ro[c.row] : ro[c.row] + c.height // stride,
+                co[c.col] : co[c.col] + c.width // stride,
+            ]
+            for c in own
+        ]
+
+
+def spatial_dice_loss(
+    logits: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    group: Any = None,
+    eps: float = 1e-7,
+    ignore_index: int | None = None,
+) -> torch.Tensor:
+    """`geoddu.metrics.dice_loss` of the global batch from each rank's own subimages: the three
+    sums of Eq. (1) are all-reduced, so every rank gets the same loss."""
+    sums = []
+    for lg, tg in zip(logits, targets, strict=True):
+        probs = torch.softmax(lg.float(), dim=1)
+        k = lg.shape[1]
+        tg = tg.long()
+        if ignore_index is not None:
+            valid = tg != ignore_index
+            tg = torch.where(valid, tg, torch.zeros_like(tg))
+        onehot = F.one_hot(tg, k).permute(0, 3, 1, 2).to(probs.dtype)
+        if ignore_index is not None:
+            mask = valid.unsqueeze(1).to(probs.dtype)
+            probs = probs * mask
+            onehot = onehot * mask
+        sums.append(
+            torch.stack([(onehot * probs).sum(), onehot.sum(), probs.sum()]).to(torch.float64)
+        )
+    ref = logits[0] if logits else torch.zeros(())
+    local = torch.stack(sums).sum(0) if sums else ref.new_zeros(3, dtype=torch.float64)
+    inter, ysum, psum = all_reduce_sum(local, group)
+    return (1 - 2 * (inter + eps) / (ysum + psum + eps)).to(torch.float32)
+
+
+def average_gradients(module: nn.Module, group: Any = None) -> int:
+    """Average parameter gradients over the group in one all-reduce; returns bytes reduced.
+
+    With the every-rank-same-loss convention this yields the single-process gradient. (DDP
+    over the same group does the same, overlapped with the backward pass.)
+    """
+    _, world = _world(group)
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if world == 1 or not grads:
+        return 0
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat, group=group)
+    flat /= world
+    for g, new in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(new)
+    return flat.numel() * flat.element_size()
