@@ -1,0 +1,114 @@
+"""`geoddu vectorize`: a class map GeoTIFF into one polygon layer, window by window."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import click
+
+from .options import json_option, overwrite_option, quiet_option
+from .progress import progress_reporter
+
+
+def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | None):
+    if not value:
+        return None
+    try:
+        ids = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of class ids") from exc
+    if not ids:
+        raise click.BadParameter("give at least one class id")
+    return ids
+
+
+@click.command(short_help="Turn a class map into polygons (GeoPackage, GeoJSON, ...).")
+@click.argument("src", type=str)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Vector file to write; the format comes from the extension: "
+    ".gpkg, .geojson/.json, .fgb (FlatGeobuf), .shp (Shapefile).",
+)
+@click.option(
+    "--min-area",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="M2",
+    help="First merge every region smaller than this (square map units, m^2 in a metric "
+    "CRS) into its largest neighbour.",
+)
+@click.option(
+    "--simplify",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="TOL",
+    help="Simplify the borders between polygons (map units), keeping neighbours glued: "
+    "no gaps, no overlaps.",
+)
+@click.option(
+    "--classes",
+    callback=parse_class_ids,
+    metavar="1,3",
+    help="Only write these class ids (default: every class).",
+)
+@click.option(
+    "--window-size",
+    type=click.IntRange(16),
+    default=1024,
+    show_default=True,
+    help="Pixels per window side; memory grows with its square, not with the map.",
+)
+@overwrite_option
+@quiet_option
+@json_option
+def vectorize(
+    src, output, min_area, simplify, classes, window_size, overwrite, quiet, as_json
+) -> None:
+    """Polygonise the class map SRC into one polygon layer: one polygon per connected region
+    (4-connectivity), with the columns class_id and class_name (from the map's CLASS_NAMES
+    tag), in the map's CRS. Nodata makes no polygon.
+
+    The map is read window by window and the pieces of a region cut by window borders are
+    merged, so a region is one polygon whatever the window size and memory does not grow with
+    the map. --min-area sieves the raster first (exactly, over the whole map); --simplify
+    simplifies shared borders once for both neighbours. The layer is written to a temporary
+    file and renamed when complete: a failed run leaves nothing.
+
+    \b
+    Examples:
+      geoddu vectorize landcover.tif -o landcover.gpkg
+      geoddu vectorize landcover.tif -o landcover.gpkg --min-area 500 --simplify 5
+      geoddu vectorize landcover.tif -o water.geojson --classes 1 --overwrite
+      geoddu vectorize landcover.tif -o landcover.fgb --json
+    """
+    from geoddu.io.polygonize import vectorize as run_vectorize
+
+    with contextlib.ExitStack() as stack:
+        bars = None
+
+        def progress(stage: str, done: int, total: int) -> None:
+            # The bars start with the first window: an error found up front (no CRS, output
+            # exists...) stays a single line on stderr.
+            nonlocal bars
+            if bars is None:
+                bars = stack.enter_context(progress_reporter(quiet or as_json))
+            bars(stage, done, total)
+
+        result = run_vectorize(
+            src,
+            output,
+            min_area=min_area,
+            simplify=simplify,
+            classes=classes,
+            window_size=window_size,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    elif not quiet:
+        click.echo(result.summary())
