@@ -84,12 +84,40 @@ from .progress import progress_reporter
     help="Also write the maximum softmax probability (float32).",
 )
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimised GeoTIFF.")
-@click.option("--aoi", type=str, default=None,
-              help="Area of interest (any vector GDAL reads, any CRS): only its pixels are "
-                   "segmented; the rest is nodata. Work grows with the area, not the scene.")
+@click.option(
+    "--aoi",
+    type=str,
+    default=None,
+    help="Area of interest (any vector GDAL reads, any CRS): only its pixels are "
+    "segmented; the rest is nodata. Work grows with the area, not the scene.",
+)
+@click.option(
+    "--vector",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the classes as polygons (.gpkg, .geojson, .fgb, .shp), as `geoddu vectorize`.",
+)
+@click.option(
+    "--min-area",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="M2",
+    help="With --vector: sieve away regions smaller than this area.",
+)
+@click.option(
+    "--simplify",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="TOL",
+    help="With --vector: simplify shared borders (map units).",
+)
 @click.option("--aoi-layer", default=None, help="Layer of the --aoi file.")
-@click.option("--aoi-where", default=None, metavar="SQL",
-              help="Attribute filter for --aoi features, e.g. \"name = 'farm'\".")
+@click.option(
+    "--aoi-where",
+    default=None,
+    metavar="SQL",
+    help="Attribute filter for --aoi features, e.g. \"name = 'farm'\".",
+)
 @overwrite_option
 @quiet_option
 @click.option(
@@ -117,6 +145,9 @@ def segment(
     aoi,
     aoi_layer,
     aoi_where,
+    vector,
+    min_area,
+    simplify,
     overwrite,
     quiet,
     progress_format,
@@ -138,6 +169,7 @@ def segment(
       geoddu segment scene.tif -o landcover.tif -m model.pt --gpus 4 --precision bf16
       geoddu segment scan.ome.tif -o classes.tif -m model.pt --bands 1 --probabilities p.tif
       geoddu segment scene.tif -o farm.tif -m model.pt --aoi fields.gpkg --aoi-where "id = 7"
+      geoddu segment scene.tif -o landcover.tif -m model.pt --vector landcover.gpkg --min-area 100
       geoddu segment a.tif b.tif scenes/ list.txt --output-dir out/ -m model.pt --skip-existing
       torchrun --nproc-per-node 4 -m geoddu_cli segment scene.tif -o out.tif -m model.pt
 
@@ -151,8 +183,8 @@ def segment(
     from geoddu.errors import GeodduError
 
     if distributed.launched_by_torchrun() or output_dir is not None or len(src) != 1 or not output:
-        if aoi is not None:
-            raise GeodduError("--aoi works on one scene outside torchrun")
+        if aoi is not None or vector is not None:
+            raise GeodduError("--aoi and --vector work on one scene outside torchrun")
         options = dict(
             bands=bands,
             subimage_size=subimage_size,
@@ -198,6 +230,9 @@ def segment(
             aoi=aoi,
             aoi_layer=aoi_layer,
             aoi_where=aoi_where,
+            vector=vector,
+            vector_min_area=min_area,
+            vector_simplify=simplify,
         )
 
     if progress_format == "json":

@@ -176,3 +176,19 @@ def test_bad_inputs_are_one_line_errors(tmp_path, scene, checkpoint):
     with pytest.raises(GeodduError, match="checkpoint"):
         geoddu.segment(scene, tmp_path / "o.tif", bad)
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_vector_output_in_one_go(tmp_path, scene, checkpoint):
+    import geopandas as gpd
+
+    result = geoddu.segment(scene, tmp_path / "o.tif", checkpoint, vector=tmp_path / "o.gpkg")
+    assert tmp_path / "o.gpkg" in result.extra_outputs
+    out, src = _read(tmp_path / "o.tif")
+    polys = gpd.read_file(tmp_path / "o.gpkg")
+    assert polys.crs == src.crs
+    for k in np.unique(out):
+        area = polys[polys.class_id == k].area.sum()
+        assert area == pytest.approx((out == k).sum() * 100.0)  # 10 m pixels
+    with pytest.raises(GeodduError, match="unknown vector format"):
+        geoddu.segment(scene, tmp_path / "p.tif", checkpoint, vector=tmp_path / "o.xyz")
+    assert not (tmp_path / "p.tif").exists()

@@ -93,6 +93,9 @@ def segment(
     aoi: str | os.PathLike | None = None,
     aoi_layer: str | None = None,
     aoi_where: str | None = None,
+    vector: str | os.PathLike | None = None,
+    vector_min_area: float | None = None,
+    vector_simplify: float | None = None,
 ) -> SegmentResult:
     """Segment the raster `src` into the class map `dst` (atomic: nothing at `dst` on failure).
 
@@ -106,8 +109,17 @@ def segment(
     work to the subimages the area touches plus those within the communication network's reach
     around them: pixels outside the area are nodata, pixels inside get exactly the classes of a
     full-scene run, and the run time grows with the area, not the scene.
+
+    `vector` also polygonises the class map into that file (`geoddu vectorize`, with
+    `vector_min_area` in map units² and `vector_simplify` in map units).
     """
     t0 = time.perf_counter()
+    if vector is not None:
+        from ..io.polygonize import driver_for
+
+        driver_for(vector)  # an unknown format fails now, not after the whole scene
+        if Path(vector).exists() and not overwrite:
+            raise GeodduError(f"{vector} exists; pass --overwrite to replace it")
     devices = resolve_devices(device, gpus)
     if not isinstance(model, SegmentationModel):
         model = load_model(model)
@@ -161,6 +173,20 @@ def segment(
         for s in stores:
             s.close()
         source.close()
+    extra_outputs = [Path(p) for p in (probabilities, confidence) if p is not None]
+    if vector is not None:
+        from ..io.polygonize import vectorize
+
+        vectorize(
+            dst,
+            vector,
+            min_area=vector_min_area,
+            simplify=vector_simplify,
+            overwrite=overwrite,
+            progress=progress,
+            cancel=cancel,
+        )
+        extra_outputs.append(Path(vector))
     return SegmentResult(
         output=Path(dst),
         width=source.width,
@@ -173,7 +199,7 @@ def segment(
         peak_rss_mb=_peak_rss_mb(),
         encoder_runs=run.encoder_runs,
         map_store_on_disk=any(s.on_disk for s in stores),
-        extra_outputs=[Path(p) for p in (probabilities, confidence) if p is not None],
+        extra_outputs=extra_outputs,
     )
 
 
