@@ -324,6 +324,40 @@ def test_parameters_reach_the_engine(plugin, data, mode, feedback_cls, tmp_path)
     assert any("(4 steps)" in m for m in feedback.messages)  # 2 x 2 subimages of 64 px
 
 
+def test_area_of_interest_layer(plugin, data, mode, feedback_cls, tmp_path):
+    """An optional polygon layer (here a memory layer in another CRS) limits the class map to
+    its pixels; the rest is nodata."""
+    from osgeo import gdal
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsFeature,
+        QgsGeometry,
+        QgsProject,
+        QgsRectangle,
+        QgsVectorLayer,
+    )
+
+    x0, dx, _, y0, _, dy = GEOTRANSFORM
+    rect = QgsRectangle(x0 + 10 * dx, y0 + 60 * dy, x0 + 50 * dx, y0 + 20 * dy)
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem(f"EPSG:{EPSG}"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"),
+                                      QgsProject.instance())
+    geom = QgsGeometry.fromRect(rect)
+    geom.transform(to_wgs84)
+    aoi = QgsVectorLayer("Polygon?crs=EPSG:4326", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(geom)
+    aoi.dataProvider().addFeatures([feature])
+    dst = str(tmp_path / "aoi.tif")
+    _run({"INPUT": data["image"], "MODEL": data["model"], "AOI": aoi, "OUTPUT": dst},
+         feedback_cls())
+    values = gdal.Open(dst).ReadAsArray()
+    assert (values[30:50, 20:40] != 255).all()  # well inside the area
+    assert (values[:, 70:] == 255).all() and (values[80:, :] == 255).all()  # well outside
+    del aoi
+
+
 def test_in_a_processing_model(plugin, data, engine_mode, tmp_path):
     """The algorithm as a step of a graphical model (what the modeler builds)."""
     import processing

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
+    QgsProcessingParameterVectorLayer,
     QgsProviderRegistry,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -44,6 +45,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     PROBABILITIES = "PROBABILITIES"
     CONFIDENCE = "CONFIDENCE"
     POLYGONS = "POLYGONS"
+    AOI = "AOI"
     MIN_AREA = "MIN_AREA"
     SIMPLIFY = "SIMPLIFY"
     ENGINE = "ENGINE"
@@ -116,6 +118,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         for param in (gpus, precision, size):
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(param)
+        self.addParameter(QgsProcessingParameterVectorLayer(
+            self.AOI, self.tr("Area of interest (only these pixels; the rest is nodata)"),
+            [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Class map")))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -151,6 +156,13 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         precision = self.parameterAsEnumString(parameters, self.PRECISION, context) or None
         subimage_size = self.parameterAsInt(parameters, self.SUBIMAGE_SIZE, context) or None
         dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        aoi = aoi_layer = None
+        if self.parameterAsVectorLayer(parameters, self.AOI, context) is not None:
+            # A file OGR reads (QGIS exports memory or unsupported layers to a temporary one).
+            aoi, aoi_layer = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+                parameters, self.AOI, context, ["gpkg", "shp", "geojson", "fgb"], "gpkg",
+                feedback)
+            aoi_layer = aoi_layer or None
         extra = {key: self.parameterAsOutputLayer(parameters, name, context) or None
                  for key, name in EXTRA_RASTERS}
         polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
@@ -185,7 +197,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         try:
             output = engine.segment(
                 src, dst, model, device=device, gpus=gpus, bands=bands, precision=precision,
-                subimage_size=subimage_size, **extra, cancel=feedback.isCanceled,
+                subimage_size=subimage_size, aoi=aoi, aoi_layer=aoi_layer, **extra,
+                cancel=feedback.isCanceled,
                 progress=reporter(engine_bridge.STAGES, 0.0, share),
                 log=feedback.pushConsoleInfo)
             written += [output, *[path for path in extra.values() if path]]

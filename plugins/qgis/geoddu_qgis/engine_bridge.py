@@ -191,7 +191,8 @@ class CliEngine(Engine):
         super().__init__("geoddu command " + " ".join(self.command))
 
     def arguments(self, src, dst, model, *, device=None, gpus=None, subimage_size=None,
-                  bands=None, precision=None, probabilities=None, confidence=None) -> list[str]:
+                  bands=None, precision=None, probabilities=None, confidence=None, aoi=None,
+                  aoi_layer=None) -> list[str]:
         """The command line for one run (``geoddu segment ... --progress-format json``)."""
         args = [*self.command, "segment", src, "-o", dst, "--model", model, "--overwrite",
                 "--progress-format", "json"]
@@ -209,6 +210,10 @@ class CliEngine(Engine):
             args += ["--probabilities", probabilities]
         if confidence:
             args += ["--confidence", confidence]
+        if aoi:
+            args += ["--aoi", aoi]
+        if aoi_layer:
+            args += ["--aoi-layer", aoi_layer]
         return args
 
     def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
