@@ -47,8 +47,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
-    import geoddu
     from _common import make_checkpoint, make_scene
+
+    import geoddu
     from geoddu.analysis import conv_flops
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="geoddu-roofline-"))

@@ -53,7 +53,8 @@ def main() -> None:
     for size in args.sizes:
         scene = make_scene(work / f"scene_{size}.tif", size)
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(scene), str(ckpt), str(work / f"out_{size}.tif")],
+            [sys.executable, __file__, "--one", str(scene), str(ckpt),
+             str(work / f"out_{size}.tif")],
             capture_output=True, text=True, check=True,
         )
         res = json.loads(out.stdout.strip().splitlines()[-1])
