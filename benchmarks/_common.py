@@ -52,4 +52,13 @@ def make_checkpoint(path: Path, name: str, base_channels: int, subimage_size: in
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). ru_maxrss is not used: Linux carries it over exec,
+    so a child started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -290,6 +290,15 @@ def _tmpdir(dst: str | os.PathLike) -> str | None:
 
 
 def _peak_rss_mb() -> float:
+    """Peak RSS of this process (VmHWM: unlike ru_maxrss it does not carry a parent's peak
+    over exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
