@@ -49,6 +49,7 @@ from .devices import resolve_devices
 from .mapstore import MapStore
 from .streaming import (
     COMM_TILE_CELLS,
+    STORE_MAX_RAM_BYTES,
     CancelFn,
     ProgressFn,
     SegmentResult,
@@ -390,7 +391,7 @@ def segment_distributed(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
-    store_max_ram_bytes: int = 256 * 2**20,
+    store_max_ram_bytes: int = STORE_MAX_RAM_BYTES,
     comm_tile_cells: int = COMM_TILE_CELLS,
     group: Any = None,
 ) -> SegmentResult:

@@ -41,6 +41,9 @@ CancelFn = Callable[[], bool]
 # Bottleneck cells per side of one communication tile (before its halo): 256^2 cells x F=64
 # maps x 4 bytes = 16 MB per tile, small on any device.
 COMM_TILE_CELLS = 256
+# Each of the two bottleneck stores stays in RAM below this size and moves to a temporary file
+# above it: a fixed budget, so that peak memory does not grow with the scene.
+STORE_MAX_RAM_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -88,7 +91,7 @@ def segment(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
-    store_max_ram_bytes: int = 256 * 2**20,
+    store_max_ram_bytes: int = STORE_MAX_RAM_BYTES,
     comm_tile_cells: int = COMM_TILE_CELLS,
     aoi: str | os.PathLike | None = None,
     aoi_layer: str | None = None,

@@ -1,0 +1,151 @@
+"""What every training dataset provides: fixed-size patches as raw arrays, plus their description.
+
+A dataset returns *raw* pixel values (float32, bands x H x W) and class ids (int64, H x W); the
+trainer normalises with `dataset.normalization`, the same numbers the checkpoint stores, so
+`geoddu segment` later sees inputs exactly as training did. Invalid (nodata) pixels come back
+set to the band mean, i.e. 0 after normalisation (the predictor's nodata rule), and labelled
+`ignore_index`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+
+from ..errors import GeodduError
+
+# Label value that neither the loss nor IoU counts (nodata in label rasters, no polygon, ...).
+IGNORE = 255
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Base class: subclasses fill in the attributes below and implement `__getitem__`."""
+
+    kind: str = "patches"
+    classes: list[dict[str, Any]]
+    bands: list[int]
+    normalization: dict[str, list[float]]
+    ignore_index: int | None = None
+    # (rows, cols) of the subimage grid a patch naturally has (the synthetic set: 1 x k);
+    # None lets the trainer's --subimages decide.
+    grid: tuple[int, int] | None = None
+    patch_shape: tuple[int, int]
+
+    def __len__(self) -> int:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.bands)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data record of how the dataset was built (stored in the checkpoint)."""
+        return {"kind": self.kind}
+
+
+def uint8_normalization(bands: int) -> dict[str, list[float]]:
+    """8-bit data: x -> x / 255."""
+    return {"mean": [0.0] * bands, "std": [255.0] * bands}
+
+
+def split_indices(
+    n: int, seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, list[int]]:
+    """A reproducible train/val/test partition of range(n) from a seed.
+
+    With at least three items every split gets at least one, so tiny datasets still validate.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise GeodduError("validation and test fractions must be in [0, 1) and sum to less than 1")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+
+    def count(fraction: float) -> int:
+        if fraction == 0:
+            return 0
+        return max(1, round(n * fraction)) if n >= 3 else 0
+
+    n_test, n_val = count(test_fraction), count(val_fraction)
+    return {
+        "test": sorted(order[:n_test]),
+        "val": sorted(order[n_test : n_test + n_val]),
+        "train": sorted(order[n_test + n_val :]),
+    }
+
+
+def check_split(split: str) -> str:
+    if split not in ("train", "val", "test"):
+        raise GeodduError(f"unknown split {split!r}; choose train, val or test")
+    return split
+
+
+def load_classes_file(path: str | Path) -> dict[str, Any]:
+    """Read a classes file (YAML or JSON): a list of classes or {"classes": [...], ...}.
+
+    Each class is {"name": str, "color": [r, g, b]} with an optional "value" (what the label
+    raster or the vector class column holds for it; default: the class index for rasters and
+    the name for vectors). Other top-level keys (column, fill, ignore) are returned as well.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GeodduError(f"{path}: classes file not found")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise GeodduError(
+                f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write it as JSON"
+            ) from exc
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise GeodduError(f"{path}: not valid YAML ({_first_line(exc)})") from exc
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GeodduError(f"{path}: not valid JSON ({exc.msg})") from exc
+    if isinstance(doc, list):
+        doc = {"classes": doc}
+    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list) or not doc["classes"]:
+        raise GeodduError(f'{path}: expected a list of classes, e.g. [{{"name": "water", '
+                          f'"color": [0, 0, 255]}}, ...]')
+    classes = []
+    for k, c in enumerate(doc["classes"]):
+        if isinstance(c, str):
+            c = {"name": c}
+        if not isinstance(c, dict) or "name" not in c:
+            raise GeodduError(f"{path}: class {k} needs a name")
+        color = c.get("color")
+        if color is None:
+            from ..checkpoint import DEFAULT_COLORS
+
+            color = DEFAULT_COLORS[k % len(DEFAULT_COLORS)]
+        if len(color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in color):
+            raise GeodduError(f"{path}: class {c['name']!r}: colour must be [r, g, b] in 0-255")
+        entry = {"name": str(c["name"]), "color": [int(v) for v in color]}
+        if "value" in c:
+            entry["value"] = c["value"]
+        classes.append(entry)
+    names = [c["name"] for c in classes]
+    if len(set(names)) != len(names):
+        raise GeodduError(f"{path}: class names must be unique")
+    if len(classes) >= IGNORE:
+        raise GeodduError(f"{path}: at most {IGNORE - 1} classes fit a uint8 class map")
+    return {**doc, "classes": classes}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__

@@ -1,0 +1,110 @@
+"""Dataset-wide IoU / mIoU (Eqs. 2 and 3) and loss of a model on a dataset split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import GeodduError
+from ..metrics import IoUAccumulator
+from ..models.ddunet import DDUNet
+from ..partition import Partition
+
+
+def make_partition(
+    height: int,
+    width: int,
+    stride: int,
+    grid: tuple[int, int] | None = None,
+    subimage_size: int | None = None,
+) -> Partition:
+    """The subimage grid of a patch: `grid` (rows, cols) or square subimages of `subimage_size`.
+
+    Evaluating with a fixed subimage size and more subimages than in training is how the paper
+    tests generalisation (Sec. V-A4).
+    """
+    if grid is not None and subimage_size is not None:
+        raise GeodduError("give either a subimage grid or a subimage size, not both")
+    if subimage_size is not None:
+        if height % subimage_size or width % subimage_size:
+            raise GeodduError(
+                f"patches of {height} x {width} px do not cut into {subimage_size} px subimages"
+            )
+        grid = (height // subimage_size, width // subimage_size)
+    grid = grid or (1, 1)
+    return Partition.uniform(height, width, grid[0], grid[1], multiple=stride)
+
+
+def cell_size(part: Partition) -> int:
+    """The checkpoint's `subimage_size` for a training grid (the larger side of a subimage)."""
+    return max(max(part.row_sizes), max(part.col_sizes))
+
+
+class Normalizer:
+    """Raw values -> (x - mean) / std on the model's device."""
+
+    def __init__(self, normalization: dict[str, list[float]], device: torch.device) -> None:
+        self.mean = torch.tensor(normalization["mean"], dtype=torch.float32,
+                                 device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(normalization["std"], dtype=torch.float32,
+                                device=device).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(self.mean.device, torch.float32) - self.mean) / self.std
+
+
+@torch.no_grad()
+def evaluate(
+    model: DDUNet,
+    dataset: Any,
+    *,
+    normalization: dict[str, list[float]],
+    grid: tuple[int, int] | None = None,
+    subimage_size: int | None = None,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    workers: int = 0,
+    loss: str = "class-dice",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Mean loss per batch, per-class IoU and mIoU, counts summed over the whole split.
+
+    The model runs in eval mode (BatchNorm running statistics, no dropout) on each patch cut
+    into the given subimage grid, communication over the patch's mosaic as in training.
+    """
+    from .losses import get_loss
+
+    loss_fn = get_loss(loss)
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    norm = Normalizer(normalization, device)
+    acc = IoUAccumulator(len(dataset.classes), dataset.ignore_index)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=workers)
+    losses, weights = [], []
+    try:
+        for b, (x, y) in enumerate(loader):
+            part = make_partition(x.shape[-2], x.shape[-1], model.stride, grid, subimage_size)
+            x, y = norm(x), y.to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(x, part)
+            losses.append(float(loss_fn(logits, y, ignore_index=dataset.ignore_index)))
+            weights.append(x.shape[0])
+            acc.update(logits.argmax(1), y)
+            if progress is not None:
+                progress(b + 1, len(loader))
+    finally:
+        model.train(was_training)
+    iou = acc.iou()
+    return {
+        "loss": float(np.average(losses, weights=weights)) if losses else float("nan"),
+        "iou": [None if np.isnan(v) else float(v) for v in iou],
+        "miou": acc.miou(),
+        "classes": [c["name"] for c in dataset.classes],
+        "images": int(sum(weights)),
+    }

@@ -1,0 +1,140 @@
+"""Starting and resuming runs: datasets, model and normalisation put together for the Trainer.
+
+The CLI, the tests and the benchmark all go through these two functions, so a run started from
+Python resumes from the command line and the other way round.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..data import open_dataset
+from ..errors import GeodduError
+from ..models.ddunet import create_model
+from .config import TrainConfig
+from .loop import Callbacks, Trainer, TrainResult, check_run_dir, load_resume, set_dropout
+
+# ImageNet statistics in 8-bit units: what torchvision's pretrained ResNets expect.
+IMAGENET = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+
+
+def open_splits(kind: str, data: str | os.PathLike, options: dict[str, Any] | None = None,
+                splits: tuple[str, ...] = ("train", "val")) -> list[Any]:
+    return [open_dataset(kind, data, s, **(options or {})) for s in splits]
+
+
+def start_training(
+    dataset: str,
+    data: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    arch: str | None = None,
+    model_options: dict[str, Any] | None = None,
+    init_checkpoint: str | os.PathLike | None = None,
+    encoder_weights: str | os.PathLike | None = None,
+    freeze_encoder: bool | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    callbacks: Callbacks | None = None,
+) -> TrainResult:
+    """Train a new model (or fine-tune `init_checkpoint`) on `dataset` into `run_dir`.
+
+    `arch` is the paper's notation ('DDU-Net(3,32,Y)', 'U-Net(3)') or an encoder name;
+    `model_options` override it (the CLI passes only the options given on the command line).
+    Input bands and classes always come from the data.
+    """
+    config.check()
+    run_dir = check_run_dir(run_dir, resume=False, overwrite=overwrite)
+    train_set, val_set = open_splits(dataset, data, dataset_options)
+    opts = dict(model_options or {})
+    for key, have in (("in_channels", train_set.in_channels),
+                      ("num_classes", train_set.num_classes)):
+        if opts.get(key) not in (None, have):
+            raise GeodduError(f"{key.replace('_', ' ')} {opts[key]} given, but the "
+                              f"{dataset} data has {have}")
+        opts.pop(key, None)
+    if init_checkpoint is not None:
+        if arch or opts or encoder_weights:
+            raise GeodduError("--model takes its architecture from the checkpoint; "
+                              "leave out the model options")
+        model = model_from_checkpoint(load_checkpoint(init_checkpoint))
+        if model.config["in_channels"] != train_set.in_channels:
+            raise GeodduError(f"{init_checkpoint}: expects {model.config['in_channels']} bands, "
+                              f"the data has {train_set.in_channels}")
+        if model.config["num_classes"] != train_set.num_classes:
+            raise GeodduError(f"{init_checkpoint}: has {model.config['num_classes']} classes, "
+                              f"the data has {train_set.num_classes}")
+        set_dropout(model, config.dropout)
+        freeze = bool(freeze_encoder)
+        if freeze:
+            model.encoder.freeze()
+    else:
+        # Seeded before construction: He initialisation is part of what the seed reproduces.
+        torch.manual_seed(config.seed)
+        freeze = bool(encoder_weights) if freeze_encoder is None else bool(freeze_encoder)
+        model = create_model(
+            arch, **opts, in_channels=train_set.in_channels, num_classes=train_set.num_classes,
+            dropout=config.dropout,
+            encoder_weights=str(encoder_weights) if encoder_weights else None,
+            freeze_encoder=freeze,
+        )
+    normalization = train_set.normalization
+    if encoder_weights and train_set.in_channels == 3 and _is_uint8_scale(normalization):
+        normalization = IMAGENET
+    record = {
+        "dataset": train_set.describe(),
+        "data": str(Path(data).resolve()),
+        "arch": arch,
+        "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+        "encoder_weights": str(encoder_weights) if encoder_weights else None,
+        "freeze_encoder": freeze,
+    }
+    trainer = Trainer(model, train_set, val_set, run_dir, config, normalization=normalization,
+                      record=record, callbacks=callbacks)
+    return trainer.fit()
+
+
+def resume_training(
+    run_dir: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+    callbacks: Callbacks | None = None,
+) -> TrainResult:
+    """Continue `run_dir/last.pt` exactly where it stopped (optionally with more epochs)."""
+    run_dir = check_run_dir(run_dir, resume=True, overwrite=False)
+    model, ckpt = load_resume(run_dir)
+    record = dict(ckpt.get("training", {}))
+    config = TrainConfig.from_dict(record.get("config", {}))
+    if epochs is not None:
+        config.epochs = epochs
+    if device is not None:
+        config.device = device
+    if workers is not None:
+        config.workers = workers
+    described = dict(record.get("dataset", {}))
+    kind = described.pop("kind", None)
+    data = data or record.get("data")
+    if kind is None or data is None:
+        raise GeodduError(f"{run_dir}: the checkpoint does not say which data it was trained on")
+    train_set, val_set = open_splits(kind, data, described)
+    keep = ("dataset", "data", "arch", "init_checkpoint", "encoder_weights", "freeze_encoder")
+    record = {k: record.get(k) for k in keep}
+    record["data"] = str(Path(data).resolve())
+    trainer = Trainer(model, train_set, val_set, run_dir, config,
+                      normalization=ckpt["normalization"], record=record, callbacks=callbacks,
+                      resume_state=ckpt["resume"])
+    return trainer.fit()
+
+
+def _is_uint8_scale(norm: dict[str, list[float]]) -> bool:
+    return all(m == 0 for m in norm["mean"]) and all(s == 255 for s in norm["std"])
+
