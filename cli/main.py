@@ -9,7 +9,7 @@ import click
 from geoddu import __version__
 from geoddu.errors import GeodduError
 
-from . import info, init, segment
+from . import demo, evaluate, info, init, segment, synth, train, vectorize
 
 
 class GeodduGroup(click.Group):
@@ -38,3 +38,8 @@ def cli() -> None:
 cli.add_command(info.info)
 cli.add_command(init.init)
 cli.add_command(segment.segment)
+cli.add_command(vectorize.vectorize)
+cli.add_command(synth.synth)
+cli.add_command(train.train)
+cli.add_command(evaluate.evaluate)
+cli.add_command(demo.demo)

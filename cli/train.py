@@ -1,0 +1,250 @@
+"""`geoddu train`: train (or resume) a DDU-Net on DeepGlobe, the synthetic set or own data."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import click
+from click.core import ParameterSource
+
+from .options import model_options, overwrite_option, quiet_option
+
+MODEL_KEYS = ("encoder", "in_channels", "num_classes", "depth", "base_channels", "comm_features",
+              "communicate", "up_bias")
+# Table VIII: the synthetic experiments use 1-4-8-16-... channels, i.e. base 4, and Fig. 8's
+# headline model is DDU-Net(3,32,Y).
+SYNTHETIC_ARCH = "DDU-Net(3,32,Y)"
+SYNTHETIC_BASE = 4
+
+
+@click.command(short_help="Train a DDU-Net; writes RUN_DIR/best.pt and last.pt.")
+@click.option("--dataset", type=click.Choice(["deepglobe", "synthetic", "folder"]),
+              default=None, help="Which kind of data --data holds.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The dataset folder.")
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder: best.pt, last.pt, history.csv, history.json.")
+@click.option("--model", "init_model", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Start from this checkpoint (e.g. from `geoddu init`).")
+@click.option("--arch", default=None, metavar="NAME",
+              help="Architecture in the paper's notation: 'DDU-Net(3,32,Y)', 'U-Net(4)'; the "
+                   "model options below override it.")
+@model_options
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Dropout rate [0.1].")
+@click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Local torchvision ResNet state dict for --encoder resnet18/resnet50.")
+@click.option("--freeze-encoder/--train-encoder", default=None,
+              help="Keep the pretrained encoder fixed (Sec. V-B) [frozen with --encoder-weights].")
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Maximum epochs [DeepGlobe/folder 100, synthetic 40].")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Global patches per batch [DeepGlobe/folder 12, synthetic 16].")
+@click.option("--subimages", default=None, metavar="P|NxM",
+              help="Subimage grid per global patch: 8 = 8 x 8, 1x6 = 1 row of 6 "
+                   "[DeepGlobe 8, folder 4, synthetic 1 x k].")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Initial learning rate [DeepGlobe/folder 0.001, synthetic 0.008].")
+@click.option("--lr-patience", type=click.IntRange(0), default=None,
+              help="Epochs without a better validation loss before halving the LR [5; 3].")
+@click.option("--patience", type=click.IntRange(1), default=None,
+              help="Early stopping: epochs without a better validation loss [15; 8].")
+@click.option("--min-epochs", type=click.IntRange(0), default=None,
+              help="Never stop early before this epoch [30; 20].")
+@click.option("--loss", type=click.Choice(["class-dice", "dice"]), default=None,
+              help="class-dice: Eq. 1 per class, averaged [default]; dice: Eq. 1 as one ratio "
+                   "over all classes (a soft accuracy: rare classes barely train).")
+@click.option("--augment/--no-augment", default=None,
+              help="Random flips and 90-degree rotations [on; off for synthetic].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds initialisation, data order, augmentation and the data splits.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--amp/--no-amp", default=None,
+              help="Mixed precision (float16 + gradient scaling) [on for CUDA, never on CPU].")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Data loading processes.")
+@click.option("--patch-size", type=click.IntRange(16), default=None,
+              help="Global patch size in px [DeepGlobe 1024, folder 512].")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of images (DeepGlobe) or patches (folder) for validation.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share kept out for `geoddu evaluate`.")
+@click.option("--classes-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Folder data: classes YAML/JSON [DATA/classes.yaml].")
+@click.option("--class-column", default=None, help="Folder data: vector attribute with the class.")
+@click.option("--bands", "band_list", default=None, metavar="1,2,3",
+              help="Folder data: image bands to train on [all].")
+@click.option("--keep-unknown", is_flag=True,
+              help="DeepGlobe: count 'unknown' in loss and mIoU (ignored by default).")
+@click.option("--resume", is_flag=True,
+              help="Continue RUN_DIR/last.pt exactly where it stopped (--epochs may extend it).")
+@overwrite_option
+@quiet_option
+@click.pass_context
+def train(ctx: click.Context, dataset, data, run_dir, init_model, arch, dropout, encoder_weights,
+          freeze_encoder, epochs, batch_size, subimages, lr, lr_patience, patience, min_epochs,
+          loss, augment, seed, device, amp, workers, patch_size, val_fraction, test_fraction,
+          classes_file, class_column, band_list, keep_unknown, resume, overwrite, quiet,
+          **kwargs) -> None:
+    """Train a DDU-Net with the paper's recipe (Sec. III-C): dice loss (Eq. 1), Adam
+    (0.9, 0.999), learning rate halved when the validation loss stalls, early stopping after a
+    minimum number of epochs, dropout, He initialisation, mixed precision on CUDA. Defaults
+    come from Table VI (DeepGlobe) and Table X (synthetic); every one can be overridden.
+
+    Each global patch is cut into a grid of subimages; all subimages of all patches of a batch
+    run as one batch (BatchNorm sees them all) and the communication network runs over each
+    patch's mosaic. After every epoch RUN_DIR/last.pt (with everything --resume needs) and, on
+    a better validation loss, RUN_DIR/best.pt are replaced atomically: a killed run resumes
+    exactly. Checkpoints are self-describing: `geoddu segment` and `geoddu info` need nothing
+    else.
+
+    \b
+    Data (--dataset):
+      synthetic  a folder from `geoddu synth`
+      deepglobe  DeepGlobe land cover as downloaded: <id>_sat.jpg + <id>_mask.png, or
+                 torchgeo's data/{training_data,test_data}/{images,masks}
+      folder     DATA/images/*.tif with DATA/labels/*.tif (same names) or one vector file
+                 DATA/labels.gpkg (.geojson, .shp) + --class-column, and DATA/classes.yaml
+
+    \b
+    Examples:
+      geoddu synth -o data/k2 --k 2
+      geoddu train --dataset synthetic --data data/k2 -o runs/k2
+      geoddu train --dataset synthetic --data data/k2 -o runs/k2-n --arch "DDU-Net(3,32,N)"
+      geoddu train --dataset deepglobe --data DeepGlobe -o runs/dg --device cuda --subimages 8
+      geoddu train --dataset deepglobe --data DeepGlobe -o runs/dg18 --encoder resnet18 \\
+          --encoder-weights resnet18.pth --comm-features 256 --device cuda
+      geoddu train --dataset folder --data mydata -o runs/mine --class-column landuse
+      geoddu train -o runs/k2 --resume
+    """
+    from geoddu.errors import GeodduError
+    from geoddu.train import parse_grid, preset, resume_training, start_training
+
+    explicit = {k: kwargs[k] for k in MODEL_KEYS
+                if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+    display = _Display(quiet)
+    if resume:
+        if dataset or init_model or arch or explicit:
+            raise GeodduError("--resume continues the run as it was configured; give only "
+                              "-o RUN_DIR and optionally --epochs, --device, --workers, --data")
+        with display.live() as callbacks:
+            result = resume_training(run_dir, data=data, epochs=epochs,
+                                     device=device if _given(ctx, "device") else None,
+                                     workers=workers if _given(ctx, "workers") else None,
+                                     callbacks=callbacks)
+        display.summary(result)
+        return
+    if dataset is None or data is None:
+        raise GeodduError("give --dataset and --data (or --resume to continue a run)")
+    config = preset(
+        dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_patience=lr_patience,
+        patience=patience, min_epochs=min_epochs, dropout=dropout, loss=loss, augment=augment,
+        seed=seed, device=device, amp=amp, workers=workers, subimages=parse_grid(subimages),
+    )
+    if dataset == "synthetic" and init_model is None:
+        if arch is None and not {"depth", "comm_features", "communicate"} & set(explicit):
+            arch = SYNTHETIC_ARCH
+        explicit.setdefault("base_channels", SYNTHETIC_BASE)
+    if explicit.get("encoder", "unet") != "unet":
+        explicit.setdefault("depth", 4)
+    bands = None
+    if band_list:
+        try:
+            bands = [int(b) for b in band_list.split(",")]
+        except ValueError as exc:
+            raise GeodduError(f"--bands {band_list!r}: give band numbers like 1,2,3") from exc
+    dataset_options = {
+        "patch_size": patch_size, "seed": seed, "val_fraction": val_fraction,
+        "test_fraction": test_fraction, "classes_file": classes_file,
+        "class_column": class_column, "bands": bands,
+        "ignore_unknown": False if keep_unknown else None,
+    }
+    with display.live() as callbacks:
+        result = start_training(
+            dataset, data, run_dir, config, arch=arch, model_options=explicit,
+            init_checkpoint=init_model, encoder_weights=encoder_weights,
+            freeze_encoder=freeze_encoder, dataset_options=dataset_options,
+            overwrite=overwrite, callbacks=callbacks,
+        )
+    display.summary(result)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+class _Display:
+    """rich progress (epochs, batches with loss / LR / ETA) and one line per epoch."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[object]:
+        from geoddu.train import Callbacks
+
+        if self.quiet:
+            yield Callbacks()
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        state: dict = {}
+        with Progress(*columns, console=self.console, transient=True) as bar:
+
+            def on_start(info):
+                state["epochs"] = info["epochs"]
+                state["epoch_task"] = bar.add_task("epochs", total=info["epochs"],
+                                                   completed=info["start_epoch"], info="")
+                state["batch_task"] = bar.add_task("batches", total=info["batches"], info="")
+                grid = "x".join(map(str, info["grid"]))
+                amp = ", mixed precision" if info["amp"] else ""
+                self.console.print(f"training on {info['device']}{amp}, {grid} subimages per "
+                                   f"patch, from epoch {info['start_epoch'] + 1}")
+
+            def on_batch(epoch, b, n, loss, lr):
+                if b == 1:
+                    bar.reset(state["batch_task"], total=n)
+                    bar.update(state["batch_task"], description=f"epoch {epoch}")
+                bar.update(state["batch_task"], completed=b, info=f"loss {loss:.4f}  lr {lr:.2g}")
+
+            def on_validate(done, total):
+                bar.update(state["batch_task"], description="validate", completed=done,
+                           total=total)
+
+            def on_epoch(row):
+                bar.update(state["epoch_task"], completed=row["epoch"])
+                best = "  [green]best[/green]" if row["best"] else ""
+                self.console.print(
+                    f"epoch {row['epoch']:>3}/{state['epochs']}  train loss "
+                    f"{row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  val mIoU "
+                    f"{_fmt(row['val_miou'])}  lr {row['lr']:.2g}  {row['seconds']:.1f} s{best}"
+                )
+
+            yield Callbacks(on_start=on_start, on_batch=on_batch, on_validate=on_validate,
+                            on_epoch=on_epoch)
+
+    def summary(self, result) -> None:
+        if self.quiet:
+            return
+        how = "stopped early" if result.stopped_early else "done"
+        click.echo(f"{how} after {result.epochs_run} epochs; best.pt: epoch {result.best_epoch}, "
+                   f"val loss {result.best_val_loss:.4f}, val mIoU {_fmt(result.best_val_miou)} "
+                   f"({result.run_dir})")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.3f}"
