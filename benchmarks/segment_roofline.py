@@ -58,11 +58,14 @@ def main() -> None:
                            args.subimage_size)
     scene = make_scene(work / f"scene_{args.size}.tif", args.size)
     model = geoddu.load_model(ckpt)
+    # FLOPs are counted on the plain module tree (the loaded model's encoder and decoder are
+    # traced and frozen for the CPU, which hides their layers from hooks).
+    plain = geoddu.load_model(ckpt, fuse=False).net
     s = args.subimage_size
     per_mpx = 1e6 / (s * s)
-    model_flops = conv_flops(model.net, s, s) * per_mpx
-    encoder_flops = conv_flops(model.net.encoder, s, s, in_channels=3) * per_mpx
-    executed = model_flops + (encoder_flops if model.net.communicates else 0)
+    model_flops = conv_flops(plain, s, s) * per_mpx
+    encoder_flops = conv_flops(plain.encoder, s, s, in_channels=3) * per_mpx
+    executed = model_flops + (encoder_flops if plain.communicates else 0)
 
     ceiling = conv_ceiling()
     t = time.perf_counter()
