@@ -32,7 +32,6 @@ _CACHE_LOCK = threading.Lock()
 
 def read_vector_labels(vector_path: str | os.PathLike, class_column: str, crs: Any) -> Any:
     """The label layer as a GeoDataFrame in `crs` (cached per file version, column and CRS)."""
-    import geopandas as gpd
     from rasterio.crs import CRS
 
     path = Path(vector_path)
@@ -45,19 +44,13 @@ def read_vector_labels(vector_path: str | os.PathLike, class_column: str, crs: A
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    try:
-        gdf = gpd.read_file(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one user error
-        raise GeodduError(f"{path}: cannot read vector labels ({_first_line(exc)})") from exc
+    # The same reading rules as an area of interest: one clear error per problem, invalid
+    # geometries repaired with a warning, reprojected to the image's CRS.
+    gdf = read_vector(path, target, what="vector labels")
     if class_column not in gdf.columns:
         cols = ", ".join(c for c in gdf.columns if c != gdf.geometry.name)
         raise GeodduError(f"{path}: no column {class_column!r} (columns: {cols or 'none'})")
-    if gdf.crs is None:
-        raise GeodduError(f"{path}: the vector labels have no CRS")
     gdf = gdf[[class_column, gdf.geometry.name]]
-    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
-    if gdf.crs != target:
-        gdf = gdf.to_crs(target)
     gdf.sindex  # build the spatial index once, not in every window  # noqa: B018
     with _CACHE_LOCK:
         _CACHE[key] = gdf
