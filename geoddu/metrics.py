@@ -19,19 +19,27 @@ def dice_loss(
     and every class at once, as in Eq. (1). Pixels labelled `ignore_index` are left out of all
     three sums.
     """
+    probs, onehot = softmax_and_onehot(logits, target, ignore_index)
+    inter = (onehot * probs).sum()
+    return 1 - 2 * (inter + eps) / (onehot.sum() + probs.sum() + eps)
+
+
+def softmax_and_onehot(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and one-hot labels (B, K, H, W), both zero on ignored pixels: the
+    terms every reading of the Dice loss sums."""
     probs = torch.softmax(logits.float(), dim=1)
-    k = logits.shape[1]
     valid = None
     if ignore_index is not None:
         valid = target != ignore_index
         target = torch.where(valid, target, torch.zeros_like(target))
-    onehot = F.one_hot(target.long(), k).permute(0, 3, 1, 2).to(probs.dtype)
+    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     if valid is not None:
         mask = valid.unsqueeze(1).to(probs.dtype)
         probs = probs * mask
         onehot = onehot * mask
-    inter = (onehot * probs).sum()
-    return 1 - 2 * (inter + eps) / (onehot.sum() + probs.sum() + eps)
+    return probs, onehot
 
 
 class IoUAccumulator:

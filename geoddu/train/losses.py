@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import GeodduError
-from ..metrics import dice_loss
+from ..metrics import dice_loss, softmax_and_onehot
 
 
 def class_dice_loss(
@@ -31,17 +30,7 @@ def class_dice_loss(
 ) -> torch.Tensor:
     """Mean over present classes k of 1 - 2 (sum_p y_kp yhat_kp + eps) / (sum_p y_kp +
     sum_p yhat_kp + eps), sums over every pixel of the batch; `ignore_index` pixels left out."""
-    probs = torch.softmax(logits.float(), dim=1)
-    k = logits.shape[1]
-    valid = None
-    if ignore_index is not None:
-        valid = target != ignore_index
-        target = torch.where(valid, target, torch.zeros_like(target))
-    onehot = F.one_hot(target.long(), k).permute(0, 3, 1, 2).to(probs.dtype)
-    if valid is not None:
-        mask = valid.unsqueeze(1).to(probs.dtype)
-        probs = probs * mask
-        onehot = onehot * mask
+    probs, onehot = softmax_and_onehot(logits, target, ignore_index)
     dims = (0, 2, 3)
     inter = (onehot * probs).sum(dims)
     counts = onehot.sum(dims)
