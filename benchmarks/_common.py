@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from rasterio.windows import Window
 
 from geoddu.checkpoint import build_metadata, save_checkpoint
 from geoddu.models import create_model
+from geoddu.resources import peak_rss_mb  # noqa: F401 - re-exported for the scripts
 
 
 def make_scene(path: Path, size: int, seed: int = 0) -> Path:
@@ -50,15 +50,3 @@ def make_checkpoint(path: Path, name: str, base_channels: int, subimage_size: in
     save_checkpoint(path, model, build_metadata(model.config, subimage_size=subimage_size))
     return path
 
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM). ru_maxrss is not used: Linux carries it over exec,
-    so a child started by a big parent would report the parent's peak."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from geoddu.resources import peak_rss_mb
+
 CLASSES = ["water", "urban", "forest", "crop", "grass", "bare"]
 
 
@@ -71,18 +73,6 @@ def make_class_map(path: Path, size: int, seed: int = 0) -> Path:
     tmp.rename(path)
     return path
 
-
-def peak_rss_mb() -> float:
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report at
-    # least the RSS of this script (which made the class map) at the time it was forked.
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_windowed(src: str, out: str, options: dict) -> dict:

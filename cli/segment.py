@@ -182,19 +182,20 @@ def segment(
     from geoddu.engine.streaming import segment as run_segment
     from geoddu.errors import GeodduError
 
+    # The engine options both routes (one process, or torchrun / batches) take alike.
+    options = dict(
+        bands=bands,
+        subimage_size=subimage_size,
+        device=device,
+        gpus=gpus,
+        precision=precision,
+        probabilities=probabilities,
+        confidence=confidence,
+        cog=cog,
+    )
     if distributed.launched_by_torchrun() or output_dir is not None or len(src) != 1 or not output:
         if aoi is not None or vector is not None:
             raise GeodduError("--aoi and --vector work on one scene outside torchrun")
-        options = dict(
-            bands=bands,
-            subimage_size=subimage_size,
-            device=device,
-            gpus=gpus,
-            precision=precision,
-            probabilities=probabilities,
-            confidence=confidence,
-            cog=cog,
-        )
         status = distributed.cli_segment(
             src,
             output,
@@ -216,14 +217,7 @@ def segment(
             src,
             output,
             model_path,
-            bands=bands,
-            subimage_size=subimage_size,
-            device=device,
-            gpus=gpus,
-            precision=precision,
-            probabilities=probabilities,
-            confidence=confidence,
-            cog=cog,
+            **options,
             overwrite=overwrite,
             progress=progress,
             cancel=cancel,

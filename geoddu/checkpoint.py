@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import GeodduError
+from .errors import GeodduError, first_line
 from .models.ddunet import DEFAULT_CONFIG, DDUNet
 
 FORMAT = "geoddu-checkpoint"
@@ -128,7 +128,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign files are one user error
-        raise GeodduError(f"{path}: not a readable geoddu checkpoint ({_first_line(exc)})") from exc
+        raise GeodduError(f"{path}: not a readable geoddu checkpoint ({first_line(exc)})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise GeodduError(f"{path}: not a geoddu checkpoint")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
@@ -143,11 +143,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> DDUNet:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise GeodduError(
-            f"checkpoint weights do not fit its architecture: {_first_line(exc)}"
+            f"checkpoint weights do not fit its architecture: {first_line(exc)}"
         ) from exc
     return model
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else exc.__class__.__name__

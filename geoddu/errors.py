@@ -7,3 +7,9 @@ class GeodduError(Exception):
 
 class Cancelled(GeodduError):
     """The caller's cancellation check asked the run to stop; nothing was written."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type), for one-line user errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else exc.__class__.__name__

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from ..errors import GeodduError
+from ..errors import GeodduError, first_line
 
 # Label value that neither the loss nor IoU counts (nodata in label rasters, no polygon, ...).
 IGNORE = 255
@@ -110,7 +110,7 @@ def load_classes_file(path: str | Path) -> dict[str, Any]:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise GeodduError(f"{path}: not valid YAML ({_first_line(exc)})") from exc
+            raise GeodduError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     else:
         try:
             doc = json.loads(text)
@@ -145,7 +145,3 @@ def load_classes_file(path: str | Path) -> dict[str, Any]:
         raise GeodduError(f"{path}: at most {IGNORE - 1} classes fit a uint8 class map")
     return {**doc, "classes": classes}
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else exc.__class__.__name__

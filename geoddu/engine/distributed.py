@@ -44,6 +44,7 @@ import torch.distributed as dist
 from ..errors import GeodduError
 from ..partition import Partition, Subimage, balanced_blocks
 from ..predictor import SegmentationModel, load_model
+from ..resources import peak_rss_mb
 from . import streaming
 from .devices import resolve_devices
 from .mapstore import MapStore
@@ -58,7 +59,6 @@ from .streaming import (
     _encode,
     _open_source,
     _open_writers,
-    _peak_rss_mb,
     _Run,
     _tmpdir,
     communicate_tiles,
@@ -576,7 +576,7 @@ def _gather_stats(run: _Run, halo: int, out: int, group: Any) -> list[dict[str, 
         "skipped": run.skipped,
         "encoder_runs": run.encoder_runs,
         "device": str(run.replicas[0].device),
-        "rss": _peak_rss_mb(),
+        "rss": peak_rss_mb(),
         "halo": halo,
         "out": out,
     }

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import os
 import queue
-import resource
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from ..io.raster import RasterSource, open_raster
 from ..io.writer import ClassMapWriter, FloatRasterWriter
 from ..partition import Partition, Subimage, balanced_blocks
 from ..predictor import NODATA, SegmentationModel, load_model
+from ..resources import peak_rss_mb
 from .devices import autocast, resolve_devices
 from .mapstore import MapStore
 
@@ -199,7 +199,7 @@ def segment(
         communicated=net.communicates,
         devices=[str(d) for d in devices],
         seconds=time.perf_counter() - t0,
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=peak_rss_mb(),
         encoder_runs=run.encoder_runs,
         map_store_on_disk=any(s.on_disk for s in stores),
         extra_outputs=extra_outputs,
@@ -291,18 +291,6 @@ def _tmpdir(dst: str | os.PathLike) -> str | None:
     parent = Path(dst).resolve().parent
     return str(parent) if parent.is_dir() else None
 
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process (VmHWM: unlike ru_maxrss it does not carry a parent's peak
-    over exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _Worker:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from geoddu.errors import GeodduError
+from geoddu.errors import GeodduError, first_line
 
 __all__ = [
     "aoi_geometry",
@@ -108,10 +108,6 @@ def rasterize_labels(
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else exc.__class__.__name__
-
 
 # -- areas of interest ------------------------------------------------------------------------
 def read_vector(
@@ -140,7 +136,7 @@ def read_vector(
     try:
         gdf = gpd.read_file(spath, layer=layer, where=where)
     except Exception as exc:  # noqa: BLE001 - any unreadable layer is one user error
-        raise GeodduError(f"{spath}: cannot read {what} ({_first_line(exc)})") from exc
+        raise GeodduError(f"{spath}: cannot read {what} ({first_line(exc)})") from exc
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
     if gdf.empty:
         sel = f" matching {where!r}" if where else ""
