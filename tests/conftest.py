@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import make_checkpoint, write_geotiff
 
 
@@ -20,3 +21,13 @@ def scene(tmp_path: Path) -> Path:
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     return make_checkpoint(tmp_path / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: intra-op threads only add synchronisation, and on a busy
+    machine they thrash (test_train.py ran 25x slower on two threads while other jobs ran)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

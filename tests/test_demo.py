@@ -9,22 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from click.testing import CliRunner
 from geoddu_cli.demo import ASSET_COMM, ASSET_NOCOMM
 from geoddu_cli.main import cli
 
 from geoddu.checkpoint import load_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add synchronisation, and on a busy machine they thrash
-    # (this file ran 25x slower on two threads while other jobs used the CPU).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _asset(name: str) -> Path:

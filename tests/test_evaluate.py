@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from geoddu_cli.main import cli
 
@@ -16,15 +15,7 @@ from geoddu.metrics import IoUAccumulator
 from geoddu.predictor import load_model
 from geoddu.train import preset, start_training
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add synchronisation, and on a busy machine they thrash
-    # (this file ran 25x slower on two threads while other jobs used the CPU).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

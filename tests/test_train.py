@@ -26,14 +26,7 @@ TINY = {"base_channels": 4}
 ARCH = "DDU-Net(2,8,Y)"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add synchronisation, and on a busy machine they thrash
-    # (this file ran 25x slower on two threads while other jobs used the CPU).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

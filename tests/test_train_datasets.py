@@ -25,14 +25,7 @@ TINY = ["--depth", "2", "--base-channels", "4", "--comm-features", "8", "--epoch
         "--batch-size", "2", "-q"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add synchronisation, and on a busy machine they thrash
-    # (this file ran 25x slower on two threads while other jobs used the CPU).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _png_jpg(path, array, driver):
