@@ -119,3 +119,11 @@ quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace an existing output file."
 )
+timeout_option = click.option(
+    "--timeout",
+    type=click.IntRange(1),
+    default=1800,
+    show_default=True,
+    help="Under torchrun: seconds a rank may wait on another before the whole job ends with an "
+         "error (a dead or hung rank).",
+)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .options import bands_option, overwrite_option, quiet_option
+from .options import bands_option, overwrite_option, quiet_option, timeout_option
 from .progress import progress_reporter
 
 
@@ -31,13 +31,7 @@ from .progress import progress_reporter
     is_flag=True,
     help="With --output-dir: leave scenes whose output exists (continue a killed batch).",
 )
-@click.option(
-    "--timeout",
-    type=click.IntRange(1),
-    default=1800,
-    show_default=True,
-    help="Under torchrun: seconds a rank may wait on another before the job ends.",
-)
+@timeout_option
 @click.option(
     "-m",
     "--model",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import sys
 from collections.abc import Iterator
 
 import click
 from click.core import ParameterSource
 
-from .options import model_options, overwrite_option, quiet_option
+from .launch import command_args, run_local_ranks, strip_options
+from .options import model_options, overwrite_option, quiet_option, timeout_option
 
 MODEL_KEYS = ("encoder", "in_channels", "num_classes", "depth", "base_channels", "comm_features",
               "communicate", "up_bias")
@@ -65,6 +68,14 @@ SYNTHETIC_BASE = 4
               help="Mixed precision (float16 + gradient scaling) [on for CUDA, never on CPU].")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
               help="Data loading processes.")
+@click.option("--spatial-ranks", type=click.IntRange(1), default=1, show_default=True,
+              help="Under torchrun: ranks that share each global patch, each running its block "
+                   "of the subimages; WORLD_SIZE / S groups split the batch (data parallel).")
+@click.option("--ranks", type=click.IntRange(1), default=None,
+              help="Start this many ranks on this host with torchrun for you (CPU: gloo).")
+@click.option("--gpus", type=click.IntRange(1), default=None,
+              help="Train on this many GPUs of this host: --ranks N --device cuda.")
+@timeout_option
 @click.option("--patch-size", type=click.IntRange(16), default=None,
               help="Global patch size in px [DeepGlobe 1024, folder 512].")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
@@ -83,11 +94,7 @@ SYNTHETIC_BASE = 4
 @overwrite_option
 @quiet_option
 @click.pass_context
-def train(ctx: click.Context, dataset, data, run_dir, init_model, arch, dropout, encoder_weights,
-          freeze_encoder, epochs, batch_size, subimages, lr, lr_patience, patience, min_epochs,
-          loss, augment, seed, device, amp, workers, patch_size, val_fraction, test_fraction,
-          classes_file, class_column, band_list, keep_unknown, resume, overwrite, quiet,
-          **kwargs) -> None:
+def train(ctx: click.Context, **params) -> None:
     """Train a DDU-Net with the paper's recipe (Sec. III-C): dice loss (Eq. 1), Adam
     (0.9, 0.999), learning rate halved when the validation loss stalls, early stopping after a
     minimum number of epochs, dropout, He initialisation, mixed precision on CUDA. Defaults
@@ -118,55 +125,125 @@ def train(ctx: click.Context, dataset, data, run_dir, init_model, arch, dropout,
           --encoder-weights resnet18.pth --comm-features 256 --device cuda
       geoddu train --dataset folder --data mydata -o runs/mine --class-column landuse
       geoddu train -o runs/k2 --resume
+      geoddu train --dataset deepglobe --data DeepGlobe -o runs/dg --gpus 4
+      torchrun --nproc-per-node 4 -m geoddu_cli train --dataset deepglobe --data DeepGlobe \\
+          -o runs/dg --device cuda --spatial-ranks 2
+
+    \b
+    Several devices or hosts (docs/distributed.md): under torchrun every rank runs this same
+    command; one step equals the single-process step on the same global batch (same --seed,
+    same data order), rank 0 alone writes RUN_DIR and prints. --ranks/--gpus start the ranks
+    on this host for you.
     """
+    from geoddu.engine.distributed import launched_by_torchrun
+    from geoddu.errors import GeodduError
+
+    ranks, gpus = params["ranks"], params["gpus"]
+    if ranks is not None or gpus is not None:
+        if launched_by_torchrun():
+            raise GeodduError("--ranks/--gpus start torchrun themselves; under torchrun leave "
+                              "them out")
+        if ranks is not None and gpus is not None and ranks != gpus:
+            raise GeodduError("give either --ranks or --gpus")
+        args = strip_options(command_args("train"), ("--ranks", "--gpus"))
+        if gpus is not None:
+            if _given(ctx, "device") and not params["device"].startswith("cuda"):
+                raise GeodduError("--gpus trains on CUDA devices; leave out --device")
+            args = [*strip_options(args, ("--device",)), "--device", "cuda"]
+        sys.exit(run_local_ranks(gpus or ranks, "train", args))
+    if launched_by_torchrun():
+        sys.exit(_train_as_rank(ctx, params))
+    if params["spatial_ranks"] != 1:
+        raise GeodduError("--spatial-ranks needs several ranks: start with torchrun or --ranks N")
+    _train(ctx, params, mesh=None)
+
+
+def _train_as_rank(ctx: click.Context, params: dict) -> int:
+    """One rank of a torchrun job: join the group, build the mesh, train; rank 0 reports."""
+    import torch.distributed as dist
+
+    from geoddu.engine.distributed import AgreedError, init_from_env
+    from geoddu.errors import GeodduError
+    from geoddu.train import TrainMesh
+
+    # A failing peer makes torchrun's agent SIGTERM the others: unwind like Ctrl-C (the
+    # checkpoints are replaced atomically, so the last one stays intact).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rank = 0
+    try:
+        local_device = init_from_env(params["timeout"])
+        rank = dist.get_rank()
+        params = dict(params, quiet=params["quiet"] or rank != 0)
+        if params["device"].startswith("cuda"):
+            params["device"] = str(local_device)  # cuda:LOCAL_RANK: one device per rank
+        mesh = TrainMesh.create(params["spatial_ranks"],
+                                "cuda" if params["device"].startswith("cuda") else "cpu")
+        _train(ctx, params, mesh=mesh)
+    except AgreedError as exc:
+        if rank == 0:
+            click.echo(f"Error: {exc}", err=True)
+        return 1
+    except GeodduError as exc:
+        click.echo(f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}", err=True)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _train(ctx: click.Context, p: dict, mesh) -> None:
     from geoddu.errors import GeodduError
     from geoddu.train import parse_grid, preset, resume_training, start_training
 
-    explicit = {k: kwargs[k] for k in MODEL_KEYS
+    explicit = {k: p[k] for k in MODEL_KEYS
                 if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
-    display = _Display(quiet)
-    if resume:
-        if dataset or init_model or arch or explicit:
+    display = _Display(p["quiet"])
+    run_dir, data, dataset, arch = p["run_dir"], p["data"], p["dataset"], p["arch"]
+    if p["resume"]:
+        if dataset or p["init_model"] or arch or explicit:
             raise GeodduError("--resume continues the run as it was configured; give only "
                               "-o RUN_DIR and optionally --epochs, --device, --workers, --data")
         with display.live() as callbacks:
-            result = resume_training(run_dir, data=data, epochs=epochs,
-                                     device=device if _given(ctx, "device") else None,
-                                     workers=workers if _given(ctx, "workers") else None,
-                                     callbacks=callbacks)
+            result = resume_training(
+                run_dir, data=data, epochs=p["epochs"],
+                device=p["device"] if (_given(ctx, "device") or mesh is not None) else None,
+                workers=p["workers"] if _given(ctx, "workers") else None,
+                callbacks=callbacks, mesh=mesh)
         display.summary(result)
         return
     if dataset is None or data is None:
         raise GeodduError("give --dataset and --data (or --resume to continue a run)")
     config = preset(
-        dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_patience=lr_patience,
-        patience=patience, min_epochs=min_epochs, dropout=dropout, loss=loss, augment=augment,
-        seed=seed, device=device, amp=amp, workers=workers, subimages=parse_grid(subimages),
+        dataset, subimages=parse_grid(p["subimages"]),
+        **{k: p[k] for k in ("epochs", "batch_size", "lr", "lr_patience", "patience",
+                             "min_epochs", "dropout", "loss", "augment", "seed", "device", "amp",
+                             "workers")},
     )
-    if dataset == "synthetic" and init_model is None:
+    if dataset == "synthetic" and p["init_model"] is None:
         if arch is None and not {"depth", "comm_features", "communicate"} & set(explicit):
             arch = SYNTHETIC_ARCH
         explicit.setdefault("base_channels", SYNTHETIC_BASE)
     if explicit.get("encoder", "unet") != "unet":
         explicit.setdefault("depth", 4)
     bands = None
-    if band_list:
+    if p["band_list"]:
         try:
-            bands = [int(b) for b in band_list.split(",")]
+            bands = [int(b) for b in p["band_list"].split(",")]
         except ValueError as exc:
-            raise GeodduError(f"--bands {band_list!r}: give band numbers like 1,2,3") from exc
+            raise GeodduError(f"--bands {p['band_list']!r}: give band numbers like 1,2,3") from exc
     dataset_options = {
-        "patch_size": patch_size, "seed": seed, "val_fraction": val_fraction,
-        "test_fraction": test_fraction, "classes_file": classes_file,
-        "class_column": class_column, "bands": bands,
-        "ignore_unknown": False if keep_unknown else None,
+        "patch_size": p["patch_size"], "seed": p["seed"], "val_fraction": p["val_fraction"],
+        "test_fraction": p["test_fraction"], "classes_file": p["classes_file"],
+        "class_column": p["class_column"], "bands": bands,
+        "ignore_unknown": False if p["keep_unknown"] else None,
     }
     with display.live() as callbacks:
         result = start_training(
             dataset, data, run_dir, config, arch=arch, model_options=explicit,
-            init_checkpoint=init_model, encoder_weights=encoder_weights,
-            freeze_encoder=freeze_encoder, dataset_options=dataset_options,
-            overwrite=overwrite, callbacks=callbacks,
+            init_checkpoint=p["init_model"], encoder_weights=p["encoder_weights"],
+            freeze_encoder=p["freeze_encoder"], dataset_options=dataset_options,
+            overwrite=p["overwrite"], callbacks=callbacks, mesh=mesh,
         )
     display.summary(result)
 
@@ -211,7 +288,12 @@ class _Display:
                 state["batch_task"] = bar.add_task("batches", total=info["batches"], info="")
                 grid = "x".join(map(str, info["grid"]))
                 amp = ", mixed precision" if info["amp"] else ""
-                self.console.print(f"training on {info['device']}{amp}, {grid} subimages per "
+                where = info["device"]
+                if info.get("ranks", 1) > 1:
+                    s = info["spatial_ranks"]
+                    where = (f"{info['ranks']} ranks ({info['ranks'] // s} data x {s} spatial) "
+                             f"on {where}")
+                self.console.print(f"training on {where}{amp}, {grid} subimages per "
                                    f"patch, from epoch {info['start_epoch'] + 1}")
 
             def on_batch(epoch, b, n, loss, lr):

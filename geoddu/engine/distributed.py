@@ -112,7 +112,7 @@ def rank_and_world(group: Any = None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def _agree(error: BaseException | None, group: Any) -> None:
+def agree(error: BaseException | None, group: Any) -> None:
     """Raise the same error on every rank if any rank had one (before any compute starts)."""
     msg = None if error is None else (str(error) or type(error).__name__)
     gathered: list[Any] = [None] * dist.get_world_size(group)
@@ -446,7 +446,7 @@ def segment_distributed(
     except BaseException as exc:  # noqa: BLE001 - agreed below, so every rank stops together
         error = exc
     try:
-        _agree(error, group)
+        agree(error, group)
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -727,7 +727,7 @@ def segment_batch(
     except BaseException as exc:  # noqa: BLE001
         error = exc
     if world > 1:
-        _agree(error, None)
+        agree(error, None)
         probes, exists = _merge_probes(probes, exists)
         token = _broadcast(uuid.uuid4().hex, None)
     elif error is not None:
@@ -894,7 +894,7 @@ def cli_segment(
                     jobs, many = _jobs(sources, output, output_dir, options)
                 except GeodduError as exc:
                     error = exc
-            _agree(error, None)
+            agree(error, None)
             jobs, many = _broadcast((jobs, many), None)
         else:
             jobs, many = _jobs(sources, output, output_dir, options)

@@ -10,7 +10,8 @@ The building blocks of spatially-distributed training (the training loop itself 
 * `SpatialBatchNorm2d` keeps the single-process rule: batch statistics over every subimage of
   every patch in the batch, so the per-channel sum and sum of squares are all-reduced
   (autograd-aware) across the group. Running statistics come out identical on every rank.
-* `spatial_dice_loss` is Eq. (1) with its three sums all-reduced: the loss of the global patch.
+* the loss of a global patch is the single-process loss with its pixel sums all-reduced
+  (`geoddu.train.losses.DiceLoss(..., reduce=...)`): every rank gets the same value.
 * `average_gradients` (or DDP over the same group) averages the parameter gradients.
 
 Convention: every rank computes the same global loss and calls `backward()`. The collectives'
@@ -128,15 +129,25 @@ class SpatialDDUNet(nn.Module):
     batches in block order (see `own_parts`) and returns their logits in the same order.
     """
 
-    def __init__(self, net: DDUNet, group: Any = None) -> None:
+    def __init__(
+        self, net: DDUNet, group: Any = None, bn_group: Any = None, data_group: Any = None
+    ) -> None:
         super().__init__()
         self.net = net
         self.group = group
-        convert_batchnorm(net.encoder, group)
-        convert_batchnorm(net.decoder, group)
+        # The single-process rule: statistics over every subimage of every patch in the batch.
+        # Encoder and decoder see only the rank's own subimages, so their sums run over every
+        # rank holding part of the batch: `bn_group` (the whole data x spatial mesh; default:
+        # the patch group). The communicated mosaic is the same on every rank of a patch group,
+        # so its BatchNorm sums run over the ranks holding *other patches* (`data_group`) and
+        # not at all without data parallelism.
+        bn_group = group if bn_group is None else bn_group
+        convert_batchnorm(net.encoder, bn_group)
+        convert_batchnorm(net.decoder, bn_group)
         if net.comm is not None and not net.communicates:
-            # C=N: the communication network runs per subimage, so its batch is spread too.
-            convert_batchnorm(net.comm, group)
+            convert_batchnorm(net.comm, bn_group)  # C=N: per subimage, spread like the encoder
+        elif net.comm is not None and data_group is not None:
+            convert_batchnorm(net.comm, data_group)
         # Bytes this rank sent in the last forward + backward (a ring all-gather or
         # reduce-scatter sends (world - 1) chunks); read by the benchmark.
         self.bytes_sent = 0
@@ -227,37 +238,6 @@ class SpatialDDUNet(nn.Module):
             ]
             for c in own
         ]
-
-
-def spatial_dice_loss(
-    logits: Sequence[torch.Tensor],
-    targets: Sequence[torch.Tensor],
-    group: Any = None,
-    eps: float = 1e-7,
-    ignore_index: int | None = None,
-) -> torch.Tensor:
-    """`geoddu.metrics.dice_loss` of the global batch from each rank's own subimages: the three
-    sums of Eq. (1) are all-reduced, so every rank gets the same loss."""
-    sums = []
-    for lg, tg in zip(logits, targets, strict=True):
-        probs = torch.softmax(lg.float(), dim=1)
-        k = lg.shape[1]
-        tg = tg.long()
-        if ignore_index is not None:
-            valid = tg != ignore_index
-            tg = torch.where(valid, tg, torch.zeros_like(tg))
-        onehot = F.one_hot(tg, k).permute(0, 3, 1, 2).to(probs.dtype)
-        if ignore_index is not None:
-            mask = valid.unsqueeze(1).to(probs.dtype)
-            probs = probs * mask
-            onehot = onehot * mask
-        sums.append(
-            torch.stack([(onehot * probs).sum(), onehot.sum(), probs.sum()]).to(torch.float64)
-        )
-    ref = logits[0] if logits else torch.zeros(())
-    local = torch.stack(sums).sum(0) if sums else ref.new_zeros(3, dtype=torch.float64)
-    inter, ysum, psum = all_reduce_sum(local, group)
-    return (1 - 2 * (inter + eps) / (ysum + psum + eps)).to(torch.float32)
 
 
 def average_gradients(module: nn.Module, group: Any = None) -> int:

@@ -3,6 +3,7 @@
 from .config import PRESETS, TrainConfig, parse_grid, preset
 from .evaluate import evaluate, make_partition
 from .loop import Callbacks, Trainer, TrainResult
+from .mesh import TrainMesh
 from .run import resume_training, start_training
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Callbacks",
     "TrainConfig",
     "TrainResult",
+    "TrainMesh",
     "Trainer",
     "evaluate",
     "make_partition",

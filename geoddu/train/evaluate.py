@@ -70,11 +70,17 @@ def evaluate(
     workers: int = 0,
     loss: str = "class-dice",
     progress: Callable[[int, int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Mean loss per batch, per-class IoU and mIoU, counts summed over the whole split.
 
     The model runs in eval mode (BatchNorm running statistics, no dropout) on each patch cut
     into the given subimage grid, communication over the patch's mosaic as in training.
+
+    Under torchrun every rank evaluates batches `shard[0]`, `shard[0] + shard[1]`, ... of the
+    single-process batching and `reduce` adds the ranks' loss sums and confusion matrices, so
+    every rank gets the single-process figures.
     """
     from .losses import get_loss
 
@@ -84,8 +90,10 @@ def evaluate(
     model.eval()
     norm = Normalizer(normalization, device)
     acc = IoUAccumulator(len(dataset.classes), dataset.ignore_index)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=workers)
+    n = len(dataset)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    mine = batches[shard[0] :: shard[1]]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=workers)
     losses, weights = [], []
     try:
         for b, (x, y) in enumerate(loader):
@@ -100,11 +108,18 @@ def evaluate(
                 progress(b + 1, len(loader))
     finally:
         model.train(was_training)
+    loss_sum, count = float(np.dot(losses, weights)), float(sum(weights))
+    if reduce is not None:
+        packed = torch.cat([torch.tensor([loss_sum, count], dtype=torch.float64),
+                            torch.from_numpy(acc.confusion).reshape(-1).to(torch.float64)])
+        packed = reduce(packed.to(device)).cpu()
+        loss_sum, count = float(packed[0]), float(packed[1])
+        acc.confusion = packed[2:].round().to(torch.int64).numpy().reshape(acc.confusion.shape)
     iou = acc.iou()
     return {
-        "loss": float(np.average(losses, weights=weights)) if losses else float("nan"),
+        "loss": loss_sum / count if count else float("nan"),
         "iou": [None if np.isnan(v) else float(v) for v in iou],
         "miou": acc.miou(),
         "classes": [c["name"] for c in dataset.classes],
-        "images": int(sum(weights)),
+        "images": int(count),
     }

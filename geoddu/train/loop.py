@@ -6,6 +6,12 @@ curves). All three are replaced atomically, so killing the process at any moment
 that resumes exactly where its last completed epoch ended: model, optimiser, scheduler, AMP
 scaler, epoch, early-stopping counters and RNG states are restored; data order and augmentation
 are drawn from (seed, epoch) so they do not depend on the process.
+
+Under torchrun the same loop runs on every rank of a `TrainMesh` (data x spatial). Each global
+batch is the one a single process would draw; data-parallel groups load their share of it,
+the ranks of a group each run their block of every patch's subimages, the loss is finished from
+pixel sums added over all ranks, and the gradients are averaged over all ranks, so a step is
+the single-process step. Rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +34,15 @@ import torch
 from .. import __version__
 from ..checkpoint import build_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..engine.devices import resolve_devices
+from ..engine.distributed import AgreedError
+from ..engine.spatial import SpatialDDUNet, average_gradients
 from ..errors import GeodduError
 from ..models.ddunet import DDUNet
-from .augment import augment_batch
+from .augment import apply_augmentation, draw_augmentation
 from .config import TrainConfig
 from .evaluate import Normalizer, cell_size, evaluate, make_partition
 from .losses import get_loss
+from .mesh import TrainMesh
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -82,8 +91,10 @@ class Trainer:
         record: dict[str, Any] | None = None,
         callbacks: Callbacks | None = None,
         resume_state: dict[str, Any] | None = None,
+        mesh: TrainMesh | None = None,
     ) -> None:
         self.config = config.check()
+        self.mesh = mesh or TrainMesh()
         devices = resolve_devices(config.device)
         if len(devices) != 1:
             raise GeodduError("training runs on one device; give --device cpu, cuda or cuda:N")
@@ -106,6 +117,7 @@ class Trainer:
         self.grid = config.subimages or train_set.grid or (1, 1)
         h, w = train_set.patch_shape
         self.partition = make_partition(h, w, model.stride, self.grid)
+        self.spatial = self._spread(model) if self.mesh.world > 1 else None
         self.metadata = build_metadata(
             model.config,
             classes=train_set.classes,
@@ -134,16 +146,40 @@ class Trainer:
             torch.manual_seed(config.seed)
             random.seed(config.seed)
 
+    def _spread(self, model: DDUNet) -> SpatialDDUNet:
+        """The model as this rank runs it in training: its block of subimages, BatchNorm sums
+        over the whole mesh."""
+        mesh, cfg = self.mesh, self.config
+        shapes = {(c.height, c.width) for c in self.partition.subimages()}
+        if len(shapes) > 1:
+            # One process batches equal-size subimages together; a statistic over cells of
+            # different sizes would differ from that rule.
+            raise GeodduError(f"the {self.partition.grid[0]} x {self.partition.grid[1]} grid cuts "
+                              f"the patches into subimages of different sizes; distributed "
+                              f"training needs equal ones (pick --subimages that divide them)")
+        if mesh.spatial_size > len(self.partition):
+            raise GeodduError(f"--spatial-ranks {mesh.spatial_size} is more than the "
+                              f"{len(self.partition)} subimages of a patch")
+        if cfg.batch_size < mesh.data_size:
+            raise GeodduError(f"a batch of {cfg.batch_size} patches cannot feed "
+                              f"{mesh.data_size} data-parallel groups; raise --batch-size")
+        return SpatialDDUNet(model, group=mesh.spatial_group, bn_group=mesh.world_group,
+                             data_group=mesh.data_group if mesh.data_size > 1 else None)
+
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        cfg = self.config
-        if not self.run_dir.is_dir():
+        cfg, main = self.config, self.mesh.is_main
+        # Every rank built the same weights from the same seed or checkpoint; rank 0's copy is
+        # sent anyway (cheap), so nothing rests on that.
+        self.mesh.sync_parameters(self.model)
+        if main and not self.run_dir.is_dir():
             self.run_dir.mkdir(parents=True)
         if self.callbacks.on_start:
             self.callbacks.on_start({
                 "start_epoch": self.epoch, "epochs": cfg.epochs, "grid": self.grid,
                 "batches": math.ceil(len(self.train_set) / cfg.batch_size),
                 "device": str(self.device), "amp": self.amp,
+                "ranks": self.mesh.world, "spatial_ranks": self.mesh.spatial_size,
             })
         while self.epoch < cfg.epochs and not self.stopped_early:
             t0 = time.perf_counter()
@@ -152,6 +188,7 @@ class Trainer:
                 self.model, self.val_set, normalization=self.normalization, grid=self.grid,
                 batch_size=cfg.batch_size, device=self.device, amp=self.amp,
                 workers=cfg.workers, loss=cfg.loss, progress=self.callbacks.on_validate,
+                shard=(self.mesh.rank, self.mesh.world), reduce=self.mesh.reduce_sum(),
             )
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step(val["loss"])
@@ -174,6 +211,8 @@ class Trainer:
                 "best": improved,
             }
             self.history.append(row)
+            if not main:
+                continue
             if improved:
                 save_checkpoint(self.run_dir / BEST, self.model, self.metadata,
                                 training=self._training_record())
@@ -184,33 +223,67 @@ class Trainer:
                 self.callbacks.on_epoch(row)
         return self.result()
 
+    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(images, labels, global batch size): this rank's share of each global batch, in the
+        order and with the augmentation one process would use."""
+        cfg, ds = self.config, self.train_set
+        # Data order and augmentation come from (seed, epoch) alone: the same in a resumed run
+        # and on every rank.
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = rng.permutation(len(ds)).tolist()
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        shares = [b[self.mesh.share(len(b))] for b in batches]
+        loader = iter(torch.utils.data.DataLoader(
+            ds, batch_sampler=[s for s in shares if s], num_workers=cfg.workers))
+        h, w = ds.patch_shape
+        square = h == w
+        for batch, share in zip(batches, shares, strict=True):
+            draws = draw_augmentation(rng, len(batch), square) if cfg.augment else None
+            if share:
+                x, y = next(loader)
+            else:  # a short last batch leaves this rank nothing; it still joins the sums
+                x, y = torch.zeros(0, ds.in_channels, h, w), torch.zeros(0, h, w, dtype=torch.long)
+            if draws is not None:
+                x, y = apply_augmentation(x, y, draws[self.mesh.share(len(batch))])
+            yield x, y, len(batch)
+
     def _train_epoch(self, epoch: int) -> float:
         cfg = self.config
         self.model.train()
-        # Data order and augmentation come from (seed, epoch) alone: the same in a resumed run.
-        rng = np.random.default_rng([cfg.seed, epoch])
-        order = rng.permutation(len(self.train_set)).tolist()
-        loader = torch.utils.data.DataLoader(self.train_set, batch_size=cfg.batch_size,
-                                             sampler=order, num_workers=cfg.workers)
         total, count = 0.0, 0
-        n = len(loader)
-        for b, (x, y) in enumerate(loader):
-            if cfg.augment:
-                x, y = augment_batch(x, y, rng)
+        n = math.ceil(len(self.train_set) / cfg.batch_size)
+        ignore = self.train_set.ignore_index
+        for b, (x, y, size) in enumerate(self._batches(epoch)):
             x, y = self.normalize(x), y.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(x, self.partition)
-            loss = self.loss_fn(logits, y, ignore_index=self.train_set.ignore_index)
+                if self.spatial is None:
+                    logits = self.model(x, self.partition)
+                else:
+                    logits = self.spatial(self.spatial.own_parts(x, self.partition),
+                                          self.partition)
+            if self.spatial is None:
+                loss = self.loss_fn(logits, y, ignore_index=ignore)
+            else:
+                loss = self.loss_fn(logits, self.spatial.own_parts(y, self.partition),
+                                    ignore_index=ignore, reduce=self.mesh.reduce_sum())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.spatial is not None:
+                # Every rank backpropagated the same global loss: the mean over ranks is the
+                # single-process gradient (see geoddu.engine.spatial). One flat all-reduce
+                # after the backward pass; DDP would overlap it with the backward pass, the
+                # sum is the same.
+                average_gradients(self.model, self.mesh.world_group)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise GeodduError(f"the loss became {value} in epoch {epoch + 1}, batch {b + 1}; "
+                # The loss is the global one, the same on every rank: all stop together.
+                error = AgreedError if self.mesh.world > 1 else GeodduError
+                raise error(f"the loss became {value} in epoch {epoch + 1}, batch {b + 1}; "
                                   f"try a lower --lr")
-            total += value * x.shape[0]
-            count += x.shape[0]
+            total += value * size
+            count += size
             if self.callbacks.on_batch:
                 self.callbacks.on_batch(epoch + 1, b + 1, n, value,
                                         self.optimizer.param_groups[0]["lr"])
@@ -224,6 +297,7 @@ class Trainer:
             **self.record,
             "config": self.config.to_dict(),
             "grid": list(self.grid),
+            "mesh": {"data": self.mesh.data_size, "spatial": self.mesh.spatial_size},
             "epochs_run": self.epoch,
             "best_epoch": self.best_epoch,
             "best_val_loss": _finite(self.best_val_loss),
@@ -315,12 +389,17 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
 def load_resume(run_dir: str | os.PathLike) -> tuple[DDUNet, dict[str, Any]]:
     """The model and checkpoint of `run_dir/last.pt`, ready for `Trainer(..., resume_state=)`."""
     ckpt = load_checkpoint(Path(run_dir) / LAST)
+    return model_from_resume(ckpt, Path(run_dir) / LAST), ckpt
+
+
+def model_from_resume(ckpt: dict[str, Any], where: str | os.PathLike) -> DDUNet:
+    """The model of a `last.pt` checkpoint already read, with its encoder frozen if it was."""
     if "resume" not in ckpt:
-        raise GeodduError(f"{Path(run_dir) / LAST}: holds no training state to resume from")
+        raise GeodduError(f"{where}: holds no training state to resume from")
     model = model_from_checkpoint(ckpt)
     if ckpt.get("training", {}).get("freeze_encoder"):
         model.encoder.freeze()
-    return model, ckpt
+    return model
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> None:

@@ -17,7 +17,16 @@ from ..data import open_dataset
 from ..errors import GeodduError
 from ..models.ddunet import create_model
 from .config import TrainConfig
-from .loop import Callbacks, Trainer, TrainResult, check_run_dir, load_resume, set_dropout
+from .loop import (
+    LAST,
+    Callbacks,
+    Trainer,
+    TrainResult,
+    check_run_dir,
+    model_from_resume,
+    set_dropout,
+)
+from .mesh import TrainMesh
 
 # ImageNet statistics in 8-bit units: what torchvision's pretrained ResNets expect.
 IMAGENET = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
@@ -42,15 +51,51 @@ def start_training(
     dataset_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     callbacks: Callbacks | None = None,
+    mesh: TrainMesh | None = None,
 ) -> TrainResult:
     """Train a new model (or fine-tune `init_checkpoint`) on `dataset` into `run_dir`.
 
-    `arch` is the paper's notation ('DDU-Net(3,32,Y)', 'U-Net(3)') or an encoder name;
+    `arch` is the paper's notation ('DDU-Net(3,32,Y)', 'U-Net(4)') or an encoder name;
     `model_options` override it (the CLI passes only the options given on the command line).
-    Input bands and classes always come from the data.
+    Input bands and classes always come from the data. Under torchrun every rank calls this
+    with the same arguments and its `mesh`; only rank 0 touches `run_dir`.
     """
+    mesh = mesh or TrainMesh()
+    trainer, error = None, None
+    try:
+        trainer = _new_trainer(
+            dataset, data, run_dir, config, arch=arch, model_options=model_options,
+            init_checkpoint=init_checkpoint, encoder_weights=encoder_weights,
+            freeze_encoder=freeze_encoder, dataset_options=dataset_options, overwrite=overwrite,
+            callbacks=callbacks, mesh=mesh)
+    except GeodduError as exc:
+        error = exc
+    # Every rank stops on any rank's setup error (rank 0 prints it) instead of the others
+    # waiting for it in the first collective.
+    mesh.agree(error)
+    return trainer.fit()
+
+
+def _new_trainer(
+    dataset: str,
+    data: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    arch: str | None,
+    model_options: dict[str, Any] | None,
+    init_checkpoint: str | os.PathLike | None,
+    encoder_weights: str | os.PathLike | None,
+    freeze_encoder: bool | None,
+    dataset_options: dict[str, Any] | None,
+    overwrite: bool,
+    callbacks: Callbacks | None,
+    mesh: TrainMesh,
+) -> Trainer:
     config.check()
-    run_dir = check_run_dir(run_dir, resume=False, overwrite=overwrite)
+    if mesh.is_main:
+        check_run_dir(run_dir, resume=False, overwrite=overwrite)
+    run_dir = Path(run_dir)
     train_set, val_set = open_splits(dataset, data, dataset_options)
     opts = dict(model_options or {})
     for key, have in (("in_channels", train_set.in_channels),
@@ -95,9 +140,8 @@ def start_training(
         "encoder_weights": str(encoder_weights) if encoder_weights else None,
         "freeze_encoder": freeze,
     }
-    trainer = Trainer(model, train_set, val_set, run_dir, config, normalization=normalization,
-                      record=record, callbacks=callbacks)
-    return trainer.fit()
+    return Trainer(model, train_set, val_set, run_dir, config, normalization=normalization,
+                   record=record, callbacks=callbacks, mesh=mesh)
 
 
 def resume_training(
@@ -108,10 +152,46 @@ def resume_training(
     device: str | None = None,
     workers: int | None = None,
     callbacks: Callbacks | None = None,
+    mesh: TrainMesh | None = None,
 ) -> TrainResult:
-    """Continue `run_dir/last.pt` exactly where it stopped (optionally with more epochs)."""
-    run_dir = check_run_dir(run_dir, resume=True, overwrite=False)
-    model, ckpt = load_resume(run_dir)
+    """Continue `run_dir/last.pt` exactly where it stopped (optionally with more epochs).
+
+    Under torchrun rank 0 reads the checkpoint and sends it to the other ranks, so only its
+    host needs the run directory (every host needs the data). The number of ranks may differ
+    from the run's start: the state does not depend on it.
+    """
+    mesh = mesh or TrainMesh()
+    ckpt, error = None, None
+    if mesh.is_main:
+        try:
+            check_run_dir(run_dir, resume=True, overwrite=False)
+            ckpt = load_checkpoint(Path(run_dir) / LAST)
+        except GeodduError as exc:
+            error = exc
+    mesh.agree(error)
+    ckpt = mesh.broadcast_object(ckpt)
+    trainer = None
+    try:
+        trainer = _resumed_trainer(ckpt, Path(run_dir), data=data, epochs=epochs, device=device,
+                                   workers=workers, callbacks=callbacks, mesh=mesh)
+    except GeodduError as exc:
+        error = exc
+    mesh.agree(error)
+    return trainer.fit()
+
+
+def _resumed_trainer(
+    ckpt: dict[str, Any],
+    run_dir: Path,
+    *,
+    data: str | os.PathLike | None,
+    epochs: int | None,
+    device: str | None,
+    workers: int | None,
+    callbacks: Callbacks | None,
+    mesh: TrainMesh,
+) -> Trainer:
+    model = model_from_resume(ckpt, run_dir / LAST)
     record = dict(ckpt.get("training", {}))
     config = TrainConfig.from_dict(record.get("config", {}))
     if epochs is not None:
@@ -129,10 +209,9 @@ def resume_training(
     keep = ("dataset", "data", "arch", "init_checkpoint", "encoder_weights", "freeze_encoder")
     record = {k: record.get(k) for k in keep}
     record["data"] = str(Path(data).resolve())
-    trainer = Trainer(model, train_set, val_set, run_dir, config,
-                      normalization=ckpt["normalization"], record=record, callbacks=callbacks,
-                      resume_state=ckpt["resume"])
-    return trainer.fit()
+    return Trainer(model, train_set, val_set, run_dir, config,
+                   normalization=ckpt["normalization"], record=record, callbacks=callbacks,
+                   resume_state=ckpt["resume"], mesh=mesh)
 
 
 def _is_uint8_scale(norm: dict[str, list[float]]) -> bool:
