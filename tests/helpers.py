@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +57,28 @@ def make_checkpoint(
             m.running_var.uniform_(0.5, 1.5)
     save_checkpoint(path, model, build_metadata(model.config, subimage_size=subimage_size))
     return path
+
+
+# -- torchrun subprocesses ----------------------------------------------------------------------
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def rank_env() -> dict[str, str]:
+    """One thread per rank: the ranks share this machine's few cores."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the worker with RANK=rank among torchrun's children (Linux /proc)."""
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return None
+    for pid in children:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    return None

@@ -15,25 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from helpers import write_geotiff
+from helpers import TORCHRUN, rank_env, rank_pid, write_geotiff
 
 import geoddu
 from geoddu.engine.distributed import assign_scenes, halo_plan, owner_grid
 from geoddu.io.writer import TEMP_MARKER
 from geoddu.partition import Partition
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 TIMEOUT = 180  # a hang fails the test instead of the CI job
-
-
-def _env() -> dict[str, str]:
-    # One thread per rank: the ranks share this machine's few cores.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def torchrun(n: int, *args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [*TORCHRUN, "--nproc-per-node", str(n), "-m", "geoddu_cli", "segment", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=cwd)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT, env=rank_env(), cwd=cwd
+    )
 
 
 def _read(path: Path) -> np.ndarray:
@@ -181,22 +177,6 @@ def test_torchrun_batch_writes_every_scene_once(tmp_path, checkpoint):
     _no_temps(out)
 
 
-def _rank_pid(parent: int, rank: int) -> int | None:
-    """The pid of the worker with RANK=rank among torchrun's children (Linux /proc)."""
-    try:
-        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except OSError:
-        return None
-    for pid in children:
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env:
-            return int(pid)
-    return None
-
-
 def test_killing_a_rank_ends_the_job(tmp_path, checkpoint):
     rng = np.random.default_rng(5)
     scene = write_geotiff(
@@ -225,7 +205,7 @@ def test_killing_a_rank_ends_the_job(tmp_path, checkpoint):
         "60",
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env()
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=rank_env()
     )
     lines: list[str] = []
     started = threading.Event()
@@ -240,7 +220,7 @@ def test_killing_a_rank_ends_the_job(tmp_path, checkpoint):
     reader.start()
     try:
         assert started.wait(TIMEOUT), "".join(lines)
-        victim = _rank_pid(proc.pid, 1)
+        victim = rank_pid(proc.pid, 1)
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()

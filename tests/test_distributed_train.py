@@ -1,11 +1,16 @@
-"""Spatially-distributed DDU-Net training pieces on real gloo process groups (CPU): the same
-logits, loss, gradients and BatchNorm statistics as the single-process DDU-Net."""
+"""DDU-Net training over ranks on real gloo process groups (CPU): the pieces (logits, loss,
+gradients and BatchNorm statistics equal the single-process DDU-Net on spatial, data and
+data x spatial meshes) and whole training runs (weights equal on every rank and to one
+process; `geoddu train` under torchrun, --resume, a killed rank)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,16 +19,20 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import TORCHRUN, rank_env, rank_pid
 
+from geoddu.checkpoint import load_checkpoint
+from geoddu.data.synthetic import write
 from geoddu.engine.spatial import (
     SpatialDDUNet,
     all_reduce_sum,
     average_gradients,
-    spatial_dice_loss,
 )
 from geoddu.metrics import dice_loss
 from geoddu.models import create_model
 from geoddu.partition import Partition
+from geoddu.train import TrainMesh, preset, start_training
+from geoddu.train.losses import get_loss
 
 DEADLINE = 150  # seconds for a whole group of ranks; a hang fails the test
 
@@ -58,8 +67,9 @@ def _init(rank: int, world: int, tmp: str, timeout_s: float = 60) -> None:
     )
 
 
-def _equivalence(rank: int, world: int, tmp: str) -> None:
+def _equivalence(rank: int, world: int, tmp: str, spatial: int, loss_name: str) -> None:
     _init(rank, world, tmp)
+    mesh = TrainMesh.create(spatial)
     torch.manual_seed(0)
     # No dropout: its masks are drawn per rank, so only the deterministic part can match.
     net = create_model(
@@ -67,21 +77,29 @@ def _equivalence(rank: int, world: int, tmp: str) -> None:
     ).train()
     ref = copy.deepcopy(net)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 48, 48, generator=gen)
-    y = torch.randint(0, 4, (2, 48, 48), generator=gen)
+    x = torch.randn(4, 3, 48, 48, generator=gen)
+    y = torch.randint(0, 4, (4, 48, 48), generator=gen)
     part = Partition.uniform(48, 48, 3, 3, multiple=ref.stride)  # 9 subimages of 16 px
+    loss_fn = get_loss(loss_name)
+    if loss_name == "dice":  # the trainer's Eq. (1) is the metric's
+        with torch.no_grad():
+            check = copy.deepcopy(ref)(x, part)
+        assert abs(float(loss_fn(check, y)) - float(dice_loss(check, y))) < 1e-6
 
     ref_logits = ref(x, part)
-    ref_loss = dice_loss(ref_logits, y)
+    ref_loss = loss_fn(ref_logits, y)
     ref_loss.backward()
 
-    model = SpatialDDUNet(net)
-    logits = model(model.own_parts(x, part), part)
-    loss = spatial_dice_loss(logits, model.own_parts(y, part))
+    # What the trainer builds: the data rank's patches, the spatial rank's subimages.
+    model = SpatialDDUNet(net, group=mesh.spatial_group, bn_group=mesh.world_group,
+                          data_group=mesh.data_group if mesh.data_size > 1 else None)
+    mine = mesh.share(x.shape[0])
+    logits = model(model.own_parts(x[mine], part), part)
+    loss = loss_fn(logits, model.own_parts(y[mine], part), reduce=mesh.reduce_sum())
     loss.backward()
-    average_gradients(model)
+    average_gradients(model, mesh.world_group)
 
-    ref_parts = model.own_parts(ref_logits, part)
+    ref_parts = model.own_parts(ref_logits[mine], part)
     grads = {n: p.grad for n, p in ref.named_parameters()}
     buffers = dict(ref.named_buffers())
     result = {
@@ -104,6 +122,7 @@ def _equivalence(rank: int, world: int, tmp: str) -> None:
         diff = (p.grad - grads[n]).abs().max().item()
         result["grad_abs"][n] = diff
         result["grad_rel"][n] = diff / max(grads[n].abs().max().item(), floor)
+    result["params"] = [p.double().sum().item() for p in model.net.parameters()]
     # all_reduce_sum itself: forward sums, backward sums every rank's upstream gradient.
     v = torch.full((3,), float(rank + 1), dtype=torch.float64, requires_grad=True)
     total = all_reduce_sum(v)
@@ -113,15 +132,20 @@ def _equivalence(rank: int, world: int, tmp: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_spatial_ddunet_equals_single_process(tmp_path, world):
-    """9 subimages over 2, 3, 4 ranks (blocks of 5/4, 3/3/3, 3/2/2/2): forward logits, loss,
-    every parameter gradient and the BatchNorm running statistics match within 1e-5."""
+@pytest.mark.parametrize(
+    ("world", "spatial", "loss_name"),
+    [(2, 2, "dice"), (4, 4, "class-dice"), (4, 2, "class-dice")],
+    ids=["spatial2", "spatial4", "data2xspatial2"],
+)
+def test_spatial_ddunet_equals_single_process(tmp_path, world, spatial, loss_name):
+    """4 patches of 9 subimages over 2 or 4 spatial ranks (blocks of 5/4, 3/2/2/2), and over a
+    2 x 2 data x spatial mesh (2 patches per data group): forward logits, loss, every parameter
+    gradient and the BatchNorm running statistics match one process within 1e-5."""
     t = time.perf_counter()
-    _spawn(_equivalence, world, str(tmp_path))
-    print(f"{world} ranks: {time.perf_counter() - t:.1f} s")
+    _spawn(_equivalence, world, str(tmp_path), spatial, loss_name)
+    print(f"{world} ranks ({spatial} spatial): {time.perf_counter() - t:.1f} s")
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
-    assert sum(r["cells"] for r in results) == 9
+    assert sum(r["cells"] for r in results) == 9 * world // spatial
     for r in results:
         assert r["logits"] <= 1e-5 and r["loss"] <= 1e-6
         worst = max(r["grad_abs"], key=r["grad_abs"].get)
@@ -132,6 +156,7 @@ def test_spatial_ddunet_equals_single_process(tmp_path, world):
         assert r["buffers"] <= 1e-5
         assert r["buffer_sums"] == results[0]["buffer_sums"]  # identical on every rank
         assert r["bytes_sent"] > 0
+        assert r["params"] == results[0]["params"]
         n = world * (world + 1) / 2
         assert r["all_reduce"] == [[n] * 3, [world * 1.0, world * 2.0, world * 3.0]]
 
@@ -161,3 +186,155 @@ def test_a_hung_rank_raises_within_the_timeout(tmp_path):
     message, took = json.loads((tmp_path / "rank0.json").read_text())
     assert "imed out" in message or "timeout" in message.lower(), message
     assert took < 30
+
+
+# -- whole training runs ----------------------------------------------------------------------
+TRAIN = {"epochs": 2, "batch_size": 5, "augment": True, "dropout": 0.0, "seed": 3}
+ARCH, TINY = "DDU-Net(2,8,Y)", {"base_channels": 4}
+CLI_ARGS = ["--dataset", "synthetic", "--arch", ARCH, "--base-channels", "4", "--batch-size",
+            "5", "--augment", "--dropout", "0", "--seed", "3", "--timeout", "60"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    # 12 training images in batches of 5: the last batch (2 images) leaves two of four data
+    # groups empty. (A last batch of one image is legal too, but its step amplifies float noise
+    # enough that two runs drift apart by 1e-2 within two epochs, in one process or many.)
+    return write(tmp_path_factory.mktemp("data") / "k2", 2, train=12, val=5, test=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def single_run(synthetic, tmp_path_factory):
+    """The reference: the same run in one process."""
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("single") / "run"
+    return start_training("synthetic", synthetic, run, preset("synthetic", **TRAIN), arch=ARCH,
+                          model_options=TINY)
+
+
+def _noise_only(model: torch.nn.Module) -> set[str]:
+    """Conv biases right before a BatchNorm, and that BatchNorm's running mean.
+
+    In exact arithmetic such a bias has zero gradient (the mean subtraction cancels it), so
+    what it gets is rounding noise that differs with the summation order, and Adam turns any
+    noise into steps of size lr. The communication network's convolutions (the paper's
+    parameter counts include their biases) are the ones like that.
+    """
+    names = set()
+    for prefix, m in model.named_modules():
+        children = list(m.named_children())
+        for (a, conv), (b, bn) in zip(children, children[1:], strict=False):
+            if isinstance(conv, torch.nn.Conv2d) and conv.bias is not None \
+                    and isinstance(bn, torch.nn.BatchNorm2d):
+                head = f"{prefix}." if prefix else ""
+                names |= {f"{head}{a}.bias", f"{head}{b}.running_mean"}
+    return names
+
+
+def _assert_same_run(state: dict, reference: dict, noise: set[str]) -> None:
+    assert state.keys() == reference.keys()
+    for name, ref in reference.items():
+        if name in noise or not ref.is_floating_point():
+            continue
+        diff = (state[name].double() - ref.double()).abs().max().item()
+        assert diff <= 1e-4, (name, diff)
+
+
+def _train_rank(rank: int, world: int, tmp: str, spatial: int, data: str) -> None:
+    _init(rank, world, tmp)
+    mesh = TrainMesh.create(spatial)
+    result = start_training("synthetic", data, Path(tmp, "run"), preset("synthetic", **TRAIN),
+                            arch=ARCH, model_options=TINY, mesh=mesh)
+    torch.save({"state": result.model.state_dict(), "history": result.history},
+               Path(tmp, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("world", "spatial"), [(2, 2), (4, 2), (4, 1)], ids=["spatial2", "data2xspatial2", "data4"]
+)
+def test_training_run_equals_one_process(tmp_path, synthetic, single_run, world, spatial):
+    """Two epochs (augmentation on, a short last batch) under 2 spatial ranks, a 2 x 2 mesh and
+    4 data-parallel ranks: the same losses as one process, weights identical on every rank and
+    equal to one process up to float noise; only rank 0 wrote the run."""
+    t = time.perf_counter()
+    _spawn(_train_rank, world, str(tmp_path), spatial, str(synthetic))
+    print(f"{world} ranks: {time.perf_counter() - t:.1f} s")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    for r in ranks[1:]:
+        for name, value in ranks[0]["state"].items():
+            assert torch.equal(r["state"][name], value), name
+    single = single_run.model.state_dict()
+    _assert_same_run(ranks[0]["state"], single, _noise_only(single_run.model))
+    for got, want in zip(ranks[0]["history"], single_run.history, strict=True):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-6)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], abs=1e-5)
+    written = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert written["training"]["mesh"] == {"data": world // spatial, "spatial": spatial}
+    _assert_same_run(written["state_dict"], single, set(_noise_only(single_run.model)))
+
+
+def _geoddu(*args: object, ranks: int | None = None) -> subprocess.CompletedProcess:
+    launcher = [*TORCHRUN, "--nproc-per-node", str(ranks)] if ranks else [sys.executable]
+    return subprocess.run([*launcher, "-m", "geoddu_cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=DEADLINE, env=rank_env())
+
+
+def test_train_command_under_torchrun_and_resume(tmp_path, synthetic, single_run):
+    """`geoddu train` under torchrun (2 spatial ranks) for one epoch, then `--resume --ranks 2`
+    for the second: the run one process makes in two epochs."""
+    run = tmp_path / "run"
+    r = _geoddu("train", *CLI_ARGS, "--data", synthetic, "-o", run, "--epochs", "1",
+                "--spatial-ranks", "2", ranks=2)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("done after 1 epochs") == 1  # rank 0 alone reports
+    assert "2 ranks (1 data x 2 spatial)" in r.stderr
+    r = _geoddu("train", "-o", run, "--resume", "--epochs", "2", "--ranks", "2", "-q")
+    assert r.returncode == 0, r.stderr
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["training"]["epochs_run"] == 2
+    assert ckpt["training"]["mesh"] == {"data": 2, "spatial": 1}  # resumed as plain data parallel
+    history = json.loads((run / "history.json").read_text())
+    for got, want in zip(history, single_run.history, strict=True):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-6)
+    _assert_same_run(ckpt["state_dict"], single_run.model.state_dict(),
+                     _noise_only(single_run.model))
+    # Bad layouts are one line from rank 0, non-zero exit.
+    r = _geoddu("train", *CLI_ARGS, "--data", synthetic, "-o", tmp_path / "bad",
+                "--spatial-ranks", "3", ranks=2)
+    assert r.returncode != 0
+    assert r.stderr.count("Error: --spatial-ranks 3 does not divide the 2 ranks") == 1, r.stderr
+    r = _geoddu("train", *CLI_ARGS, "--data", synthetic, "-o", tmp_path / "bad",
+                "--spatial-ranks", "2")
+    assert r.returncode == 1 and r.stderr.startswith("Error: --spatial-ranks needs several")
+
+
+def test_killing_a_training_rank_ends_the_job(tmp_path, synthetic):
+    """A rank killed mid-run ends the job with a non-zero exit within a bounded time; the last
+    checkpoint written before stays intact."""
+    run = tmp_path / "run"
+    cmd = [*TORCHRUN, "--nproc-per-node", "2", "-m", "geoddu_cli", "train", *CLI_ARGS, "--data",
+           str(synthetic), "-o", str(run), "--epochs", "500", "--min-epochs", "500",
+           "--spatial-ranks", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=rank_env())
+    try:
+        end = time.monotonic() + DEADLINE
+        while not (run / "history.json").exists():
+            assert proc.poll() is None and time.monotonic() < end, proc.stdout.read()
+            time.sleep(0.2)
+        victim = rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        out, _ = proc.communicate(timeout=90)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"job ended {took:.1f} s after the kill, exit {proc.returncode}")
+    assert proc.returncode != 0 and took < 60
+    assert "Signal 9 (SIGKILL)" in out or "failed" in out.lower(), out
+    ckpt = load_checkpoint(run / "last.pt")  # whole, loadable with weights_only
+    assert 1 <= ckpt["training"]["epochs_run"] < 500
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]

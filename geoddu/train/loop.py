@@ -66,6 +66,8 @@ class TrainResult:
     best_val_miou: float
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The weights after the last epoch (last.pt holds the same), on every rank.
+    model: DDUNet | None = None
 
     @property
     def best(self) -> Path:
@@ -365,6 +367,7 @@ class Trainer:
             best_val_miou=float(best.get("val_miou", math.nan)),
             stopped_early=self.stopped_early,
             history=list(self.history),
+            model=self.model,
         )
 
 

@@ -41,7 +41,9 @@ class TrainMesh:
             return cls()
         world = dist.get_world_size()
         if spatial_ranks < 1 or world % spatial_ranks:
-            raise GeodduError(f"--spatial-ranks {spatial_ranks} does not divide the {world} ranks")
+            from ..engine.distributed import AgreedError  # every rank finds it: rank 0 says it
+
+            raise AgreedError(f"--spatial-ranks {spatial_ranks} does not divide the {world} ranks")
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(device_type, (world // spatial_ranks, spatial_ranks),
