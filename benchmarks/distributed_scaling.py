@@ -7,6 +7,9 @@
    For comparison: what a halo-exchange U-Net (margins exchanged before every 3x3 conv, forward
    and backward; the Sec. II-B scheme) would send for the same patch and the same blocks, and
    what the segment engine's halo-only exchange sends (inference: forward only).
+   Also the two placements of the communication network: the shipped one (F maps gathered on
+   the first rank of the patch, the network run there, its output scattered back) against an
+   autograd all-gather with the network run on every rank (`replicated_communication`).
 2. `geoddu segment` of one scene under 1, 2 and 4 ranks (torchrun), checked identical.
 
 Every rank runs `--threads-per-rank` threads (default 1): on a small shared machine, OpenMP
@@ -45,16 +48,59 @@ def _threads(world: int) -> int:
 
 
 # -- 1. training step -------------------------------------------------------------------------
+def replicated_communication(model):
+    """`model` (a SpatialDDUNet) with the other placement of the communication network: an
+    autograd all-gather of the F maps (backward: reduce-scatter) and the network run on the
+    whole mosaic on every rank, each keeping its own cells."""
+    import torch.distributed._functional_collectives as fcol
+    import torch.nn.functional as F
+
+    from geoddu.partition import Partition, balanced_blocks
+
+    def communicate(maps, partition, own):
+        net, world, stride = model.net, model.world, model.net.stride
+        batch, feats = maps[0].shape[0], net.comm_features
+        blocks = balanced_blocks(partition.subimages(), world)
+        size = {c.index: batch * feats * (c.height // stride) * (c.width // stride)
+                for b in blocks for c in b}
+        chunk = max(sum(size[c.index] for c in b) for b in blocks)
+        flat = torch.cat([m.reshape(-1) for m in maps])
+        flat = F.pad(flat, (0, chunk - flat.numel()))
+        gathered = fcol.all_gather_single_autograd(flat, 0, dist.group.WORLD)
+        model.bytes_sent += 2 * (world - 1) * chunk * flat.element_size()
+        cells = {}
+        for r, b in enumerate(blocks):
+            off = r * chunk
+            for c in b:
+                h, w = c.height // stride, c.width // stride
+                cells[c.index] = gathered[off : off + size[c.index]].view(batch, feats, h, w)
+                off += size[c.index]
+        rows, cols = partition.grid
+        out = net.communicate_maps(
+            Partition.stitch([[cells[(i, j)] for j in range(cols)] for i in range(rows)]))
+        coarse = partition.scaled(stride)
+        ro, co = coarse.row_offsets, coarse.col_offsets
+        return [out[..., ro[c.row] : ro[c.row] + c.height // stride,
+                    co[c.col] : co[c.col] + c.width // stride] for c in own]
+
+    model._communicate = communicate
+    return model
+
+
 def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
+    from functools import partial
+
     from geoddu.engine.spatial import (
         SpatialBatchNorm2d,
         SpatialDDUNet,
+        all_reduce_sum,
         average_gradients,
-        spatial_dice_loss,
     )
-    from geoddu.metrics import dice_loss
     from geoddu.models import create_model
     from geoddu.partition import Partition
+    from geoddu.train.losses import get_loss
+
+    dice_loss = get_loss("dice")
 
     torch.set_num_threads(cfg["threads"])
     if world > 1:
@@ -66,7 +112,10 @@ def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
             timeout=timedelta(seconds=1800),
         )
     torch.manual_seed(0)
-    net = create_model(cfg["model"], num_classes=3, base_channels=cfg["base"]).train()
+    # No dropout: its masks depend on which rank runs what, and the two placements of the
+    # communication network are checked to give the same loss and gradients.
+    net = create_model(cfg["model"], num_classes=3, base_channels=cfg["base"],
+                       dropout=0.0).train()
     size, grid = cfg["patch"], cfg["grid"]
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1, 3, size, size, generator=gen)
@@ -75,13 +124,17 @@ def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
     bn_bytes = [0]
     if world == 1:
 
-        def step() -> None:
+        def step() -> float:
             net.zero_grad()
-            dice_loss(net(x, part), y).backward()
+            loss = dice_loss(net(x, part), y)
+            loss.backward()
+            return float(loss.detach())
 
         model = net
     else:
         model = SpatialDDUNet(net)
+        if cfg.get("comm_on") == "all":
+            replicated_communication(model)
         parts = [p.contiguous() for p in model.own_parts(x, part)]
         targets = [t.contiguous() for t in model.own_parts(y, part)]
         for m in model.modules():
@@ -92,14 +145,15 @@ def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
                     lambda *_, n=nbytes: bn_bytes.__setitem__(0, bn_bytes[0] + n)
                 )
 
-        def step() -> None:
+        def step() -> float:
             model.zero_grad()
             bn_bytes[0] = 0
-            loss = spatial_dice_loss(model(parts, part), targets)
+            loss = dice_loss(model(parts, part), targets, reduce=partial(all_reduce_sum))
             loss.backward()
             average_gradients(model)
+            return float(loss.detach())
 
-    step()  # warm-up
+    loss = step()  # warm-up
     times = []
     for _ in range(cfg["steps"]):
         if world > 1:
@@ -117,7 +171,26 @@ def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
         "dice": 2 * (world - 1) * 3 * 8,
         "grads": int(2 * (world - 1) / world * params),
         "threads": torch.get_num_threads(),
+        "loss": loss,
+        "grad_norm": float(sum(p.grad.double().square().sum() for p in net.parameters()) ** 0.5),
     }
+    res["comm_ms"] = 0.0
+    if world > 1:
+        # The communication stage alone (gather, network, split; and its backward), repeated:
+        # the whole step's noise on a shared machine is larger than this stage.
+        stride, feats = net.stride, net.comm_features
+        own = model.own_cells(part)
+        maps = [torch.randn(1, feats, c.height // stride, c.width // stride, requires_grad=True)
+                for c in own]
+        stage = []
+        for _ in range(cfg["comm_reps"]):
+            dist.barrier()
+            t = time.perf_counter()
+            comm_out = model._communicate(maps, part, own)
+            sum(o.square().sum() for o in comm_out).backward()
+            dist.barrier()
+            stage.append(time.perf_counter() - t)
+        res["comm_ms"] = 1000 * float(np.median(stage))
     if world == 1:
         res.update(bn=0, dice=0, grads=0)
     if rank == 0:
@@ -232,6 +305,8 @@ def main() -> None:
     ap.add_argument("--scene", type=int, default=2048, help="side of the segment scene")
     ap.add_argument("--subimage-size", type=int, default=512)
     ap.add_argument("--threads-per-rank", type=int, default=1)
+    ap.add_argument("--comm-reps", type=int, default=20,
+                    help="repetitions of the communication stage alone")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-segment", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -245,6 +320,7 @@ def main() -> None:
         "grid": args.grid,
         "steps": args.steps,
         "threads": args.threads_per_rank,
+        "comm_reps": args.comm_reps,
     }
     THREADS["per_rank"] = args.threads_per_rank
     print(
@@ -259,17 +335,26 @@ def main() -> None:
         )
         print(
             "| ranks | threads/rank | fwd+bwd s/patch | F maps MB | BN sums KB | Dice B "
-            "| grad all-reduce MB | halo U-Net MB | DDU-Net halo-only (inference) MB |"
+            "| grad all-reduce MB | halo U-Net MB | DDU-Net halo-only (inference) MB "
+            "| comm on every rank: s/patch, F maps MB, same loss/grads; comm stage |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for world in args.ranks:
             r = run_train(world, cfg, work)
             unet = unet_halo_bytes(cfg, world) if world > 1 else 0
             halo = ddunet_halo_bytes(cfg, world) if world > 1 else 0
+            root = "-"
+            if world > 1:
+                q = run_train(world, {**cfg, "comm_on": "all"}, work)
+                same = (abs(q["loss"] - r["loss"]) < 1e-6
+                        and abs(q["grad_norm"] - r["grad_norm"]) < 1e-6 * r["grad_norm"])
+                root = (f"{q['seconds']:.2f}, {q['fmaps'] / mb:.2f}, "
+                        f"{'yes' if same else 'NO'}; comm stage {r['comm_ms']:.0f} ms (rank 0 "
+                        f"+ scatter) vs {q['comm_ms']:.0f} ms (every rank)")
             print(
-                f"| {world} | {r['threads']} | {r['seconds']:.1f} | {r['fmaps'] / mb:.2f} | "
+                f"| {world} | {r['threads']} | {r['seconds']:.2f} | {r['fmaps'] / mb:.2f} | "
                 f"{r['bn'] / 1024:.1f} | {r['dice']} | {r['grads'] / mb:.2f} | "
-                f"{unet / mb:.1f} | {halo / mb:.3f} |",
+                f"{unet / mb:.1f} | {halo / mb:.3f} | {root} |",
                 flush=True,
             )
     if not args.skip_segment:

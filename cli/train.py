@@ -147,8 +147,13 @@ def train(ctx: click.Context, **params) -> None:
             raise GeodduError("give either --ranks or --gpus")
         args = strip_options(command_args("train"), ("--ranks", "--gpus"))
         if gpus is not None:
+            import torch
+
             if _given(ctx, "device") and not params["device"].startswith("cuda"):
                 raise GeodduError("--gpus trains on CUDA devices; leave out --device")
+            if torch.cuda.device_count() < gpus:
+                raise GeodduError(f"--gpus {gpus}: this host has {torch.cuda.device_count()} "
+                                  f"CUDA device(s); use --ranks N to train on the CPU")
             args = [*strip_options(args, ("--device",)), "--device", "cuda"]
         sys.exit(run_local_ranks(gpus or ranks, "train", args))
     if launched_by_torchrun():
@@ -175,6 +180,8 @@ def _train_as_rank(ctx: click.Context, params: dict) -> int:
         rank = dist.get_rank()
         params = dict(params, quiet=params["quiet"] or rank != 0)
         if params["device"].startswith("cuda"):
+            if local_device.type != "cuda":
+                raise AgreedError("--device cuda, but this host has no CUDA device")
             params["device"] = str(local_device)  # cuda:LOCAL_RANK: one device per rank
         mesh = TrainMesh.create(params["spatial_ranks"],
                                 "cuda" if params["device"].startswith("cuda") else "cpu")

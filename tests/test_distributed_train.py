@@ -307,6 +307,9 @@ def test_train_command_under_torchrun_and_resume(tmp_path, synthetic, single_run
     r = _geoddu("train", *CLI_ARGS, "--data", synthetic, "-o", tmp_path / "bad",
                 "--spatial-ranks", "2")
     assert r.returncode == 1 and r.stderr.startswith("Error: --spatial-ranks needs several")
+    r = _geoddu("train", *CLI_ARGS, "--data", synthetic, "-o", tmp_path / "bad", "--gpus", "2")
+    if not torch.cuda.is_available():
+        assert r.returncode == 1 and "--gpus 2: this host has 0 CUDA device(s)" in r.stderr
 
 
 def test_killing_a_training_rank_ends_the_job(tmp_path, synthetic):

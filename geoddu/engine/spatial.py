@@ -4,9 +4,9 @@ The building blocks of spatially-distributed training (the training loop itself 
 `geoddu.train`):
 
 * `SpatialDDUNet` runs the encoder and decoder on the rank's own subimages only. The last F
-  bottleneck maps of all ranks are gathered with an autograd-aware all-gather
-  (`all_gather_single_autograd`: its backward is a reduce-scatter), and the communication
-  network runs on the whole gathered mosaic on every rank of the group.
+  bottleneck maps of all ranks are gathered on the group's first rank (an autograd function:
+  gather forward, scatter backward), the communication network runs there on the whole
+  mosaic, and each rank gets its own cells' output back (scatter forward, gather backward).
 * `SpatialBatchNorm2d` keeps the single-process rule: batch statistics over every subimage of
   every patch in the batch, so the per-channel sum and sum of squares are all-reduced
   (autograd-aware) across the group. Running statistics come out identical on every rank.
@@ -192,52 +192,127 @@ class SpatialDDUNet(nn.Module):
     def _communicate(
         self, maps: list[torch.Tensor], partition: Partition, own: list[Subimage]
     ) -> list[torch.Tensor]:
-        """Gather every rank's F maps into the mosaic, run the communication network on it (on
-        every rank), and keep the own cells' part."""
-        net, world = self.net, self.world
-        stride = net.stride
-        coarse = partition.scaled(stride)
+        """Gather every rank's F maps on the group's first rank, run the communication network
+        there on the stitched mosaic, and scatter each rank its own cells' output.
+
+        Why on one rank and not on every rank after an all-gather (measured with
+        benchmarks/distributed_scaling.py, DDU-Net(4,64,Y), 1024^2 patch, 4 x 4 subimages,
+        gloo): with a core per rank the two take the same time (2 ranks: 88 vs 92 ms for the
+        stage, forward + backward); where ranks share compute, replicating the network's
+        forward and backward on every rank costs that much more (4 ranks on 2 cores: 90 vs
+        199 ms). One rank also sends fewer bytes in all ((world - 1) chunks each way instead
+        of world x (world - 1)) and holds the mosaic's activations once instead of on every
+        rank. The two collectives are bounded by the same timeout as the rest.
+        """
+        net, world, stride = self.net, self.world, self.net.stride
         batch = maps[0].shape[0] if maps else 0
         feats = net.comm_features
         blocks = balanced_blocks(partition.subimages(), world)
-        sizes = [
-            sum(batch * feats * (c.height // stride) * (c.width // stride) for c in b)
-            for b in blocks
-        ]
-        chunk = max(sizes)
-        flat = torch.cat([m.reshape(-1) for m in maps]) if maps else None
-        if world == 1:
-            gathered = flat
+        size = {c.index: batch * feats * (c.height // stride) * (c.width // stride)
+                for b in blocks for c in b}
+        # Blocks differ by up to one subimage: every chunk is padded to the largest.
+        chunk = max(sum(size[c.index] for c in b) for b in blocks)
+        ref = maps[0] if maps else next(net.parameters())
+        flat = torch.cat([m.reshape(-1) for m in maps]) if maps else ref.new_zeros(0)
+        flat = F.pad(flat, (0, chunk - flat.numel()))
+        group = self.group if self.group is not None else dist.group.WORLD
+        root = self.rank == 0
+        rows = _GatherToRoot.apply(flat, world, group) if world > 1 else flat.view(1, -1)
+        if world > 1:
+            # forward gather/scatter and their backward scatter/gather
+            self.bytes_sent += 2 * chunk * flat.element_size() * ((world - 1) if root else 1)
+        if root:
+            cells: dict[tuple[int, int], torch.Tensor] = {}
+            for r, b in enumerate(blocks):
+                off = 0
+                for c in b:
+                    h, w = c.height // stride, c.width // stride
+                    cells[c.index] = rows[r, off : off + size[c.index]].view(batch, feats, h, w)
+                    off += size[c.index]
+            n_rows, n_cols = partition.grid
+            mosaic = Partition.stitch([[cells[(i, j)] for j in range(n_cols)]
+                                       for i in range(n_rows)])
+            out = net.communicate_maps(mosaic)
+            ro, co = partition.scaled(stride).row_offsets, partition.scaled(stride).col_offsets
+            packed = []
+            for b in blocks:
+                pieces = [out[..., ro[c.row] : ro[c.row] + c.height // stride,
+                              co[c.col] : co[c.col] + c.width // stride].reshape(-1) for c in b]
+                one = torch.cat(pieces) if pieces else flat.new_zeros(0)
+                packed.append(F.pad(one, (0, chunk - one.numel())))
+            send = torch.stack(packed)
         else:
-            ref = maps[0] if maps else next(self.net.parameters())
-            if flat is None:
-                flat = ref.new_zeros(0)
-            # Blocks differ by up to one subimage: pad every chunk to the largest.
-            flat = F.pad(flat, (0, chunk - flat.numel()))
-            group = self.group if self.group is not None else dist.group.WORLD
-            gathered = fcol.all_gather_single_autograd(flat, 0, group)
-            # forward all-gather + backward reduce-scatter, ring algorithms
-            self.bytes_sent += 2 * (world - 1) * chunk * flat.element_size()
-        cells: dict[tuple[int, int], torch.Tensor] = {}
-        for r, b in enumerate(blocks):
-            off = r * chunk
-            for c in b:
-                h, w = c.height // stride, c.width // stride
-                n = batch * feats * h * w
-                cells[c.index] = gathered[off : off + n].view(batch, feats, h, w)
-                off += n
-        rows, cols = partition.grid
-        mosaic = Partition.stitch([[cells[(i, j)] for j in range(cols)] for i in range(rows)])
-        out = net.communicate_maps(mosaic)
-        ro, co = coarse.row_offsets, coarse.col_offsets
-        return [
-            out[
-                ...,
-                ro[c.row] : ro[c.row] + c.height // stride,
-                co[c.col] : co[c.col] + c.width // stride,
-            ]
-            for c in own
-        ]
+            send = rows  # an empty placeholder: only the root sends; keeps the graph whole
+        mine = _ScatterFromRoot.apply(send, chunk, group) if world > 1 else send[0]
+        if world > 1 and net.comm.training:
+            # Only the root updated the network's BatchNorm running statistics: share them, so
+            # every rank keeps identical buffers (two small broadcasts, one per dtype).
+            _broadcast_buffers(net.comm, group)
+        result, off = [], 0
+        for c in own:
+            h, w = c.height // stride, c.width // stride
+            result.append(mine[off : off + size[c.index]].view(batch, feats, h, w))
+            off += size[c.index]
+        return result
+
+
+def _broadcast_buffers(module: nn.Module, group: Any) -> None:
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for b in module.buffers():
+        by_dtype.setdefault(b.dtype, []).append(b)
+    for bufs in by_dtype.values():
+        flat = _flatten_dense_tensors(bufs)
+        dist.broadcast(flat, group=group, group_src=0)
+        if dist.get_rank(group) != 0:  # the root's own buffers are saved for its backward
+            for b, new in zip(bufs, _unflatten_dense_tensors(flat, bufs), strict=True):
+                b.copy_(new)
+
+
+class _GatherToRoot(torch.autograd.Function):
+    """Forward: every rank's chunk to the group's rank 0 as a (world, n) tensor ((0, n) on the
+    others). Backward: the root's gradient rows scattered back."""
+
+    @staticmethod
+    def forward(ctx: Any, flat: torch.Tensor, world: int, group: Any) -> torch.Tensor:
+        ctx.group = group
+        root = dist.get_rank(group) == 0
+        rows = [torch.empty_like(flat) for _ in range(world)] if root else None
+        if flat.numel():  # an empty batch is empty on every rank of the group
+            dist.gather(flat.contiguous(), rows, group=group, group_dst=0)
+        return torch.stack(rows) if root else flat.new_zeros(0, flat.numel())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        n = grad.shape[1]
+        out = grad.new_empty(n)
+        if n:
+            rows = list(grad.contiguous().unbind(0)) if dist.get_rank(ctx.group) == 0 else None
+            dist.scatter(out, rows, group=ctx.group, group_src=0)
+        return out, None, None
+
+
+class _ScatterFromRoot(torch.autograd.Function):
+    """Forward: row r of the root's (world, n) tensor to rank r. Backward: the gradients of
+    the rows gathered back on the root (the others return an empty gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, n: int, group: Any) -> torch.Tensor:
+        ctx.group, ctx.world = group, dist.get_world_size(group)
+        out = rows.new_empty(n)
+        if n:
+            root = dist.get_rank(group) == 0
+            dist.scatter(out, list(rows.contiguous().unbind(0)) if root else None, group=group,
+                         group_src=0)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        n = grad.numel()
+        root = dist.get_rank(ctx.group) == 0
+        rows = [torch.empty_like(grad) for _ in range(ctx.world)] if root else None
+        if n:
+            dist.gather(grad.contiguous(), rows, group=ctx.group, group_dst=0)
+        return (torch.stack(rows) if root else grad.new_zeros(0, n)), None, None
 
 
 def average_gradients(module: nn.Module, group: Any = None) -> int:
@@ -247,8 +322,14 @@ def average_gradients(module: nn.Module, group: Any = None) -> int:
     over the same group does the same, overlapped with the backward pass.)
     """
     _, world = _world(group)
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if world == 1 or not grads:
+    if world == 1:
+        return 0
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # e.g. the communication network off its group's root
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    if not grads:
         return 0
     flat = _flatten_dense_tensors(grads)
     dist.all_reduce(flat, group=group)
