@@ -63,7 +63,9 @@ SYNTHETIC_BASE = 4
               help="Random flips and 90-degree rotations [on; off for synthetic].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds initialisation, data order, augmentation and the data splits.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda or cuda:N. Under torchrun: this rank's GPU (cuda:LOCAL_RANK) "
+                   "on a GPU host unless --device cpu.")
 @click.option("--amp/--no-amp", default=None,
               help="Mixed precision (float16 + gradient scaling) [on for CUDA, never on CPU].")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
@@ -179,10 +181,12 @@ def _train_as_rank(ctx: click.Context, params: dict) -> int:
         local_device = init_from_env(params["timeout"])
         rank = dist.get_rank()
         params = dict(params, quiet=params["quiet"] or rank != 0)
-        if params["device"].startswith("cuda"):
-            if local_device.type != "cuda":
-                raise AgreedError("--device cuda, but this host has no CUDA device")
-            params["device"] = str(local_device)  # cuda:LOCAL_RANK: one device per rank
+        cuda = params["device"].startswith("cuda")
+        if cuda and local_device.type != "cuda":
+            raise AgreedError("--device cuda, but this host has no CUDA device")
+        if cuda or not _given(ctx, "device"):
+            # One device per rank: cuda:LOCAL_RANK on a GPU host (as segment does), else CPU.
+            params["device"] = str(local_device)
         mesh = TrainMesh.create(params["spatial_ranks"],
                                 "cuda" if params["device"].startswith("cuda") else "cpu")
         _train(ctx, params, mesh=mesh)
