@@ -12,12 +12,15 @@ The building blocks of spatially-distributed training (the training loop itself 
   (autograd-aware) across the group. Running statistics come out identical on every rank.
 * the loss of a global patch is the single-process loss with its pixel sums all-reduced
   (`geoddu.train.losses.DiceLoss(..., reduce=...)`): every rank gets the same value.
-* `average_gradients` (or DDP over the same group) averages the parameter gradients.
+* `average_gradients` averages the parameter gradients in one flat all-reduce (off its
+  group's root the communication network has none: they count as zeros). DDP over the same
+  group would need `find_unused_parameters=True` for that network.
 
 Convention: every rank computes the same global loss and calls `backward()`. The collectives'
 backward passes then sum `world` identical copies, so each rank's local gradients are `world`
 times its share; averaging over the group gives exactly the single-process gradient (and is
-what DDP does anyway). Dropout draws its masks per rank.
+what DDP does anyway). Dropout draws its masks per rank (the communication network's on the
+root).
 """
 
 from __future__ import annotations
