@@ -3,8 +3,9 @@
 `--spatial-ranks S` ranks share each global patch (each runs its block of the patch's
 subimages, `geoddu.engine.spatial.SpatialDDUNet`); WORLD_SIZE / S such groups are data parallel
 over the batch. Ranks are laid out data-major (rank = d * S + s), so the ranks of one patch are
-neighbours, which torchrun puts on the same host: the per-layer traffic of a patch (F maps,
-BatchNorm sums) stays inside a host when S divides the processes per node.
+neighbours, which torchrun puts on the same host: the F maps of a patch stay inside a host when
+S divides the processes per node. (BatchNorm and loss sums, a few hundred values per layer, and
+the gradient all-reduce of data parallelism span all ranks.)
 
 One process is the 1 x 1 mesh: no process group, every property says "alone".
 """
