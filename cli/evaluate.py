@@ -57,10 +57,11 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
 
     from geoddu.checkpoint import load_checkpoint, model_from_checkpoint
     from geoddu.data import open_dataset
-    from geoddu.engine.devices import resolve_devices
+    from geoddu.engine.devices import resolve_device
     from geoddu.errors import GeodduError
     from geoddu.train import evaluate as run_evaluate
     from geoddu.train import parse_grid
+    from geoddu.train.evaluate import check_model_fits
 
     ckpt = load_checkpoint(model_path)
     record = ckpt.get("training") or {}
@@ -77,12 +78,7 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
     options.update({k: v for k, v in given.items() if v is not None})
     ds = open_dataset(dataset, data, split, **options)
     model = model_from_checkpoint(ckpt)
-    if ds.in_channels != model.config["in_channels"]:
-        raise GeodduError(f"{model_path}: expects {model.config['in_channels']} band(s), the data "
-                          f"has {ds.in_channels}")
-    if ds.num_classes != model.config["num_classes"]:
-        raise GeodduError(f"{model_path}: has {model.config['num_classes']} classes, the data "
-                          f"has {ds.num_classes}")
+    check_model_fits(model, ds, f"{model_path}:")
     grid = parse_grid(subimages)
     if grid is None and subimage_size is None:
         h, w = ds.patch_shape
@@ -91,10 +87,7 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
             subimage_size = size
         else:
             grid = tuple(record.get("grid") or ds.grid or (1, 1))
-    devices = resolve_devices(device)
-    if len(devices) != 1:
-        raise GeodduError("evaluation runs on one device")
-    dev = devices[0]
+    dev = resolve_device(device, "evaluation runs on one device")
     loss = (record.get("config") or {}).get("loss", "class-dice")
 
     def run(progress=None):

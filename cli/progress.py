@@ -22,22 +22,27 @@ STAGE_LABELS = {
 }
 
 
+def progress_bars(field: str, transient: bool) -> Progress:
+    """The bars every command draws on stderr: label, bar, n/N, `task.fields[field]`, times."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(f"{{task.fields[{field}]}}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=Console(stderr=True), transient=transient)
+
+
 @contextlib.contextmanager
 def progress_reporter(quiet: bool = False) -> Iterator[Callable[[str, int, int], None]]:
     """A callback drawing one bar per stage on stderr; a no-op when quiet."""
     if quiet:
         yield lambda stage, done, total: None
         return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     tasks: dict[str, int] = {}
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    with progress_bars("rate", transient=False) as bar:
 
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:

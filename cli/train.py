@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from .launch import command_args, run_local_ranks, strip_options
 from .options import model_options, overwrite_option, quiet_option, timeout_option
+from .progress import progress_bars
 
 MODEL_KEYS = ("encoder", "in_channels", "num_classes", "depth", "base_channels", "comm_features",
               "communicate", "up_bias")
@@ -149,13 +150,14 @@ def train(ctx: click.Context, **params) -> None:
             raise GeodduError("give either --ranks or --gpus")
         args = strip_options(command_args("train"), ("--ranks", "--gpus"))
         if gpus is not None:
-            import torch
+            from geoddu.engine.devices import resolve_devices
 
             if _given(ctx, "device") and not params["device"].startswith("cuda"):
                 raise GeodduError("--gpus trains on CUDA devices; leave out --device")
-            if torch.cuda.device_count() < gpus:
-                raise GeodduError(f"--gpus {gpus}: this host has {torch.cuda.device_count()} "
-                                  f"CUDA device(s); use --ranks N to train on the CPU")
+            try:
+                resolve_devices(gpus=gpus)
+            except GeodduError as exc:
+                raise GeodduError(f"{exc}; use --ranks N to train on the CPU") from exc
             args = [*strip_options(args, ("--device",)), "--device", "cuda"]
         sys.exit(run_local_ranks(gpus or ranks, "train", args))
     if launched_by_torchrun():
@@ -276,21 +278,9 @@ class _Display:
         if self.quiet:
             yield Callbacks()
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = Console(stderr=True)
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
         state: dict = {}
-        with Progress(*columns, console=self.console, transient=True) as bar:
+        with progress_bars("info", transient=True) as bar:
+            self.console = bar.console
 
             def on_start(info):
                 state["epochs"] = info["epochs"]

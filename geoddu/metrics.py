@@ -1,6 +1,8 @@
-"""Dice loss (Eq. 1) and dataset-wide IoU / mIoU (Eqs. 2 and 3)."""
+"""Dice loss (Eq. 1, as pixel sums that ranks can add) and dataset-wide IoU / mIoU (Eqs. 2, 3)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,9 +21,7 @@ def dice_loss(
     and every class at once, as in Eq. (1). Pixels labelled `ignore_index` are left out of all
     three sums.
     """
-    probs, onehot = softmax_and_onehot(logits, target, ignore_index)
-    inter = (onehot * probs).sum()
-    return 1 - 2 * (inter + eps) / (onehot.sum() + probs.sum() + eps)
+    return DiceLoss(per_class=False, eps=eps)(logits, target, ignore_index)
 
 
 def softmax_and_onehot(
@@ -40,6 +40,57 @@ def softmax_and_onehot(
         probs = probs * mask
         onehot = onehot * mask
     return probs, onehot
+
+
+EPS = 1e-7
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+class DiceLoss:
+    """Eq. (1) as pixel sums and a finish on them (per class with `per_class`: see
+    `geoddu.train.losses`). `loss(logits, target)` for one batch, or for lists of pieces (a
+    rank's subimages) whose sums are added; `reduce` adds the sums of every rank holding a
+    piece of the batch, so ranks get the loss one process would."""
+
+    def __init__(self, per_class: bool, eps: float = EPS) -> None:
+        self.per_class, self.eps = per_class, eps
+
+    def sums(
+        self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None
+    ) -> torch.Tensor:
+        """(3, K) per class or (3,) overall, float64: sum y*yhat, sum y, sum yhat."""
+        probs, onehot = softmax_and_onehot(logits, target, ignore_index)
+        dims = (0, 2, 3) if self.per_class else (0, 1, 2, 3)
+        return torch.stack(
+            [(onehot * probs).sum(dims), onehot.sum(dims), probs.sum(dims)]
+        ).to(torch.float64)
+
+    def finish(self, sums: torch.Tensor) -> torch.Tensor:
+        inter, counts, psum = sums[0], sums[1], sums[2]
+        dice = 2 * (inter + self.eps) / (counts + psum + self.eps)
+        if not self.per_class:
+            return (1 - dice).to(torch.float32)
+        present = counts > 0
+        if not bool(present.any()):
+            return (sums * 0).sum().to(torch.float32)  # nothing labelled: zero, still a graph
+        return (1 - dice[present].mean()).to(torch.float32)
+
+    def __call__(
+        self,
+        logits: torch.Tensor | Sequence[torch.Tensor],
+        target: torch.Tensor | Sequence[torch.Tensor],
+        ignore_index: int | None = None,
+        reduce: Reduce | None = None,
+    ) -> torch.Tensor:
+        if isinstance(logits, torch.Tensor):
+            total = self.sums(logits, target, ignore_index)
+        else:
+            parts = [self.sums(lg, tg, ignore_index)
+                     for lg, tg in zip(logits, target, strict=True)]
+            total = torch.stack(parts).sum(0)
+        if reduce is not None:
+            total = reduce(total)
+        return self.finish(total)
 
 
 class IoUAccumulator:

@@ -25,9 +25,7 @@ def resolve_devices(device: str | None = None, gpus: int | None = None) -> list[
             raise GeodduError("--gpus must be at least 1")
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus > have:
-            raise GeodduError(
-                f"--gpus {gpus} asked for, but this machine has {have} CUDA device(s)"
-            )
+            raise GeodduError(f"--gpus {gpus}: this host has {have} CUDA device(s)")
         return [torch.device("cuda", i) for i in range(gpus)]
     names = [d.strip() for d in (device or "cpu").split(",") if d.strip()]
     out = []
@@ -48,6 +46,14 @@ def resolve_devices(device: str | None = None, gpus: int | None = None) -> list[
             raise GeodduError(f"unsupported device {name!r}; use cpu or cuda[:N]")
         out.append(dev)
     return out
+
+
+def resolve_device(device: str | None, one_device_message: str) -> torch.device:
+    """The one device `device` names; `one_device_message` is the error for a list."""
+    devices = resolve_devices(device)
+    if len(devices) != 1:
+        raise GeodduError(one_device_message)
+    return devices[0]
 
 
 @contextlib.contextmanager

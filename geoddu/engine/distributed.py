@@ -46,7 +46,7 @@ from ..partition import Partition, Subimage, balanced_blocks
 from ..predictor import SegmentationModel, load_model
 from ..resources import peak_rss_mb
 from . import streaming
-from .devices import resolve_devices
+from .devices import resolve_device
 from .mapstore import MapStore
 from .streaming import (
     COMM_TILE_CELLS,
@@ -66,6 +66,7 @@ from .streaming import (
 )
 
 HALO_TAG = 17
+ONE_DEVICE_PER_RANK = "under torchrun each rank runs on one device; give one --device"
 OUTPUT_TAG = 23
 DEFAULT_TIMEOUT_S = 1800
 # Receives rank 0 keeps posted for class windows, and sends a rank keeps in flight: enough to
@@ -430,10 +431,7 @@ def segment_distributed(
     try:
         if gpus is not None:
             raise GeodduError("--gpus does not apply under torchrun: one device per rank")
-        devices = resolve_devices(device)
-        if len(devices) != 1:
-            raise GeodduError("under torchrun each rank runs on one device; give one --device")
-        dev = devices[0]
+        dev = resolve_device(device, ONE_DEVICE_PER_RANK)
         if not isinstance(model, SegmentationModel):
             model = load_model(model, device=dev)
         elif model.device != dev:
@@ -714,10 +712,7 @@ def segment_batch(
         if options.get("gpus") is not None and world > 1:
             raise GeodduError("--gpus does not apply under torchrun: one device per rank")
         if world > 1:
-            devices = resolve_devices(device)
-            if len(devices) != 1:
-                raise GeodduError("under torchrun each rank runs on one device; give one --device")
-            dev = devices[0]
+            dev = resolve_device(device, ONE_DEVICE_PER_RANK)
         if not isinstance(model, SegmentationModel):
             model = load_model(model, device=dev or "cpu")
         # Every rank probes a strided share of the scenes: sizes for the assignment, and

@@ -11,7 +11,7 @@ The building blocks of spatially-distributed training (the training loop itself 
   every patch in the batch, so the per-channel sum and sum of squares are all-reduced
   (autograd-aware) across the group. Running statistics come out identical on every rank.
 * the loss of a global patch is the single-process loss with its pixel sums all-reduced
-  (`geoddu.train.losses.DiceLoss(..., reduce=...)`): every rank gets the same value.
+  (`geoddu.metrics.DiceLoss(..., reduce=...)`): every rank gets the same value.
 * `average_gradients` averages the parameter gradients in one flat all-reduce (off its
   group's root the communication network has none: they count as zeros). DDP over the same
   group would need `find_unused_parameters=True` for that network.
@@ -236,7 +236,8 @@ class SpatialDDUNet(nn.Module):
             mosaic = Partition.stitch([[cells[(i, j)] for j in range(n_cols)]
                                        for i in range(n_rows)])
             out = net.communicate_maps(mosaic)
-            ro, co = partition.scaled(stride).row_offsets, partition.scaled(stride).col_offsets
+            coarse = partition.scaled(stride)
+            ro, co = coarse.row_offsets, coarse.col_offsets
             packed = []
             for b in blocks:
                 pieces = [out[..., ro[c.row] : ro[c.row] + c.height // stride,

@@ -38,6 +38,16 @@ def make_partition(
     return Partition.uniform(height, width, grid[0], grid[1], multiple=stride)
 
 
+def check_model_fits(model: DDUNet, dataset: Any, source: str) -> None:
+    """Refuse data whose bands or classes differ from the model's (`source` names the model in
+    the message: "the model", or a checkpoint's path)."""
+    bands, classes = model.config["in_channels"], model.config["num_classes"]
+    if dataset.in_channels != bands:
+        raise GeodduError(f"{source} expects {bands} band(s), the data has {dataset.in_channels}")
+    if dataset.num_classes != classes:
+        raise GeodduError(f"{source} has {classes} classes, the data has {dataset.num_classes}")
+
+
 def cell_size(part: Partition) -> int:
     """The checkpoint's `subimage_size` for a training grid (the larger side of a subimage)."""
     return max(max(part.row_sizes), max(part.col_sizes))

@@ -32,15 +32,15 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoint import build_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..engine.devices import resolve_devices
+from ..checkpoint import build_metadata, model_from_checkpoint, save_checkpoint
+from ..engine.devices import resolve_device
 from ..engine.distributed import AgreedError
 from ..engine.spatial import SpatialDDUNet, average_gradients
 from ..errors import GeodduError
 from ..models.ddunet import DDUNet
 from .augment import apply_augmentation, draw_augmentation
 from .config import TrainConfig
-from .evaluate import Normalizer, cell_size, evaluate, make_partition
+from .evaluate import Normalizer, cell_size, check_model_fits, evaluate, make_partition
 from .losses import get_loss
 from .mesh import TrainMesh
 
@@ -97,21 +97,14 @@ class Trainer:
     ) -> None:
         self.config = config.check()
         self.mesh = mesh or TrainMesh()
-        devices = resolve_devices(config.device)
-        if len(devices) != 1:
-            raise GeodduError("training runs on one device; give --device cpu, cuda or cuda:N")
-        self.device = devices[0]
+        self.device = resolve_device(
+            config.device, "training runs on one device; give --device cpu, cuda or cuda:N")
         self.model = model.to(self.device)
         self.train_set, self.val_set = train_set, val_set
         if len(train_set) == 0 or len(val_set) == 0:
             raise GeodduError("training needs a non-empty training and validation split")
         for ds in (train_set, val_set):
-            if ds.in_channels != model.config["in_channels"]:
-                raise GeodduError(f"the data has {ds.in_channels} band(s) but the model expects "
-                                  f"{model.config['in_channels']}")
-            if ds.num_classes != model.config["num_classes"]:
-                raise GeodduError(f"the data has {ds.num_classes} classes but the model has "
-                                  f"{model.config['num_classes']}")
+            check_model_fits(model, ds, "the model")
         self.run_dir = Path(run_dir)
         self.callbacks = callbacks or Callbacks()
         self.record = dict(record or {})
@@ -257,17 +250,14 @@ class Trainer:
         ignore = self.train_set.ignore_index
         for b, (x, y, size) in enumerate(self._batches(epoch)):
             x, y = self.normalize(x), y.to(self.device)
+            part = self.partition
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 if self.spatial is None:
-                    logits = self.model(x, self.partition)
-                else:
-                    logits = self.spatial(self.spatial.own_parts(x, self.partition),
-                                          self.partition)
-            if self.spatial is None:
-                loss = self.loss_fn(logits, y, ignore_index=ignore)
-            else:
-                loss = self.loss_fn(logits, self.spatial.own_parts(y, self.partition),
-                                    ignore_index=ignore, reduce=self.mesh.reduce_sum())
+                    logits, target = self.model(x, part), y
+                else:  # this rank's subimages; the loss adds every rank's sums
+                    logits = self.spatial(self.spatial.own_parts(x, part), part)
+                    target = self.spatial.own_parts(y, part)
+            loss = self.loss_fn(logits, target, ignore_index=ignore, reduce=self.mesh.reduce_sum())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.spatial is not None:
@@ -387,12 +377,6 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     if run_dir.exists() and not run_dir.is_dir():
         raise GeodduError(f"{run_dir}: not a directory")
     return run_dir
-
-
-def load_resume(run_dir: str | os.PathLike) -> tuple[DDUNet, dict[str, Any]]:
-    """The model and checkpoint of `run_dir/last.pt`, ready for `Trainer(..., resume_state=)`."""
-    ckpt = load_checkpoint(Path(run_dir) / LAST)
-    return model_from_resume(ckpt, Path(run_dir) / LAST), ckpt
 
 
 def model_from_resume(ckpt: dict[str, Any], where: str | os.PathLike) -> DDUNet:

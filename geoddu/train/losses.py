@@ -19,60 +19,10 @@ under torchrun optimises exactly the loss one process would.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
 
 from ..errors import GeodduError
-from ..metrics import softmax_and_onehot
-
-EPS = 1e-7
-Reduce = Callable[[torch.Tensor], torch.Tensor]
-
-
-class DiceLoss:
-    """`loss(logits, target)` for one batch, or for lists of pieces (a rank's subimages) whose
-    sums are added; `reduce` adds the sums of every rank holding a piece of the batch."""
-
-    def __init__(self, per_class: bool, eps: float = EPS) -> None:
-        self.per_class, self.eps = per_class, eps
-
-    def sums(
-        self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None
-    ) -> torch.Tensor:
-        """(3, K) per class or (3,) overall, float64: sum y*yhat, sum y, sum yhat."""
-        probs, onehot = softmax_and_onehot(logits, target, ignore_index)
-        dims = (0, 2, 3) if self.per_class else (0, 1, 2, 3)
-        return torch.stack(
-            [(onehot * probs).sum(dims), onehot.sum(dims), probs.sum(dims)]
-        ).to(torch.float64)
-
-    def finish(self, sums: torch.Tensor) -> torch.Tensor:
-        inter, counts, psum = sums[0], sums[1], sums[2]
-        dice = 2 * (inter + self.eps) / (counts + psum + self.eps)
-        if not self.per_class:
-            return (1 - dice).to(torch.float32)
-        present = counts > 0
-        if not bool(present.any()):
-            return (sums * 0).sum().to(torch.float32)  # nothing labelled: zero, still a graph
-        return (1 - dice[present].mean()).to(torch.float32)
-
-    def __call__(
-        self,
-        logits: torch.Tensor | Sequence[torch.Tensor],
-        target: torch.Tensor | Sequence[torch.Tensor],
-        ignore_index: int | None = None,
-        reduce: Reduce | None = None,
-    ) -> torch.Tensor:
-        if isinstance(logits, torch.Tensor):
-            total = self.sums(logits, target, ignore_index)
-        else:
-            parts = [self.sums(lg, tg, ignore_index)
-                     for lg, tg in zip(logits, target, strict=True)]
-            total = torch.stack(parts).sum(0)
-        if reduce is not None:
-            total = reduce(total)
-        return self.finish(total)
+from ..metrics import EPS, DiceLoss
 
 
 def class_dice_loss(

@@ -12,14 +12,17 @@ One process is the 1 x 1 mesh: no process group, every property says "alone".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from ..errors import GeodduError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -112,6 +115,16 @@ class TrainMesh:
         with torch.no_grad():
             for t in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(t.data, src=0)
+
+    def agreed(self, fn: Callable[[], T]) -> T:
+        """`fn()` on every rank; a user error (GeodduError) on any rank is raised on all."""
+        result, error = None, None
+        try:
+            result = fn()
+        except GeodduError as exc:
+            error = exc
+        self.agree(error)
+        return result
 
     def agree(self, error: BaseException | None) -> None:
         """Raise the same error on every rank if any rank had one."""

@@ -17,6 +17,7 @@ from ..data import open_dataset
 from ..errors import GeodduError
 from ..models.ddunet import create_model
 from .config import TrainConfig
+from .evaluate import check_model_fits
 from .loop import (
     LAST,
     Callbacks,
@@ -61,87 +62,56 @@ def start_training(
     with the same arguments and its `mesh`; only rank 0 touches `run_dir`.
     """
     mesh = mesh or TrainMesh()
-    trainer, error = None, None
-    try:
-        trainer = _new_trainer(
-            dataset, data, run_dir, config, arch=arch, model_options=model_options,
-            init_checkpoint=init_checkpoint, encoder_weights=encoder_weights,
-            freeze_encoder=freeze_encoder, dataset_options=dataset_options, overwrite=overwrite,
-            callbacks=callbacks, mesh=mesh)
-    except GeodduError as exc:
-        error = exc
-    # Every rank stops on any rank's setup error (rank 0 prints it) instead of the others
+
+    def build() -> Trainer:
+        config.check()
+        if mesh.is_main:
+            check_run_dir(run_dir, resume=False, overwrite=overwrite)
+        train_set, val_set = open_splits(dataset, data, dataset_options)
+        opts = dict(model_options or {})
+        for key, have in (("in_channels", train_set.in_channels),
+                          ("num_classes", train_set.num_classes)):
+            if opts.get(key) not in (None, have):
+                raise GeodduError(f"{key.replace('_', ' ')} {opts[key]} given, but the "
+                                  f"{dataset} data has {have}")
+            opts.pop(key, None)
+        if init_checkpoint is not None:
+            if arch or opts or encoder_weights:
+                raise GeodduError("--model takes its architecture from the checkpoint; "
+                                  "leave out the model options")
+            model = model_from_checkpoint(load_checkpoint(init_checkpoint))
+            check_model_fits(model, train_set, f"{init_checkpoint}:")
+            set_dropout(model, config.dropout)
+            freeze = bool(freeze_encoder)
+            if freeze:
+                model.encoder.freeze()
+        else:
+            # Seeded before construction: He initialisation is part of what the seed reproduces.
+            torch.manual_seed(config.seed)
+            freeze = bool(encoder_weights) if freeze_encoder is None else bool(freeze_encoder)
+            model = create_model(
+                arch, **opts, in_channels=train_set.in_channels, num_classes=train_set.num_classes,
+                dropout=config.dropout,
+                encoder_weights=str(encoder_weights) if encoder_weights else None,
+                freeze_encoder=freeze,
+            )
+        normalization = train_set.normalization
+        if encoder_weights and train_set.in_channels == 3 and _is_uint8_scale(normalization):
+            normalization = IMAGENET
+        record = {
+            "dataset": train_set.describe(),
+            "data": str(Path(data).resolve()),
+            "arch": arch,
+            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+            "encoder_weights": str(encoder_weights) if encoder_weights else None,
+            "freeze_encoder": freeze,
+        }
+        return Trainer(model, train_set, val_set, Path(run_dir), config,
+                       normalization=normalization, record=record, callbacks=callbacks, mesh=mesh)
+
+    # Every rank stops on any rank's set-up error (rank 0 prints it) instead of the others
     # waiting for it in the first collective.
-    mesh.agree(error)
-    return trainer.fit()
-
-
-def _new_trainer(
-    dataset: str,
-    data: str | os.PathLike,
-    run_dir: str | os.PathLike,
-    config: TrainConfig,
-    *,
-    arch: str | None,
-    model_options: dict[str, Any] | None,
-    init_checkpoint: str | os.PathLike | None,
-    encoder_weights: str | os.PathLike | None,
-    freeze_encoder: bool | None,
-    dataset_options: dict[str, Any] | None,
-    overwrite: bool,
-    callbacks: Callbacks | None,
-    mesh: TrainMesh,
-) -> Trainer:
-    config.check()
-    if mesh.is_main:
-        check_run_dir(run_dir, resume=False, overwrite=overwrite)
-    run_dir = Path(run_dir)
-    train_set, val_set = open_splits(dataset, data, dataset_options)
-    opts = dict(model_options or {})
-    for key, have in (("in_channels", train_set.in_channels),
-                      ("num_classes", train_set.num_classes)):
-        if opts.get(key) not in (None, have):
-            raise GeodduError(f"{key.replace('_', ' ')} {opts[key]} given, but the "
-                              f"{dataset} data has {have}")
-        opts.pop(key, None)
-    if init_checkpoint is not None:
-        if arch or opts or encoder_weights:
-            raise GeodduError("--model takes its architecture from the checkpoint; "
-                              "leave out the model options")
-        model = model_from_checkpoint(load_checkpoint(init_checkpoint))
-        if model.config["in_channels"] != train_set.in_channels:
-            raise GeodduError(f"{init_checkpoint}: expects {model.config['in_channels']} bands, "
-                              f"the data has {train_set.in_channels}")
-        if model.config["num_classes"] != train_set.num_classes:
-            raise GeodduError(f"{init_checkpoint}: has {model.config['num_classes']} classes, "
-                              f"the data has {train_set.num_classes}")
-        set_dropout(model, config.dropout)
-        freeze = bool(freeze_encoder)
-        if freeze:
-            model.encoder.freeze()
-    else:
-        # Seeded before construction: He initialisation is part of what the seed reproduces.
-        torch.manual_seed(config.seed)
-        freeze = bool(encoder_weights) if freeze_encoder is None else bool(freeze_encoder)
-        model = create_model(
-            arch, **opts, in_channels=train_set.in_channels, num_classes=train_set.num_classes,
-            dropout=config.dropout,
-            encoder_weights=str(encoder_weights) if encoder_weights else None,
-            freeze_encoder=freeze,
-        )
-    normalization = train_set.normalization
-    if encoder_weights and train_set.in_channels == 3 and _is_uint8_scale(normalization):
-        normalization = IMAGENET
-    record = {
-        "dataset": train_set.describe(),
-        "data": str(Path(data).resolve()),
-        "arch": arch,
-        "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-        "encoder_weights": str(encoder_weights) if encoder_weights else None,
-        "freeze_encoder": freeze,
-    }
-    return Trainer(model, train_set, val_set, run_dir, config, normalization=normalization,
-                   record=record, callbacks=callbacks, mesh=mesh)
+    return mesh.agreed(build).fit()
 
 
 def resume_training(
@@ -161,57 +131,40 @@ def resume_training(
     from the run's start: the state does not depend on it.
     """
     mesh = mesh or TrainMesh()
-    ckpt, error = None, None
-    if mesh.is_main:
-        try:
-            check_run_dir(run_dir, resume=True, overwrite=False)
-            ckpt = load_checkpoint(Path(run_dir) / LAST)
-        except GeodduError as exc:
-            error = exc
-    mesh.agree(error)
-    ckpt = mesh.broadcast_object(ckpt)
-    trainer = None
-    try:
-        trainer = _resumed_trainer(ckpt, Path(run_dir), data=data, epochs=epochs, device=device,
-                                   workers=workers, callbacks=callbacks, mesh=mesh)
-    except GeodduError as exc:
-        error = exc
-    mesh.agree(error)
-    return trainer.fit()
 
+    def read() -> dict[str, Any] | None:
+        if not mesh.is_main:
+            return None
+        check_run_dir(run_dir, resume=True, overwrite=False)
+        return load_checkpoint(Path(run_dir) / LAST)
 
-def _resumed_trainer(
-    ckpt: dict[str, Any],
-    run_dir: Path,
-    *,
-    data: str | os.PathLike | None,
-    epochs: int | None,
-    device: str | None,
-    workers: int | None,
-    callbacks: Callbacks | None,
-    mesh: TrainMesh,
-) -> Trainer:
-    model = model_from_resume(ckpt, run_dir / LAST)
-    record = dict(ckpt.get("training", {}))
-    config = TrainConfig.from_dict(record.get("config", {}))
-    if epochs is not None:
-        config.epochs = epochs
-    if device is not None:
-        config.device = device
-    if workers is not None:
-        config.workers = workers
-    described = dict(record.get("dataset", {}))
-    kind = described.pop("kind", None)
-    data = data or record.get("data")
-    if kind is None or data is None:
-        raise GeodduError(f"{run_dir}: the checkpoint does not say which data it was trained on")
-    train_set, val_set = open_splits(kind, data, described)
-    keep = ("dataset", "data", "arch", "init_checkpoint", "encoder_weights", "freeze_encoder")
-    record = {k: record.get(k) for k in keep}
-    record["data"] = str(Path(data).resolve())
-    return Trainer(model, train_set, val_set, run_dir, config,
-                   normalization=ckpt["normalization"], record=record, callbacks=callbacks,
-                   resume_state=ckpt["resume"], mesh=mesh)
+    ckpt = mesh.broadcast_object(mesh.agreed(read))
+
+    def build() -> Trainer:
+        model = model_from_resume(ckpt, Path(run_dir) / LAST)
+        record = dict(ckpt.get("training", {}))
+        config = TrainConfig.from_dict(record.get("config", {}))
+        if epochs is not None:
+            config.epochs = epochs
+        if device is not None:
+            config.device = device
+        if workers is not None:
+            config.workers = workers
+        described = dict(record.get("dataset", {}))
+        kind = described.pop("kind", None)
+        source = data or record.get("data")
+        if kind is None or source is None:
+            raise GeodduError(f"{run_dir}: the checkpoint does not say which data it was "
+                              f"trained on")
+        train_set, val_set = open_splits(kind, source, described)
+        keep = ("dataset", "data", "arch", "init_checkpoint", "encoder_weights", "freeze_encoder")
+        record = {k: record.get(k) for k in keep}
+        record["data"] = str(Path(source).resolve())
+        return Trainer(model, train_set, val_set, Path(run_dir), config,
+                       normalization=ckpt["normalization"], record=record, callbacks=callbacks,
+                       resume_state=ckpt["resume"], mesh=mesh)
+
+    return mesh.agreed(build).fit()
 
 
 def _is_uint8_scale(norm: dict[str, list[float]]) -> bool:
