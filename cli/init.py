@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from geoddu.errors import GeodduError
 
@@ -63,10 +64,22 @@ def init(output, classes_file, subimage_size, band_count, seed, overwrite, **kwa
             classes = json.loads(Path(classes_file).read_text())
         except json.JSONDecodeError as exc:
             raise GeodduError(f"{classes_file}: not valid JSON ({exc.msg})") from exc
+        except UnicodeDecodeError as exc:
+            raise GeodduError(f"{classes_file}: not valid JSON (not UTF-8 text)") from exc
+        except OSError as exc:
+            raise GeodduError(f"{classes_file}: cannot read ({exc.strerror or exc})") from exc
         if isinstance(classes, dict):
             classes = classes.get("classes")
         if not isinstance(classes, list):
             raise GeodduError(f"{classes_file}: expected a list of classes")
+        if not classes:
+            raise GeodduError(f"{classes_file}: lists no classes; a model needs at least one")
+        given = click.get_current_context().get_parameter_source("num_classes")
+        if given not in (ParameterSource.DEFAULT, None) and cfg["num_classes"] != len(classes):
+            raise GeodduError(
+                f"--classes {cfg['num_classes']} but {classes_file} lists {len(classes)} "
+                f"classes; give one or the other"
+            )
         cfg["num_classes"] = len(classes)
     if Path(output).exists() and not overwrite:
         raise GeodduError(f"{output} exists; pass --overwrite to replace it")

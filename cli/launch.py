@@ -48,6 +48,7 @@ def run_local_ranks(nproc: int, command: str, args: Sequence[str]) -> int:
     # start as many threads as there are cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     try:
-        return subprocess.run(cmd, env=env).returncode
+        # sys.stderr, not descriptor 2: the CLI keeps native libraries' chatter on the latter.
+        return subprocess.run(cmd, env=env, stderr=sys.stderr).returncode
     except KeyboardInterrupt:
         return 130

@@ -2,28 +2,72 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
 
 from geoddu import __version__
-from geoddu.errors import GeodduError
+from geoddu.errors import GeodduError, first_line
+from geoddu.io.atomic import os_error_line
 
-from . import demo, evaluate, info, init, segment, synth, train, vectorize
+from . import demo, evaluate, info, init, native_stderr, segment, synth, train, vectorize
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwound exactly like Ctrl-C, so every temporary file is removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class GeodduGroup(click.Group):
     """Turns user errors into one line on stderr and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context):
+        native_stderr.capture()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _raise_terminated)
         try:
             return super().invoke(ctx)
         except GeodduError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {_one_line(exc)}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; no output was written.", err=True)
-            sys.exit(130)
+        except click.UsageError as exc:
+            # One line like every other error (click's own block is three), with the way to
+            # the command's help.
+            where = exc.ctx.command_path if exc.ctx is not None else "geoddu"
+            click.echo(f"Error: {_one_line(exc.format_message())} (see '{where} --help')",
+                       err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+            name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+            click.echo(f"Interrupted{name}; no output was written.", err=True)
+            sys.exit(128 + signum)
+        except OSError as exc:
+            # The environment, not a bug: a full disk, a vanished folder, a permission.
+            what = exc.filename if exc.filename is not None else "the output"
+            click.echo(f"Error: {os_error_line(exc, str(what))}", err=True)
+            sys.exit(1)
+        except MemoryError as exc:
+            click.echo(f"Error: out of memory ({first_line(exc)})", err=True)
+            sys.exit(1)
+        except Exception:
+            # A bug: keep the traceback, and show what native libraries said before it.
+            chatter = native_stderr.captured()
+            if chatter:
+                click.echo(chatter.rstrip(), err=True)
+            raise
 
 
 @click.group(cls=GeodduGroup, context_settings={"help_option_names": ["-h", "--help"]})

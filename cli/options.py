@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from geoddu.checkpoint import MAX_CLASSES, MAX_DEPTH
 from geoddu.models.ddunet import DEFAULT_CONFIG, ENCODERS
 
 F = Callable[..., Any]
@@ -32,14 +33,14 @@ def model_options(f: F) -> F:
         click.option(
             "--classes",
             "num_classes",
-            type=click.IntRange(1),
+            type=click.IntRange(1, MAX_CLASSES),
             default=DEFAULT_CONFIG["num_classes"],
             show_default=True,
             help="Number of output classes.",
         ),
         click.option(
             "--depth",
-            type=click.IntRange(1),
+            type=click.IntRange(1, MAX_DEPTH),
             default=DEFAULT_CONFIG["depth"],
             show_default=True,
             help="D: down/up-sampling blocks (U-Net encoder).",

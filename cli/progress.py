@@ -42,14 +42,22 @@ def progress_reporter(quiet: bool = False) -> Iterator[Callable[[str, int, int],
         yield lambda stage, done, total: None
         return
     tasks: dict[str, int] = {}
-    with progress_bars("rate", transient=False) as bar:
+    # Started by the first update: a run that fails before any work (a bad checkpoint, say)
+    # prints its one error line and nothing else, not an empty progress display.
+    bar = progress_bars("rate", transient=False)
 
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(STAGE_LABELS.get(stage, stage), total=total, rate="")
-            task = tasks[stage]
-            elapsed = bar.tasks[task].elapsed or 0.0
-            rate = f"{done / elapsed:.1f} /s" if elapsed > 0 else ""
-            bar.update(task, completed=done, total=total, rate=rate)
+    def update(stage: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(STAGE_LABELS.get(stage, stage), total=total, rate="")
+        task = tasks[stage]
+        elapsed = bar.tasks[task].elapsed or 0.0
+        rate = f"{done / elapsed:.1f} /s" if elapsed > 0 else ""
+        bar.update(task, completed=done, total=total, rate=rate)
 
+    try:
         yield update
+    finally:
+        if tasks:
+            bar.stop()

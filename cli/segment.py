@@ -79,6 +79,14 @@ from .progress import progress_reporter
 )
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimised GeoTIFF.")
 @click.option(
+    "--scratch",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Folder for the bottleneck store of large scenes (F/stride² float32 per pixel, "
+    "checked for free space before any work). Default: the system's temporary folder.",
+)
+@click.option(
     "--aoi",
     type=str,
     default=None,
@@ -136,6 +144,7 @@ def segment(
     probabilities,
     confidence,
     cog,
+    scratch,
     aoi,
     aoi_layer,
     aoi_where,
@@ -186,6 +195,7 @@ def segment(
         probabilities=probabilities,
         confidence=confidence,
         cog=cog,
+        scratch=scratch,
     )
     if distributed.launched_by_torchrun() or output_dir is not None or len(src) != 1 or not output:
         if aoi is not None or vector is not None:

@@ -279,10 +279,15 @@ class _Display:
             yield Callbacks()
             return
         state: dict = {}
-        with progress_bars("info", transient=True) as bar:
-            self.console = bar.console
+        bar = progress_bars("info", transient=True)
+        self.console = bar.console
+        try:
 
             def on_start(info):
+                # Drawn only once training starts: an error while setting up (a damaged
+                # last.pt, say) stays the one line on stderr, without a blank line before it.
+                bar.start()
+                state["started"] = True
                 state["epochs"] = info["epochs"]
                 state["epoch_task"] = bar.add_task("epochs", total=info["epochs"],
                                                    completed=info["start_epoch"], info="")
@@ -318,6 +323,9 @@ class _Display:
 
             yield Callbacks(on_start=on_start, on_batch=on_batch, on_validate=on_validate,
                             on_epoch=on_epoch)
+        finally:
+            if state.get("started"):  # stopping a bar never started still prints a newline
+                bar.stop()
 
     def summary(self, result) -> None:
         if self.quiet:

@@ -1,23 +1,41 @@
 """Self-describing checkpoints: everything `segment`, `info` and `train` need, in one file.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-`torch.load(..., weights_only=True)`: opening a checkpoint never runs code from it.
+`torch.load(..., weights_only=True)`: opening a checkpoint never runs code from it. Every field
+is checked when it is read (and, by the same function, when it is written), so a damaged or
+foreign file is one error line naming the file and the field, never a traceback or a
+segmentation made from garbage.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from . import __version__
 from .errors import GeodduError, first_line
-from .models.ddunet import DEFAULT_CONFIG, DDUNet
+from .models.ddunet import DEFAULT_CONFIG, ENCODERS, DDUNet
+from .models.resnet import RESNET_ENCODERS
 
 FORMAT = "geoddu-checkpoint"
 FORMAT_VERSION = 1
+
+# Class maps are uint8 with 255 as nodata, so ids 0..254 are all a model can name.
+MAX_CLASSES = 255
+# 2^8 = 256 px per bottleneck cell is already coarser than any subimage the paper uses; deeper
+# values in a file are corruption, not a model.
+MAX_DEPTH = 8
+
+# The keys build_metadata fills in and every checkpoint carries next to config and state_dict.
+METADATA_KEYS = ("classes", "bands", "normalization", "subimage_size")
 
 # Distinct, colour-blind-friendly defaults for checkpoints that do not name their classes.
 DEFAULT_COLORS = [
@@ -54,34 +72,124 @@ def build_metadata(
     normalization: dict[str, list[float]] | None = None,
     subimage_size: int = 256,
 ) -> dict[str, Any]:
-    """The descriptive part of a checkpoint, with defaults filled in and checked."""
+    """The descriptive part of a checkpoint, with defaults filled in and checked.
+
+    The check is the one `load_checkpoint` runs, so whatever is written here loads again.
+    """
     n_in, n_cls = config["in_channels"], config["num_classes"]
-    classes = classes or default_classes(n_cls)
-    if len(classes) != n_cls:
-        raise GeodduError(f"{len(classes)} class names given for a model with {n_cls} classes")
-    for c in classes:
-        if "name" not in c or len(c.get("color", ())) != 3:
-            raise GeodduError("each class needs a name and an RGB colour [r, g, b]")
-    bands = bands or list(range(1, n_in + 1))
-    if len(bands) != n_in:
-        raise GeodduError(f"{len(bands)} bands given for a model with {n_in} input channels")
-    normalization = normalization or default_normalization(n_in)
-    for key in ("mean", "std"):
-        if len(normalization.get(key, ())) != n_in:
-            raise GeodduError(f"normalisation {key} needs one value per band ({n_in})")
-    stride = 16 if config["encoder"] != "unet" else 2 ** config["depth"]
-    if subimage_size % stride:
-        raise GeodduError(
-            f"subimage size {subimage_size} is not a multiple of the model stride {stride}"
-        )
+    fields = {
+        "config": config,
+        "classes": default_classes(n_cls) if classes is None else classes,
+        "bands": list(range(1, n_in + 1)) if bands is None else bands,
+        "normalization": default_normalization(n_in) if normalization is None else normalization,
+        "subimage_size": subimage_size,
+    }
+    check_description(fields)
     return {
         "classes": [
-            {"name": str(c["name"]), "color": [int(v) for v in c["color"]]} for c in classes
+            {"name": str(c["name"]), "color": [int(v) for v in c["color"]]}
+            for c in fields["classes"]
         ],
-        "bands": [int(b) for b in bands],
-        "normalization": {k: [float(v) for v in normalization[k]] for k in ("mean", "std")},
+        "bands": [int(b) for b in fields["bands"]],
+        "normalization": {
+            k: [float(v) for v in fields["normalization"][k]] for k in ("mean", "std")
+        },
         "subimage_size": int(subimage_size),
     }
+
+
+def check_description(
+    fields: Mapping[str, Any], where: str | os.PathLike | None = None
+) -> DDUNet:
+    """Check config, classes, bands, normalization and subimage_size of a checkpoint (or of
+    metadata about to be written); the first problem is a GeodduError naming `where` and the
+    field. Returns the architecture with shapes only (on the meta device, no weights)."""
+    fail = _Fail(where)
+    config = fields["config"]
+    if not isinstance(config, Mapping):
+        fail("config", f"must be a dict of model options, not {_kind(config)}")
+    unknown = [k for k in config if k not in DEFAULT_CONFIG]
+    if unknown:
+        fail("config", f"unknown option(s) {', '.join(_show(k) for k in unknown)}")
+    # Files may predate an option; the model then uses its default, as model_from_checkpoint does.
+    cfg = {**DEFAULT_CONFIG, **config}
+    enc = cfg["encoder"]
+    if enc not in ENCODERS:
+        fail("config.encoder", f"{_show(enc)} is not one of {', '.join(ENCODERS)}")
+    _int(fail, "config.depth", cfg["depth"], 1, MAX_DEPTH)
+    if enc in RESNET_ENCODERS and cfg["depth"] != 4:
+        fail("config.depth", f"ResNet encoders are cut at 1/16: must be 4, not {cfg['depth']}")
+    n_in = _int(fail, "config.in_channels", cfg["in_channels"], 1)
+    n_cls = _int(fail, "config.num_classes", cfg["num_classes"], 1, MAX_CLASSES)
+    _int(fail, "config.base_channels", cfg["base_channels"], 1)
+    _int(fail, "config.comm_features", cfg["comm_features"], 0)
+    _int(fail, "config.comm_layers", cfg["comm_layers"], 1)
+    if _int(fail, "config.comm_kernel", cfg["comm_kernel"], 1) % 2 == 0:
+        fail("config.comm_kernel", f"must be odd ('same' padding), not {cfg['comm_kernel']}")
+    _int(fail, "config.comm_dilation", cfg["comm_dilation"], 1)
+    for key in ("communicate", "up_bias"):
+        if not isinstance(cfg[key], bool):
+            fail(f"config.{key}", f"must be true or false, not {_show(cfg[key])}")
+    p = cfg["dropout"]
+    if not _real(p) or not 0 <= p < 1:
+        fail("config.dropout", f"must be a number in [0, 1), not {_show(p)}")
+    # The model itself says what its bottleneck and stride are: no second copy of the formulas.
+    try:
+        model = _shapes_only(cfg)
+    except (GeodduError, ValueError, TypeError, RuntimeError) as exc:
+        bottleneck = _shapes_only({**cfg, "comm_features": 0}).encoder.out_channels
+        if cfg["comm_features"] > bottleneck:
+            fail(
+                "config.comm_features",
+                f"{cfg['comm_features']} is more than the {bottleneck} bottleneck channels",
+            )
+        fail("config", f"not a buildable model ({first_line(exc)})")
+
+    classes = fields["classes"]
+    if not isinstance(classes, list | tuple):
+        fail("classes", f"must be a list of classes, not {_kind(classes)}")
+    if len(classes) != n_cls:
+        fail("classes", f"{len(classes)} listed for a model with {n_cls} (config.num_classes)")
+    for k, c in enumerate(classes):
+        if not isinstance(c, Mapping):
+            fail(f"classes[{k}]", f'must be {{"name": ..., "color": [r, g, b]}}, not {_kind(c)}')
+        name = c.get("name")
+        if not isinstance(name, str) or not name.strip():
+            fail(f"classes[{k}].name", f"must be a non-empty string, not {_show(name)}")
+        color = c.get("color")
+        if not (
+            isinstance(color, list | tuple)
+            and len(color) == 3
+            and all(_integer(v) and 0 <= v <= 255 for v in color)
+        ):
+            fail(f"classes[{k}].color", f"must be [r, g, b], integers 0-255, not {_show(color)}")
+
+    bands = fields["bands"]
+    if not isinstance(bands, list | tuple):
+        fail("bands", f"must be a list of band numbers, not {_kind(bands)}")
+    if len(bands) != n_in:
+        fail("bands", f"{len(bands)} listed for a model with {n_in} input channels "
+                      f"(config.in_channels)")
+    for k, b in enumerate(bands):
+        _int(fail, f"bands[{k}]", b, 1)
+
+    norm = fields["normalization"]
+    if not isinstance(norm, Mapping):
+        fail("normalization", f'must be {{"mean": [...], "std": [...]}}, not {_kind(norm)}')
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if not isinstance(values, list | tuple) or len(values) != n_in:
+            fail(f"normalization.{key}", f"must list one number per input channel ({n_in})")
+        for k, v in enumerate(values):
+            if not _real(v) or not math.isfinite(v):
+                fail(f"normalization.{key}[{k}]", f"must be a finite number, not {_show(v)}")
+            if key == "std" and v <= 0:
+                fail(f"normalization.std[{k}]", f"must be above 0 (it divides), not {v}")
+
+    size = _int(fail, "subimage_size", fields["subimage_size"], 1)
+    if size % model.stride:
+        fail("subimage_size", f"{size} is not a multiple of the model stride {model.stride}")
+    return model
 
 
 def save_checkpoint(
@@ -115,35 +223,182 @@ def save_checkpoint(
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise GeodduError(f"{path}: cannot write checkpoint: {exc.strerror or exc}") from exc
+    except RuntimeError as exc:
+        # torch's zip writer reports a full disk or a failed write as a RuntimeError.
+        raise GeodduError(f"{path}: cannot write checkpoint: {first_line(exc)}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a checkpoint; any problem is one GeodduError line."""
+    """Read and check a checkpoint; any problem is one GeodduError line naming the field."""
     path = Path(path)
     if not path.exists():
         raise GeodduError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise GeodduError(f"{path}: is a directory, not a checkpoint file")
+    damaged = f"{path}: not a geoddu checkpoint, or the file is damaged"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt or foreign files are one user error
-        raise GeodduError(f"{path}: not a readable geoddu checkpoint ({first_line(exc)})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise GeodduError(f"{path}: not a geoddu checkpoint")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise GeodduError(f"{path}: written by a newer geoddu ({ckpt.get('geoddu_version')})")
+        f = path.open("rb")
+    except OSError as exc:
+        raise GeodduError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from exc
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise GeodduError(f"{damaged} (it is empty)")
+        try:
+            # torch warns about what it finds in foreign pickles; the error below says it all.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - corrupt or foreign files are one user error
+            # torch's own message suggests weights_only=False, i.e. running the file's code:
+            # never pass that on.
+            raise GeodduError(f"{damaged} (cannot be read as a torch checkpoint)") from exc
+    check_checkpoint(ckpt, path)
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> DDUNet:
+def check_checkpoint(ckpt: Any, where: str | os.PathLike | None = None) -> None:
+    """Check a checkpoint already read (what `load_checkpoint` does after `torch.load`)."""
+    fail = _Fail(where)
+    if not isinstance(ckpt, dict):
+        fail("", f"not a geoddu checkpoint (it holds {_kind(ckpt)}, not a checkpoint dict)")
+    if "format" not in ckpt:
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            fail("", "not a geoddu checkpoint (a bare state dict? it has weights but no "
+                     "architecture, classes or bands; write a checkpoint with `geoddu init` "
+                     "and put these weights in its state_dict)")
+        fail("", f'not a geoddu checkpoint (no "format": "{FORMAT}" entry)')
+    if not (isinstance(ckpt["format"], str) and ckpt["format"] == FORMAT):
+        fail("", f"not a geoddu checkpoint (format {_show(ckpt['format'])}, not {FORMAT!r})")
+    version = ckpt.get("format_version", FORMAT_VERSION)
+    _int(fail, "format_version", version, 1)
+    if version > FORMAT_VERSION:
+        fail("", f"written by a newer geoddu ({_show(ckpt.get('geoddu_version'))}, "
+                 f"format {version}); update geoddu to read it")
+    for key in ("config", "state_dict", *METADATA_KEYS):
+        if key not in ckpt:
+            fail(key, "missing")
+    model = check_description(ckpt, where)
+    check_weights(ckpt["state_dict"], model, where)
+    for key in ("training", "resume"):
+        # Their contents belong to training (and change with it); the shape is what readers
+        # rely on, e.g. ckpt.get("training", {}).get(...).
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            fail(key, f"must be a dict, not {_kind(ckpt[key])}")
+
+
+def check_weights(
+    state: Any, model: torch.nn.Module, where: str | os.PathLike | None = None
+) -> None:
+    """The state dict must fit `model` exactly: same names, shapes and kinds, finite values."""
+    fail = _Fail(where)
+    if not isinstance(state, Mapping):
+        fail("state_dict", f"must be a dict of tensors, not {_kind(state)}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misfit = "weights do not fit the architecture in config"
+    if missing:
+        fail("state_dict", f"{misfit}: missing {_few(missing)}")
+    if unexpected:
+        fail("state_dict", f"{misfit}: unexpected {_few(unexpected)}")
+    for key, ref in own.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            fail(f"state_dict[{key!r}]", f"must be a dense tensor, not {_kind(value)}")
+        if value.shape != ref.shape:
+            fail("state_dict", f"{misfit}: {key} has shape {tuple(value.shape)}, "
+                               f"expected {tuple(ref.shape)}")
+        if value.dtype.is_floating_point != ref.dtype.is_floating_point or value.is_complex():
+            fail(f"state_dict[{key!r}]", f"holds {value.dtype}, expected {ref.dtype}")
+        # A NaN weight makes every prediction garbage (argmax of NaN is class 0). The sum is
+        # the cheap test (no mask allocated); only when it is not finite, which a merely large
+        # sum can also cause, is every value looked at.
+        if (
+            value.dtype.is_floating_point
+            and not bool(value.sum().isfinite())
+            and not bool(torch.isfinite(value).all())
+        ):
+            fail(f"state_dict[{key!r}]", "holds NaN or infinite values")
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], where: str | os.PathLike | None = None
+) -> DDUNet:
+    """The model of a checkpoint read by `load_checkpoint` (`where` names it in errors)."""
     config = {**DEFAULT_CONFIG, **ckpt["config"]}
     model = DDUNet(**config)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise GeodduError(
-            f"checkpoint weights do not fit its architecture: {first_line(exc)}"
-        ) from exc
+        # torch's first line only says that loading failed; say which weight does not fit.
+        check_weights(ckpt["state_dict"], model, where)
+        _Fail(where)("state_dict", f"weights do not fit the architecture: {first_line(exc)}")
     return model
 
+
+class _Fail:
+    """Raises the one-line error: 'FILE: FIELD: problem' (FILE left out when building)."""
+
+    def __init__(self, where: str | os.PathLike | None) -> None:
+        self.where = where
+
+    def __call__(self, field: str, problem: str) -> NoReturn:
+        parts = [str(p) for p in (self.where, field) if p not in (None, "")]
+        raise GeodduError(": ".join([*parts, problem]))
+
+
+class _SkipRandomInit(TorchFunctionMode):
+    """Meta tensors have no values to initialise, and torch's meta normal_ imports
+    torch._dynamo (seconds per process): skip it."""
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        if func is torch.Tensor.normal_:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def _shapes_only(cfg: dict[str, Any]) -> DDUNet:
+    """The architecture on the meta device: its shapes, stride and bottleneck, no memory."""
+    with torch.device("meta"), _SkipRandomInit():
+        return DDUNet(**cfg)
+
+
+def _int(fail: _Fail, field: str, value: Any, low: int, high: int | None = None) -> int:
+    if not _integer(value) or value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        fail(field, f"must be an integer {span}, not {_show(value)}")
+    return int(value)
+
+
+def _integer(value: Any) -> bool:
+    # bool is an int in Python, but True as a channel count is corruption.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A value for a one-line message: repr keeps it on one line, the cut keeps it short."""
+    text = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor {tuple(value.shape)}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" (and {len(keys) - n} more)" if len(keys) > n else "")

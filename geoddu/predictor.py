@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from .errors import GeodduError
 from .models.ddunet import DDUNet, batched_apply
 from .models.fusion import fuse_for_inference
 from .partition import Partition
+
+if TYPE_CHECKING:
+    from .io.raster import RasterSource
 
 NODATA = 255
 
@@ -52,6 +56,39 @@ class SegmentationModel(nn.Module):
                 f"{what} has {count} band(s) but the model expects {len(self.bands)} "
                 f"(bands {','.join(map(str, self.bands))}); pick them with --bands"
             )
+
+    def scene_bands(self, scene: RasterSource, bands: Sequence[int] | None = None) -> list[int]:
+        """The bands of ``scene`` (a source on the whole file) that feed the model.
+
+        Bands the user chose are used as given (opening them and :meth:`check_bands` check
+        them). Otherwise the scene must hold as many bands as the model takes, alpha bands
+        aside (GDAL reads those as the mask), and the checkpoint's bands are used. Any other
+        scene is refused: cutting it to the first bands would segment the wrong image silently.
+        """
+        if bands is not None:
+            return [int(b) for b in bands]
+        need = len(self.bands)
+        total = scene.total_bands
+        data = [b for b in range(1, total + 1) if b not in scene.alpha_bands]
+        for usable in (range(1, total + 1), data):
+            if len(usable) == need and all(b in usable for b in self.bands):
+                return list(self.bands)
+        names = [n or f"band {b}" for b, n in enumerate(scene.band_names, 1)]
+        listed = f" ({', '.join(names)})" if any(scene.band_names) else ""
+        has = f"{scene.path} has {total} band{'s' if total != 1 else ''}{listed}"
+        trained = ",".join(map(str, self.bands))
+        if len(data) < need:
+            raise GeodduError(f"{has} but the model takes {need} (trained on bands {trained})")
+        fits = all(b in data for b in self.bands)
+        example = ",".join(map(str, self.bands if fits else data[:need]))
+        if len(data) > need:
+            why = f"the model takes {need}"
+        else:  # as many bands as the model takes, but not the ones it was trained on
+            why = f"the model was trained on bands {trained}"
+        raise GeodduError(
+            f"{has} but {why}; choose them with --bands, e.g. --bands {example} "
+            "(QGIS: the Bands parameter)"
+        )
 
     def prepare(self, raw: np.ndarray, valid: np.ndarray) -> torch.Tensor:
         """Raw (C, H, W) values -> normalised (1, C, H, W) tensor; invalid pixels set to 0.
@@ -175,9 +212,16 @@ def _freeze_for_cpu(model: SegmentationModel) -> None:
             # so the tracer's warning about list outputs does not apply.
             warnings.simplefilter("ignore")
             skips, bottleneck = net.encoder(x)
-            encoder = torch.jit.freeze(torch.jit.trace(net.encoder, x, strict=False).eval())
+            # check_trace re-runs each module and compares through torch's DTensor-aware
+            # assert_close, whose imports alone cost about 0.9 s per process; the traced
+            # graphs are checked by the tests (segment equals the whole-scene forward).
+            encoder = torch.jit.freeze(
+                torch.jit.trace(net.encoder, x, strict=False, check_trace=False).eval()
+            )
             decoder = torch.jit.freeze(
-                torch.jit.trace(net.decoder, (bottleneck, list(skips))).eval()
+                torch.jit.trace(
+                    net.decoder, (bottleneck, list(skips)), check_trace=False
+                ).eval()
             )
     except Exception:  # noqa: BLE001 - an untraceable model simply stays eager
         return

@@ -275,3 +275,17 @@ def test_batch_in_one_process_and_its_errors(tmp_path, scene, checkpoint):
         r = CliRunner().invoke(cli, ["segment", *map(str, args), "-m", str(checkpoint)])
         lines = r.stderr.strip().splitlines()
         assert r.exit_code == 1 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
+
+
+def test_batch_refuses_a_scene_with_more_bands_than_the_model(tmp_path, scene, checkpoint):
+    """The single-process batch route opens scenes like `geoddu.segment`: no silent band cut."""
+    from geoddu.engine.distributed import segment_batch
+
+    extra = write_geotiff(tmp_path / "rgbn.tif", np.full((4, 40, 40), 7, np.uint16))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = segment_batch([(str(scene), out / "a.tif"), (str(extra), out / "b.tif")], checkpoint)
+    a, b = result.scenes
+    assert a.status == "written" and b.status == "failed"
+    assert "has 4 bands but the model takes 3" in b.summary and "--bands" in b.summary
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif"]

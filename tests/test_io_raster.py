@@ -128,20 +128,90 @@ def test_bad_band_names_the_band_count(tmp_path: Path, bands: list[int]) -> None
         open_raster(path, bands=bands)
 
 
-def test_nodata_in_any_selected_band_invalidates_the_pixel(tmp_path: Path) -> None:
+def test_nodata_follows_gdal_all_bands_not_any_band(tmp_path: Path) -> None:
+    # Was "nodata in any selected band invalidates the pixel"; GDAL's rule (the dataset mask
+    # gdalinfo and QGIS use) is that a pixel is nodata only where every band is nodata.
     full = _data("uint16")
-    full[0, 5, 6] = 0  # nodata in band 1 only
-    full[1, 7, 8] = 0  # nodata in band 2 only
+    full[0, 5, 6] = 0  # nodata in band 1 only: a real pixel
+    full[1, 7, 8] = 0  # nodata in band 2 only: a real pixel
+    full[:, 9, 10] = 0  # nodata in every band: a hole
     path = _geotiff(tmp_path / "scene.tif", full, nodata=0)
+    for bands in (None, [1, 3], [2]):
+        with open_raster(path, bands=bands) as src:
+            assert src.nodata == 0.0
+            mask = src.read_mask(0, 0, H, W)
+            assert mask[5, 6] and mask[7, 8] and not mask[9, 10]
+            assert mask.sum() == H * W - 1
+
+
+def _rgb_with_nodata(path: Path, nodata: int) -> tuple[Path, np.ndarray]:
+    """An 8-bit RGB scene whose real pixels touch the nodata value in one or two bands."""
+    rng = np.random.default_rng(3)
+    full = rng.integers(0, 256, (3, H, W), dtype=np.uint8)
+    # Many pixels equal nodata in some but not all bands.
+    full[rng.random((3, H, W)) < 0.2] = nodata
+    full[:, (full == nodata).all(axis=0)] = 7  # no accidental holes
+    other = 5 if nodata == 0 else 250
+    full[:, 1, 1] = (nodata, other, other)  # e.g. (0, 5, 5)
+    full[:, 2, 2] = (other, nodata, nodata)
+    full[:, 3, 3] = (nodata, nodata, other)
+    if nodata == 255:
+        full[:, 4, 4] = (255, 254, 251)
+    full[:, 20:30, 40:60] = nodata  # a real hole
+    full[:, 60, 70] = nodata  # a one-pixel hole
+    return _geotiff(path, full, nodata=nodata), full
+
+
+@pytest.mark.parametrize("nodata", [0, 255])
+@pytest.mark.parametrize("bands", [None, [1, 2, 3], [1], [3, 2], [2, 3]])
+def test_mask_is_gdals_dataset_mask(tmp_path: Path, nodata: int, bands: list[int] | None) -> None:
+    path, full = _rgb_with_nodata(tmp_path / "rgb.tif", nodata)
+    with rasterio.open(path) as ds:
+        want = ds.dataset_mask() != 0
+    assert want[1, 1] and want[2, 2] and want[3, 3] and want[4, 4]
+    assert not want.all() and want.sum() == H * W - 201
+    assert not want[20:30, 40:60].any() and not want[60, 70]
+    assert (want == (full != nodata).any(axis=0)).all()
+    some = (full == nodata).any(axis=0)
+    assert (want & some).sum() > 1000  # plenty of real pixels the any-band rule would drop
+    with open_raster(path, bands=bands) as src:
+        np.testing.assert_array_equal(src.read_mask(0, 0, H, W), want)
+        for window in WINDOWS:
+            inside, _ = _expected(want[None], *window)
+            want_valid = inside[0]
+            np.testing.assert_array_equal(src.read_mask(*window), want_valid, err_msg=str(window))
+            _, valid = src.read_with_mask(*window)
+            np.testing.assert_array_equal(valid, want_valid, err_msg=str(window))
+
+
+def test_rgb_plus_nir_with_nodata_is_nodata_only_where_all_bands_are(tmp_path: Path) -> None:
+    # rasterio's dataset_mask() takes band 4 of a red-first 4-band file for alpha even when
+    # GDAL says it is not; GDAL's rule is the OR of the four nodata masks.
+    full = _data("uint8", bands=4)
+    full[3, 5, 5] = 0  # NIR alone is nodata: a real pixel
+    full[:3, 6, 6] = 0  # RGB nodata, NIR real: a real pixel
+    full[:, 7, 7] = 0  # a hole
+    path = _geotiff(tmp_path / "rgbn.tif", full, nodata=0, photometric="RGB")
+    with rasterio.open(path) as ds:
+        assert [c.name for c in ds.colorinterp] == ["red", "green", "blue", "undefined"]
+    with open_raster(path, bands=[1, 2, 3]) as src:
+        assert src.alpha_bands == ()
+        mask = src.read_mask(0, 0, H, W)
+        assert mask[5, 5] and mask[6, 6] and not mask[7, 7] and mask.sum() == H * W - 1
+
+
+def test_band_names_and_alpha(tmp_path: Path) -> None:
+    rgba = np.concatenate([_data("uint8"), np.full((1, H, W), 255, np.uint8)])
+    path = _geotiff(tmp_path / "rgba.tif", rgba, photometric="RGB", alpha="YES")
+    with open_raster(path, bands=[1]) as src:
+        assert src.total_bands == 4 and src.count == 1
+        assert src.alpha_bands == (4,)
+        assert src.band_names == ("red", "green", "blue", "alpha")
+    path = _geotiff(tmp_path / "plain.tif", _data("uint16", bands=2))
+    with rasterio.open(path, "r+") as ds:
+        ds.set_band_description(2, "nir")
     with open_raster(path) as src:
-        assert src.nodata == 0.0
-        mask = src.read_mask(0, 0, H, W)
-        assert not mask[5, 6] and not mask[7, 8]
-        assert mask.sum() == H * W - 2
-    # Band 2's nodata pixel is valid when band 2 is not selected.
-    with open_raster(path, bands=[1, 3]) as src:
-        mask = src.read_mask(0, 0, H, W)
-        assert not mask[5, 6] and mask[7, 8]
+        assert src.alpha_bands == () and src.band_names == (None, "nir")
 
 
 def test_internal_mask_is_honoured(tmp_path: Path) -> None:

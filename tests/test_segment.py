@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -192,3 +196,86 @@ def test_vector_output_in_one_go(tmp_path, scene, checkpoint):
     with pytest.raises(GeodduError, match="unknown vector format"):
         geoddu.segment(scene, tmp_path / "p.tif", checkpoint, vector=tmp_path / "o.xyz")
     assert not (tmp_path / "p.tif").exists()
+
+
+def _rgb_with_partial_nodata(path, nodata):
+    """8-bit RGB whose real pixels often equal nodata in one or two bands, plus real holes."""
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 256, (3, 96, 128), dtype=np.uint8)
+    data[rng.random(data.shape) < 0.3] = nodata
+    data[:, (data == nodata).all(axis=0)] = 7
+    data[:, 0, 0] = (0, 5, 5) if nodata == 0 else (255, 254, 251)
+    data[:, :32, 64:96] = nodata  # a whole subimage of nodata
+    data[:, 50:55, 10:20] = nodata  # a hole inside valid subimages
+    return write_geotiff(path, data, nodata=nodata), data
+
+
+@pytest.mark.parametrize("nodata", [0, 255])
+def test_nodata_is_gdals_dataset_mask(tmp_path, checkpoint, nodata):
+    scene, data = _rgb_with_partial_nodata(tmp_path / "rgb.tif", nodata)
+    with rasterio.open(scene) as src:
+        mask = src.dataset_mask() != 0
+    assert mask[0, 0] and not mask.all()
+    assert (mask & (data == nodata).any(axis=0)).sum() > 1000  # the old any-band rule's holes
+    result = geoddu.segment(scene, tmp_path / "o.tif", checkpoint)
+    assert result.skipped == 1
+    out, _ = _read(tmp_path / "o.tif")
+    np.testing.assert_array_equal(out == 255, ~mask)
+    ref, _ = _reference(checkpoint, data, mask)
+    np.testing.assert_array_equal(out[mask], ref[mask])
+
+
+def _rgbn(path):
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 255, (4, 64, 96), dtype=np.uint8)
+    write_geotiff(path, data, photometric="RGB")
+    with rasterio.open(path, "r+") as dst:
+        dst.set_band_description(4, "nir")
+    return path, data
+
+
+def test_more_bands_than_the_model_takes_are_refused(tmp_path, checkpoint):
+    scene, data = _rgbn(tmp_path / "rgbn.tif")
+    out = tmp_path / "o.tif"
+    with pytest.raises(GeodduError) as err:
+        geoddu.segment(scene, out, checkpoint)
+    msg = str(err.value)
+    assert "\n" not in msg and not out.exists()
+    assert "has 4 bands (red, green, blue, nir) but the model takes 3" in msg
+    assert "--bands 1,2,3" in msg and "QGIS" in msg
+    geoddu.segment(scene, out, checkpoint, bands=[1, 2, 3])
+    ref, _ = _reference(checkpoint, data[:3])
+    np.testing.assert_array_equal(_read(out)[0], ref)
+
+
+def test_an_alpha_band_is_the_mask_not_an_extra_band(tmp_path, checkpoint):
+    rng = np.random.default_rng(6)
+    rgb = rng.integers(0, 256, (3, 64, 96), dtype=np.uint8)
+    alpha = np.full((1, 64, 96), 255, np.uint8)
+    alpha[0, 10:20, 30:50] = 0
+    scene = write_geotiff(
+        tmp_path / "rgba.tif", np.concatenate([rgb, alpha]), photometric="RGB", alpha="YES"
+    )
+    geoddu.segment(scene, tmp_path / "o.tif", checkpoint)
+    out, _ = _read(tmp_path / "o.tif")
+    valid = alpha[0] != 0
+    np.testing.assert_array_equal(out == 255, ~valid)
+    ref, _ = _reference(checkpoint, rgb, valid)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_more_bands_via_the_cli_is_a_one_line_error(tmp_path, checkpoint):
+    scene, _ = _rgbn(tmp_path / "scene.tif")
+    exe = Path(sys.executable).with_name("geoddu")
+    out = tmp_path / "out.tif"
+    proc = subprocess.run(
+        [str(exe), "segment", str(scene), "-o", str(out), "-m", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
+    assert "--bands" in lines[0] and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import GeodduError
+from ..io.atomic import check_distinct_paths
 from ..partition import Partition, Subimage, balanced_blocks
 from ..predictor import SegmentationModel, load_model
 from ..resources import peak_rss_mb
@@ -60,9 +61,10 @@ from .streaming import (
     _open_source,
     _open_writers,
     _Run,
-    _tmpdir,
+    check_scratch_space,
     communicate_tiles,
     run_tiles,
+    scratch_dir,
 )
 
 HALO_TAG = 17
@@ -394,6 +396,7 @@ def segment_distributed(
     cancel: CancelFn | None = None,
     store_max_ram_bytes: int = STORE_MAX_RAM_BYTES,
     comm_tile_cells: int = COMM_TILE_CELLS,
+    scratch: str | os.PathLike | None = None,
     group: Any = None,
 ) -> SegmentResult:
     """`streaming.segment`, with the scene's subimages spread over the ranks of `group`.
@@ -423,6 +426,7 @@ def segment_distributed(
             cancel=cancel,
             store_max_ram_bytes=store_max_ram_bytes,
             comm_tile_cells=comm_tile_cells,
+            scratch=scratch,
         )
     t0 = time.perf_counter()
     if rank != 0:
@@ -437,8 +441,18 @@ def segment_distributed(
         elif model.device != dev:
             model = model.to(dev)
         model.eval()
+        check_distinct_paths(
+            {"output": dst, "--probabilities": probabilities, "--confidence": confidence},
+            {"input raster": src},
+        )
+        scratch = scratch_dir(scratch)
         source = _open_source(src, bands, model)
         part = model.partition_for(source.height, source.width, subimage_size)
+        if model.net.communicates:
+            hs = part.row_sizes[0] // model.net.stride
+            check_scratch_space(
+                scratch, part.grid, (model.net.comm_features, hs, hs), store_max_ram_bytes
+            )
         if rank == 0:
             writers = _open_writers(dst, source, model, overwrite, cog, probabilities, confidence)
     except BaseException as exc:  # noqa: BLE001 - agreed below, so every rank stops together
@@ -466,7 +480,7 @@ def segment_distributed(
         if net.communicates:
             hs = part.row_sizes[0] // net.stride
             shape = (net.comm_features, hs, hs)
-            encoded = MapStore(part.grid, shape, store_max_ram_bytes, _tmpdir(dst))
+            encoded = MapStore(part.grid, shape, store_max_ram_bytes, scratch)
             stores.append(encoded)
             run.over_cells(
                 "encode", lambda ctx, c, raw, ok: _encode(ctx, c, raw, ok, encoded), cells=own
@@ -480,7 +494,7 @@ def segment_distributed(
                     return encoded.get(index)
                 return halos[index]  # a KeyError here would be a bug in the halo plan
 
-            communicated = MapStore(part.grid, shape, store_max_ram_bytes, _tmpdir(dst))
+            communicated = MapStore(part.grid, shape, store_max_ram_bytes, scratch)
             stores.append(communicated)
             tiles = run_tiles(own, max(1, comm_tile_cells // hs))
             communicate_tiles(run, model, tiles, part.grid, hs, get_maps, communicated.put)

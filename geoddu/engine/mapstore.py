@@ -14,6 +14,9 @@ import threading
 
 import numpy as np
 
+from ..errors import GeodduError
+from ..io.atomic import os_error_line
+
 
 class MapStore:
     """Fixed-size float32 records (F, h, w), one per subimage cell, addressed by (row, col)."""
@@ -28,7 +31,8 @@ class MapStore:
         self.grid = grid
         self.record_shape = record_shape
         self.record_bytes = int(np.prod(record_shape)) * 4
-        total = self.record_bytes * grid[0] * grid[1]
+        total = self.bytes_for(grid, record_shape)
+        self.directory = directory
         self._mem: dict[tuple[int, int], np.ndarray] | None = None
         self._fd: int | None = None
         self._written: set[tuple[int, int]] = set()
@@ -42,12 +46,23 @@ class MapStore:
             os.ftruncate(fd, total)
             self._fd = fd
 
+    @staticmethod
+    def bytes_for(grid: tuple[int, int], record_shape: tuple[int, int, int]) -> int:
+        """The store's full size, known before any cell is written."""
+        return int(np.prod(record_shape)) * 4 * grid[0] * grid[1]
+
     def put(self, cell: tuple[int, int], maps: np.ndarray) -> None:
         maps = np.ascontiguousarray(maps, dtype=np.float32).reshape(self.record_shape)
         if self._mem is not None:
             self._mem[cell] = maps
         else:
-            os.pwrite(self._fd, maps.tobytes(), self._offset(cell))
+            try:
+                os.pwrite(self._fd, maps.tobytes(), self._offset(cell))
+            except OSError as exc:  # the file is sparse: a full disk shows up here
+                raise GeodduError(
+                    os_error_line(exc, f"the bottleneck store in {self.directory or 'TMPDIR'}")
+                    + "; choose another folder with --scratch"
+                ) from exc
         with self._lock:
             self._written.add(cell)
 

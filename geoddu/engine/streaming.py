@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import Cancelled, GeodduError
+from ..io.atomic import check_distinct_paths
 from ..io.raster import RasterSource, open_raster
-from ..io.writer import ClassMapWriter, FloatRasterWriter
+from ..io.writer import ClassMapWriter, FloatRasterWriter, commit_all
 from ..partition import Partition, Subimage, balanced_blocks
 from ..predictor import NODATA, SegmentationModel, load_model
 from ..resources import peak_rss_mb
@@ -99,6 +102,7 @@ def segment(
     vector: str | os.PathLike | None = None,
     vector_min_area: float | None = None,
     vector_simplify: float | None = None,
+    scratch: str | os.PathLike | None = None,
 ) -> SegmentResult:
     """Segment the raster `src` into the class map `dst` (atomic: nothing at `dst` on failure).
 
@@ -115,14 +119,25 @@ def segment(
 
     `vector` also polygonises the class map into that file (`geoddu vectorize`, with
     `vector_min_area` in map units² and `vector_simplify` in map units).
+
+    `scratch` is the folder for the bottleneck store once it outgrows RAM (default: the
+    system's temporary folder); its free space is checked before any work. All outputs appear
+    together, once every one of them is complete and reads back in full, or none does.
     """
     t0 = time.perf_counter()
+    check_distinct_paths(
+        {"output": dst, "--probabilities": probabilities, "--confidence": confidence,
+         "--vector": vector},
+        {"input raster": src, "--aoi": aoi,
+         "model": None if isinstance(model, SegmentationModel) else model},
+    )
     if vector is not None:
         from ..io.polygonize import driver_for
 
         driver_for(vector)  # an unknown format fails now, not after the whole scene
         if Path(vector).exists() and not overwrite:
             raise GeodduError(f"{vector} exists; pass --overwrite to replace it")
+    scratch = scratch_dir(scratch)
     devices = resolve_devices(device, gpus)
     if not isinstance(model, SegmentationModel):
         model = load_model(model)
@@ -140,20 +155,23 @@ def segment(
     stores: list[MapStore] = []
     writers: dict[str, Any] = {}
     try:
+        if net.communicates:
+            hs = part.row_sizes[0] // net.stride
+            shape = (net.comm_features, hs, hs)
+            check_scratch_space(scratch, part.grid, shape, store_max_ram_bytes)
         writers.update(_open_writers(dst, source, model, overwrite, cog, probabilities, confidence))
         with _BackgroundWriter(writers, len(model.classes)) as sink:
+            sink.defer_commit = vector is not None
             if net.communicates:
                 cells = part.grid
-                hs = part.row_sizes[0] // net.stride
-                shape = (net.comm_features, hs, hs)
-                encoded = MapStore(cells, shape, store_max_ram_bytes, _tmpdir(dst))
+                encoded = MapStore(cells, shape, store_max_ram_bytes, scratch)
                 stores.append(encoded)
                 run.over_cells(
                     "encode",
                     lambda ctx, c, raw, ok: _encode(ctx, c, raw, ok, encoded),
                     encode_cells,
                 )
-                communicated = MapStore(cells, shape, store_max_ram_bytes, _tmpdir(dst))
+                communicated = MapStore(cells, shape, store_max_ram_bytes, scratch)
                 stores.append(communicated)
                 step = max(1, comm_tile_cells // hs)
                 tiles = grid_tiles(*part.grid, step) if area is None else run_tiles(todo, step)
@@ -168,6 +186,31 @@ def segment(
                 lambda ctx, c, raw, ok: _decode(ctx, c, raw, ok, communicated, sink, area),
                 todo,
             )
+        for s in stores:
+            s.close()
+        extra_outputs = [Path(p) for p in (probabilities, confidence) if p is not None]
+        if vector is not None:
+            # Polygonised from the finished class map before it is renamed: if this fails, no
+            # output appears; if the rasters' rename fails, the polygons go too.
+            from ..io.polygonize import vectorize
+
+            vectorize(
+                writers["classes"].finished_path,
+                vector,
+                min_area=vector_min_area,
+                simplify=vector_simplify,
+                overwrite=overwrite,
+                progress=progress,
+                cancel=cancel,
+            )
+            try:
+                commit_all(w.output for w in writers.values())
+            except BaseException:
+                from ..io.polygonize import remove_vector
+
+                remove_vector(vector)
+                raise
+            extra_outputs.append(Path(vector))
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -176,20 +219,6 @@ def segment(
         for s in stores:
             s.close()
         source.close()
-    extra_outputs = [Path(p) for p in (probabilities, confidence) if p is not None]
-    if vector is not None:
-        from ..io.polygonize import vectorize
-
-        vectorize(
-            dst,
-            vector,
-            min_area=vector_min_area,
-            simplify=vector_simplify,
-            overwrite=overwrite,
-            progress=progress,
-            cancel=cancel,
-        )
-        extra_outputs.append(Path(vector))
     return SegmentResult(
         output=Path(dst),
         width=source.width,
@@ -274,22 +303,41 @@ def _aoi_cells(source, part: Partition, net, aoi, layer, where):
     return area, touched, [c for c in cells if c.index in near]
 
 
-def _open_source(src: str | os.PathLike, bands: Sequence[int] | None, model: SegmentationModel):
-    probe = open_raster(src)
-    count = probe.count
-    probe.close()
-    if bands is None:
-        bands = model.bands
-        if max(bands) > count:
-            model.check_bands(count)
-    source = open_raster(src, bands=list(bands))
+def _open_source(
+    src: str | os.PathLike, bands: Sequence[int] | None, model: SegmentationModel
+) -> RasterSource:
+    with open_raster(src) as scene:
+        bands = model.scene_bands(scene, bands)
+    source = open_raster(src, bands=bands)
     model.check_bands(source.count)
     return source
 
 
-def _tmpdir(dst: str | os.PathLike) -> str | None:
-    parent = Path(dst).resolve().parent
-    return str(parent) if parent.is_dir() else None
+def scratch_dir(scratch: str | os.PathLike | None) -> str:
+    """The folder for the bottleneck store's scratch file: ``--scratch``, else the system's."""
+    folder = os.fspath(scratch) if scratch is not None else tempfile.gettempdir()
+    if not os.path.isdir(folder):
+        raise GeodduError(f"--scratch {folder}: no such directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise GeodduError(f"--scratch {folder}: directory is not writable")
+    return folder
+
+
+def check_scratch_space(
+    scratch: str, grid: tuple[int, int], shape: tuple[int, int, int], max_ram_bytes: int
+) -> None:
+    """Refuse before pass 1 when the two bottleneck stores would not fit the scratch folder."""
+    needed = sum(
+        size for size in [MapStore.bytes_for(grid, shape)] * 2 if size > max_ram_bytes
+    )
+    if not needed:
+        return
+    free = shutil.disk_usage(scratch).free
+    if free < needed:
+        raise GeodduError(
+            f"--scratch {scratch}: the bottleneck store needs {needed / 2**20:.0f} MB, "
+            f"{free / 2**20:.0f} MB free; free space or choose another folder with --scratch"
+        )
 
 
 
@@ -558,6 +606,8 @@ class _BackgroundWriter:
     def __init__(self, writers: dict[str, Any], num_classes: int) -> None:
         self.writers = writers
         self.num_classes = num_classes
+        # Set when a later step (polygonising) must succeed before the outputs are renamed.
+        self.defer_commit = False
         self.wants_probabilities = "probabilities" in writers or "confidence" in writers
         self.q: queue.Queue = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
@@ -606,5 +656,14 @@ class _BackgroundWriter:
                 w.abort()
             raise GeodduError(f"writing the output failed: {self.error}") from self.error
         if exc_type is None:
-            for w in self.writers.values():
-                w.__exit__(None, None, None)
+            # Every output is finished (and read back) before any is renamed into place: a
+            # failure in the last one must not leave the first one looking like a result.
+            try:
+                for w in self.writers.values():
+                    w.finish()
+            except BaseException:
+                for w in self.writers.values():
+                    w.abort()
+                raise
+            if not self.defer_commit:
+                commit_all(w.output for w in self.writers.values())

@@ -29,6 +29,7 @@ import heapq
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,7 +45,9 @@ from affine import Affine
 from rasterio.errors import RasterioError
 
 from geoddu.errors import Cancelled, GeodduError
+from geoddu.io.gdal_errors import disk_full
 from geoddu.io.raster import open_raster
+from geoddu.io.vector import pyogrio_path
 from geoddu.io.writer import CLASS_NODATA, AtomicOutput
 
 __all__ = ["DRIVERS", "VectorizeResult", "class_names_of", "driver_for", "vectorize"]
@@ -823,15 +826,22 @@ def _write(gdf: Any, dst: Path, driver: str, overwrite: bool) -> None:
     try:
         try:
             folder.mkdir()
-            target = folder / dst.name
+            # A plain name inside: pyogrio reads ';', '?' and '#' in a path as URL syntax, so
+            # the user's name (any legal one) only appears with the final rename.
+            target = folder / f"out{dst.suffix}"
             kwargs: dict[str, Any] = {"driver": driver}
             if not shapefile:
-                kwargs["layer"] = dst.stem
+                # GDAL refuses some layer names (GeoPackage: one starting with '-'); the file
+                # name is the user's, the layer name only has to be recognisable.
+                kwargs["layer"] = re.sub(r"^[^A-Za-z0-9_]+", "", dst.stem) or "classes"
             try:
-                gdf.to_file(target, **kwargs)
+                with pyogrio_path(target) as safe:
+                    gdf.to_file(safe, **kwargs)
             except GeodduError:
                 raise
             except Exception as exc:  # noqa: BLE001 - pyogrio/GDAL raise many types
+                if disk_full(target):
+                    raise GeodduError(f"no space left on device writing {dst}") from exc
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise GeodduError(f"{dst}: cannot write {driver}: {msg}") from exc
             if shapefile:
@@ -850,6 +860,14 @@ def _write(gdf: Any, dst: Path, driver: str, overwrite: bool) -> None:
     except BaseException:
         out.discard()
         raise
+
+
+def remove_vector(dst: str | os.PathLike[str]) -> None:
+    """Remove a written vector output (with a shapefile's companion files)."""
+    path = Path(os.fspath(dst))
+    parts = _shapefile_parts(path) if driver_for(path) == "ESRI Shapefile" else [path]
+    for part in parts:
+        part.unlink(missing_ok=True)
 
 
 # --- the public function ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ import numpy as np
 import rasterio
 import tifffile
 from affine import Affine
+from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -84,6 +85,20 @@ class _RasterioBackend:
         self.crs = ds.crs
         self.transform = ds.transform
         self.nodata = None if ds.nodata is None else float(ds.nodata)
+        interp = [c.name for c in ds.colorinterp]
+        self.alpha_bands = tuple(b for b, c in enumerate(interp, 1) if c == "alpha")
+        self._fourth_band_is_data = (
+            ds.count == 4
+            and interp[0] == "red"
+            and interp[3] != "alpha"
+            and MaskFlags.per_dataset not in ds.mask_flag_enums[0]
+        )
+        # GDAL gives every band a colour interpretation; "gray" and "undefined" are its
+        # defaults, not something the file says about the band, so they name nothing.
+        self.band_names = tuple(
+            d or (c if c not in ("gray", "undefined") else None)
+            for d, c in zip(ds.descriptions, interp, strict=True)
+        )
 
     def dtype(self, bands: Sequence[int]) -> np.dtype:
         return np.result_type(*(np.dtype(self.ds.dtypes[b - 1]) for b in bands))
@@ -101,13 +116,19 @@ class _RasterioBackend:
             raise GeodduError(f"{self.path}: read failed at row {row}, col {col}: {exc}") from exc
 
     def read_valid(self, bands: Sequence[int], row: int, col: int, h: int, w: int) -> np.ndarray:
-        # read_masks is GDAL's per-band mask: it already folds in nodata, alpha bands and
-        # internal/external mask bands, so nothing here has to know which of them the file uses.
+        # GDAL's dataset mask: an internal/external mask or an alpha band as is, otherwise
+        # nodata only where every band is nodata. Per-band masks would turn real pixels such
+        # as (0, 5, 5) under nodata 0 into holes. It is a property of the dataset, so it does
+        # not depend on which bands are selected.
+        window = Window(col, row, w, h)
         try:
-            masks = self.ds.read_masks(list(bands), window=Window(col, row, w, h))
+            if self._fourth_band_is_data:
+                # rasterio takes band 4 of a red-first 4-band file for alpha; when GDAL says it
+                # is not (RGB + NIR), that would make the NIR band alone decide validity.
+                return (self.ds.read_masks(window=window) != 0).any(axis=0)
+            return self.ds.dataset_mask(window=window) != 0
         except RasterioError as exc:
             raise GeodduError(f"{self.path}: read failed at row {row}, col {col}: {exc}") from exc
-        return np.all(masks != 0, axis=0)
 
     def close(self) -> None:
         self.ds.close()
@@ -142,6 +163,8 @@ class _TiffBackend:
         self.height = int(shape[axes.index("Y")])
         self.width = int(shape[axes.index("X")])
         self.total_bands = int(shape[extra[0]]) if extra else 1
+        self.alpha_bands: tuple[int, ...] = ()
+        self.band_names: tuple[str | None, ...] = (None,) * self.total_bands
         self.dtype_ = np.dtype(series.dtype)
         key = series.keyframe
         if key.is_tiled:
@@ -387,6 +410,21 @@ class RasterSource:
         return len(self.bands)
 
     @property
+    def total_bands(self) -> int:
+        """Number of bands in the file, selected or not."""
+        return self._backend.total_bands
+
+    @property
+    def alpha_bands(self) -> tuple[int, ...]:
+        """Bands (1-based, of the file) GDAL reads as alpha: part of the mask, not data."""
+        return self._backend.alpha_bands
+
+    @property
+    def band_names(self) -> tuple[str | None, ...]:
+        """Per band of the file: its description, else its colour interpretation, else None."""
+        return self._backend.band_names
+
+    @property
     def dtype(self) -> np.dtype:
         return self._backend.dtype(self.bands)
 
@@ -468,8 +506,11 @@ class RasterSource:
     def read_mask(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
         """Validity of a window as bool (height, width).
 
-        Valid means: inside the image, GDAL's mask non-zero in every selected band (nodata,
-        alpha and mask bands), and for float data not NaN in any selected band.
+        Valid means: inside the image, GDAL's dataset mask non-zero (rasterio's
+        ``dataset_mask``: an internal/external mask or alpha band as is, otherwise nodata only
+        where *all* bands of the file equal their nodata value, whatever bands are selected),
+        and for float data not NaN in any selected band. Plain TIFFs read by tifffile are all
+        valid.
         """
         _, valid = self._read(row_off, col_off, height, width, data=False, mask=True)
         assert valid is not None

@@ -8,8 +8,12 @@ features its bounds touch, so training on a huge scene never rasterises the whol
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from geoddu.errors import GeodduError, first_line
 __all__ = [
     "aoi_geometry",
     "geometry_window_mask",
+    "pyogrio_path",
     "rasterize_labels",
     "read_vector",
     "read_vector_labels",
@@ -110,6 +115,55 @@ def rasterize_labels(
 
 
 # -- areas of interest ------------------------------------------------------------------------
+# pyogrio parses a path as a URL (urllib): ';' starts parameters, '?' a query, '#' a fragment,
+# and "name:" a scheme, so `aoi;x.gpkg` would reach GDAL as `aoi`.
+_URL_CHARS = re.compile(r"[;?#]|^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def _mangled(text: str) -> bool:
+    return bool(_URL_CHARS.search(text))
+
+
+@contextmanager
+def pyogrio_path(path: str | os.PathLike) -> Iterator[str]:
+    """A name for the local file `path` that pyogrio hands to GDAL unchanged.
+
+    Any legal file name must work. Where pyogrio would misread it, a private folder of symbolic
+    links stands in: one to the file's folder (for a folder name pyogrio misreads), or one per
+    file sharing its stem (a shapefile's .shp, .dbf, .shx... for a file name it misreads).
+    """
+    spath = os.fspath(path)
+    if spath.startswith("/vsi") or "://" in spath or not _mangled(spath):
+        yield spath
+        return
+    alias = Path(tempfile.mkdtemp(prefix="geoddu-path-"))
+    try:
+        try:
+            safe = _alias(Path(spath).absolute(), alias)
+        except OSError as exc:
+            raise GeodduError(f"{spath}: cannot pass this file name to GDAL ({exc})") from exc
+        yield safe
+    finally:
+        shutil.rmtree(alias, ignore_errors=True)  # removes the links, never their targets
+
+
+def _alias(full: Path, alias: Path) -> str:
+    folder = full.parent
+    if _mangled(str(folder)):
+        link = alias / "d"
+        link.symlink_to(folder, target_is_directory=True)
+        folder = link
+    if not _mangled(full.name):
+        return str(folder / full.name)
+    files = alias / "f"
+    files.mkdir()
+    stem = full.name[: len(full.name) - len(full.suffix)] if full.suffix else full.name
+    for sibling in full.parent.iterdir():
+        if sibling.name == full.name or sibling.name.startswith(f"{stem}."):
+            (files / f"in{sibling.name[len(stem):]}").symlink_to(sibling)
+    return str(files / f"in{full.suffix}")
+
+
 def read_vector(
     path: str | os.PathLike,
     crs: Any,
@@ -134,7 +188,8 @@ def read_vector(
     if crs is None:
         raise GeodduError(f"{spath}: the raster has no CRS, so the {what} cannot be placed on it")
     try:
-        gdf = gpd.read_file(spath, layer=layer, where=where)
+        with pyogrio_path(spath) as readable:
+            gdf = gpd.read_file(readable, layer=layer, where=where)
     except Exception as exc:  # noqa: BLE001 - any unreadable layer is one user error
         raise GeodduError(f"{spath}: cannot read {what} ({first_line(exc)})") from exc
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]

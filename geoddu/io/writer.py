@@ -2,8 +2,10 @@
 
 Every output is written to a hidden temporary file next to the destination (same filesystem,
 so the final ``os.replace`` is atomic) and only renamed over the destination once it is
-complete: overviews built and, if asked, converted to a Cloud-Optimised GeoTIFF. A crash, an
-exception or Ctrl-C leaves the destination exactly as it was and removes the temporary file.
+complete: overviews built, if asked converted to a Cloud-Optimised GeoTIFF, GDAL's errors at
+close checked, and every block read back. A crash, an exception or Ctrl-C leaves the destination
+exactly as it was and removes the temporary file. :meth:`finish` and :meth:`commit` are separate
+steps so that a run with several outputs renames them only once all are whole.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,16 +28,22 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from geoddu.errors import GeodduError
+from geoddu.errors import GeodduError, first_line
 
-__all__ = ["AtomicOutput", "ClassMapWriter", "FloatRasterWriter", "overview_factors"]
+from .atomic import TEMP_MARKER, AtomicOutput, commit_all
+from .gdal_errors import gdal_checked, verify_readable
+
+__all__ = [
+    "TEMP_MARKER",
+    "AtomicOutput",
+    "ClassMapWriter",
+    "FloatRasterWriter",
+    "commit_all",
+    "overview_factors",
+]
 
 TILE = 512
 CLASS_NODATA = 255
-TEMP_MARKER = ".geoddu-tmp-"
-
-# Sidecars GDAL may create next to a dataset; a discarded temp file must not leave them behind.
-_SIDECARS = ("", ".aux.xml", ".ovr", ".msk")
 
 
 @contextmanager
@@ -46,83 +53,6 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         yield
-
-
-class AtomicOutput:
-    """A destination path plus the temporary file that replaces it only on success.
-
-    Use as a context manager (commit on normal exit, discard on any exception) or call
-    :meth:`commit` / :meth:`discard` explicitly. Nothing is created on disk until the caller
-    writes :attr:`temp`.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        self.path = Path(os.fspath(path))
-        self.overwrite = overwrite
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise GeodduError(f"{parent}: output directory does not exist")
-        if self.path.is_dir():
-            raise GeodduError(f"{self.path}: is a directory")
-        if self.path.exists() and not overwrite:
-            raise GeodduError(f"{self.path} exists; pass --overwrite to replace it")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise GeodduError(f"{parent}: output directory is not writable")
-        self._temps: list[Path] = []
-        self.temp = self.scratch()
-        self.done = False
-
-    def scratch(self) -> Path:
-        """Another temporary path beside the destination, removed on commit or discard."""
-        # Leading dot and marker: nobody mistakes it for a result, and it sorts away from them.
-        while True:
-            name = f".{self.path.name}{TEMP_MARKER}{secrets.token_hex(4)}"
-            candidate = self.path.with_name(name)
-            if not candidate.exists():
-                self._temps.append(candidate)
-                return candidate
-
-    def _remove_temps(self) -> None:
-        for temp in self._temps:
-            for suffix in _SIDECARS:
-                Path(str(temp) + suffix).unlink(missing_ok=True)
-
-    def commit(self) -> None:
-        """Move :attr:`temp` over the destination and remove every other temporary file."""
-        if self.done:
-            raise ValueError(f"{self.path}: output already committed or discarded")
-        try:
-            if not self.temp.is_file():
-                raise GeodduError(f"{self.path}: nothing was written")
-            # The destination may have appeared while we were working (another run).
-            if self.path.exists() and not self.overwrite:
-                raise GeodduError(f"{self.path} exists; pass --overwrite to replace it")
-            os.replace(self.temp, self.path)
-        except BaseException:
-            self.discard()
-            raise
-        self.done = True
-        self._remove_temps()
-
-    def discard(self) -> None:
-        """Delete every temporary file; the destination is left untouched. Idempotent."""
-        self.done = True
-        self._remove_temps()
-
-    def __enter__(self) -> AtomicOutput:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            if not self.done:
-                self.commit()
-        else:
-            self.discard()
 
 
 def overview_factors(width: int, height: int, smallest: int = 256) -> list[int]:
@@ -192,7 +122,7 @@ class _TiledWriter:
                 )
         except (RasterioError, OSError) as exc:
             self._out.discard()
-            raise GeodduError(f"{self.path}: cannot create output: {exc}") from exc
+            raise GeodduError(f"{self.path}: cannot create output: {first_line(exc)}") from exc
         self._finished = False
 
     def _clip(
@@ -215,51 +145,80 @@ class _TiledWriter:
             return
         part, window = clipped
         try:
-            self._ds.write(np.ascontiguousarray(part), window=window)
-        except RasterioError as exc:
+            with gdal_checked(self.path, self._gtiff):
+                self._ds.write(np.ascontiguousarray(part), window=window)
+        except BaseException:
             self.abort()
-            raise GeodduError(f"{self.path}: write failed: {exc}") from exc
+            raise
 
-    def close(self) -> None:
-        """Finish: build overviews, convert to COG if asked, and move into place."""
+    def finish(self) -> None:
+        """Close the dataset, build overviews, convert to COG if asked, and read it all back.
+
+        Nothing is at the destination yet: :meth:`commit` moves it there.
+        """
         if self._finished:
             return
         self._finished = True
         try:
             with _quiet():
                 factors = overview_factors(self.width, self.height)
-                self._ds.close()
+                with gdal_checked(self.path, self._gtiff):
+                    self._ds.close()
                 if factors:
                     # Built on the reopened file: in the dataset still open for writing, GDAL
                     # does not yet see the colour table on the overview bands and warns.
-                    with rasterio.open(self._gtiff, "r+") as ds:
+                    with gdal_checked(self.path, self._gtiff), \
+                            rasterio.open(self._gtiff, "r+") as ds:
                         ds.build_overviews(factors, self._resampling)
                         ds.update_tags(ns="rio_overview", resampling=self._resampling.name)
                 if self.cog:
-                    rasterio.shutil.copy(
-                        self._gtiff,
-                        self._out.temp,
-                        driver="COG",
-                        BLOCKSIZE=TILE,
-                        COMPRESS="DEFLATE",
-                        PREDICTOR="YES",
-                        BIGTIFF="IF_SAFER",
-                        # The overviews built above are reused; RESAMPLING only matters if
-                        # the driver decides to add levels of its own.
-                        OVERVIEWS="AUTO",
-                        RESAMPLING=self._resampling.name.upper(),
-                    )
-            self._out.commit()
-        except (RasterioError, OSError) as exc:  # e.g. disk full
-            self._discard()
-            raise GeodduError(f"{self.path}: finishing the output failed: {exc}") from exc
+                    with gdal_checked(self.path, self._out.temp):
+                        rasterio.shutil.copy(
+                            self._gtiff,
+                            self._out.temp,
+                            driver="COG",
+                            BLOCKSIZE=TILE,
+                            COMPRESS="DEFLATE",
+                            PREDICTOR="YES",
+                            BIGTIFF="IF_SAFER",
+                            # The overviews built above are reused; RESAMPLING only matters if
+                            # the driver decides to add levels of its own.
+                            OVERVIEWS="AUTO",
+                            RESAMPLING=self._resampling.name.upper(),
+                        )
+                verify_readable(self._out.temp, self.path)
         except BaseException:
             self._discard()
             raise
 
+    @property
+    def finished_path(self) -> Path:
+        """The finished (not yet committed) file, for steps that read the output first."""
+        return self._out.temp
+
+    @property
+    def output(self) -> AtomicOutput:
+        return self._out
+
+    def commit(self) -> None:
+        """Move the finished file to the destination."""
+        self._out.commit()
+
+    def close(self) -> None:
+        """:meth:`finish`, then :meth:`commit`."""
+        if self._out.done:
+            return
+        self.finish()
+        self.commit()
+
     def _discard(self) -> None:
         try:
-            self._ds.close()
+            # Closing flushes cached tiles, which fails again on a full disk; the temporary
+            # file goes anyway, and the error that brought us here is the one to report.
+            with gdal_checked(self.path, self._gtiff):
+                self._ds.close()
+        except GeodduError:
+            pass
         finally:
             self._out.discard()
 

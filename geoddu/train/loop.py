@@ -37,6 +37,7 @@ from ..engine.devices import resolve_device
 from ..engine.distributed import AgreedError
 from ..engine.spatial import SpatialDDUNet, average_gradients
 from ..errors import GeodduError
+from ..io.atomic import write_atomically
 from ..models.ddunet import DDUNet
 from .augment import apply_augmentation, draw_augmentation
 from .config import TrainConfig
@@ -416,6 +417,4 @@ def _as_tuple(value: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(text))

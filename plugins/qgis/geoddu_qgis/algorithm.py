@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 
 from qgis.core import (
     QgsProcessing,
@@ -142,11 +143,36 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             self.addParameter(param)
         self.addOutput(QgsProcessingOutputString(self.ENGINE, self.tr("Engine used")))
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """QGIS's checks, except that an input file QGIS cannot open goes to the engine.
+
+        QGIS would refuse it as "... not found" (it is there); the engine reads TIFFs GDAL does
+        not, and otherwise says in one line what is wrong with the file.
+        """
+        ok, message = super().checkParameterValues(parameters, context)
+        if ok or existing_file(parameters.get(self.INPUT)) is None:
+            return ok, message
+        for definition in self.parameterDefinitions():
+            name = definition.name()
+            if name == self.INPUT or definition.checkValueIsAcceptable(parameters.get(name),
+                                                                       context):
+                continue
+            if isinstance(definition, QgsProcessingParameterRasterLayer):
+                return False, self.invalidRasterError(parameters, name)
+            if isinstance(definition, QgsProcessingParameterVectorLayer):
+                return False, self.invalidSourceError(parameters, name)
+            return False, self.tr("Incorrect parameter value for {}").format(name)
+        return True, ""
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
-        src = raster_path(layer)
+        if layer is not None:
+            src = raster_path(layer)
+        else:
+            # Not a layer QGIS opens: the engine may read it, or says why not.
+            src = existing_file(parameters.get(self.INPUT))
+            if src is None:
+                raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
         model = self.parameterAsFile(parameters, self.MODEL, context)
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         device = self.parameterAsEnumString(parameters, self.DEVICE, context) or DEVICES[0]
@@ -168,15 +194,15 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context) or None
         simplify = self.parameterAsDouble(parameters, self.SIMPLIFY, context) or None
-        for path in (dst, polygons, *extra.values()):
-            if path and os.path.dirname(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
 
         try:
             engine = engine_bridge.find_engine(**settings.engine_settings())
         except engine_bridge.EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
         feedback.pushInfo(self.tr("Engine: {}").format(engine.description))
+        # Output folders that do not exist yet are made (as QGIS's own algorithms do), and
+        # removed again, if still empty, when the run fails.
+        made = make_folders([dst, polygons, *extra.values()])
 
         # With polygons, segmenting is the first 80 % of the bar and polygonising the rest.
         share = 80.0 if polygons else 100.0
@@ -210,11 +236,17 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                     progress=reporter(stages, share, 100.0 - share),
                     cancel=feedback.isCanceled, log=feedback.pushConsoleInfo)
         except engine_bridge.EngineError as exc:
-            for path in written:
-                remove_raster(path)
+            # The engine left nothing at its outputs; outputs of the steps before (the class
+            # map when polygonising fails) are removed here: a failed run leaves nothing.
+            discard(written, made)
             if exc.details and not isinstance(exc, engine_bridge.EngineCancelled):
                 feedback.pushDebugInfo(exc.details)
             raise QgsProcessingException(str(exc)) from None
+        except Exception as exc:  # a bug: still no output left, and still a one-line error
+            discard(written, made)
+            feedback.pushDebugInfo(traceback.format_exc())
+            raise QgsProcessingException(
+                str(engine_bridge.EngineError(f"{type(exc).__name__}: {exc}"))) from None
         feedback.setProgress(100)
 
         classes = read_classes(output)
@@ -231,6 +263,43 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         return results
 
 
+def make_folders(paths) -> list[str]:
+    """Make the missing parent folders of ``paths``; return those made, deepest first."""
+    made: list[str] = []
+    for path in paths:
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        missing = []
+        while folder and not os.path.isdir(folder) and folder != os.path.dirname(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        if not missing:
+            continue
+        try:
+            os.makedirs(missing[0], exist_ok=True)
+        except OSError as exc:
+            remove_folders(made)
+            raise QgsProcessingException(
+                f"{missing[0]}: cannot make the output folder: {exc.strerror or exc}") from None
+        made += [folder for folder in missing if folder not in made]
+    return made
+
+
+def remove_folders(folders) -> None:
+    """Remove ``folders`` (deepest first) that are empty."""
+    for folder in sorted(folders, key=len, reverse=True):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+def discard(written, made) -> None:
+    """Remove a failed run's outputs and the folders it made for them."""
+    for path in written:
+        remove_raster(path)
+    remove_folders(made)
+
+
 def remove_raster(path: str) -> None:
     """Remove a GeoTIFF this run wrote, with its GDAL side-cars."""
     for candidate in (path, path + ".aux.xml", path + ".ovr"):
@@ -238,6 +307,13 @@ def remove_raster(path: str) -> None:
             os.remove(candidate)
         except OSError:
             pass
+
+
+def existing_file(value) -> str | None:
+    """``value`` if it is the path of an existing file, else None."""
+    if isinstance(value, str) and value and os.path.isfile(value):
+        return value
+    return None
 
 
 def raster_path(layer) -> str:

@@ -143,8 +143,9 @@ class InProcessEngine(Engine):
         super().__init__(f"geoddu {version} imported in-process from {where}")
 
     def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
-        self._call(self.module.segment, src, dst, model, progress=progress, cancel=cancel,
-                   **options)
+        outputs = [dst] + [options[k] for k in ("probabilities", "confidence") if options.get(k)]
+        self._call(self.module.segment, src, dst, model, outputs=outputs, progress=progress,
+                   cancel=cancel, **options)
         return dst
 
     def vectorize(self, src, dst, *, progress=None, cancel=None, log=None, **options):
@@ -153,12 +154,14 @@ class InProcessEngine(Engine):
             try:
                 function = importlib.import_module(
                     self.module.__name__ + ".io.polygonize").vectorize
-            except (ImportError, AttributeError):
-                raise EngineError(NO_POLYGONS) from None
-        self._call(function, src, dst, progress=progress, cancel=cancel, **options)
+            except (ImportError, AttributeError) as exc:
+                raise EngineError(NO_POLYGONS, f"{type(exc).__name__}: {exc}") from None
+        self._call(function, src, dst, outputs=[dst], progress=progress, cancel=cancel,
+                   **options)
         return dst
 
-    def _call(self, function, *args, progress=None, cancel=None, **options):
+    def _call(self, function, *args, outputs, progress=None, cancel=None, **options):
+        """Call the engine; on any failure remove what it left at (or beside) ``outputs``."""
         errors = importlib.import_module(self.module.__name__ + ".errors")
         kwargs = {key: value for key, value in options.items() if value not in (None, [], "")}
         kwargs["overwrite"] = True
@@ -166,14 +169,24 @@ class InProcessEngine(Engine):
             kwargs["progress"] = progress
         if cancel is not None:
             kwargs["cancel"] = cancel
+        guard = OutputGuard(outputs)
         try:
-            function(*args, **kwargs)
-        except errors.Cancelled as exc:
-            raise EngineCancelled(str(exc) or "cancelled; no output was written") from None
-        except errors.GeodduError as exc:
-            raise EngineError(str(exc)) from None
-        except Exception as exc:  # an engine bug: keep the traceback for the log
-            raise EngineError(f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
+            try:
+                function(*args, **kwargs)
+            except errors.Cancelled as exc:
+                raise EngineCancelled(str(exc) or "cancelled; no output was written") from None
+            except errors.GeodduError as exc:
+                raise EngineError(str(exc)) from None
+            except Exception as exc:  # an engine bug: keep the traceback for the log
+                raise EngineError(f"{type(exc).__name__}: {exc}",
+                                  traceback.format_exc()) from None
+            except BaseException:  # KeyboardInterrupt, SystemExit: clean up, then go on
+                guard.discard()
+                raise
+            guard.check_written(outputs[0])
+        except EngineError:
+            guard.discard()
+            raise
 
 
 class CliEngine(Engine):
@@ -193,28 +206,34 @@ class CliEngine(Engine):
     def arguments(self, src, dst, model, *, device=None, gpus=None, subimage_size=None,
                   bands=None, precision=None, probabilities=None, confidence=None, aoi=None,
                   aoi_layer=None) -> list[str]:
-        """The command line for one run (``geoddu segment ... --progress-format json``)."""
-        args = [*self.command, "segment", src, "-o", dst, "--model", model, "--overwrite",
-                "--progress-format", "json"]
+        """The command line for one run (``geoddu segment ... --progress-format json``).
+
+        A list of arguments, never a shell string: any file name works (spaces, quotes, ``;``,
+        ``$``). Every option comes first, a path as ``--option=PATH`` so that even a value
+        starting with ``-`` is read as a value, and the source comes after ``--`` so that a
+        file named ``-scene.tif`` is not taken for an option.
+        """
+        args = [*self.command, "segment", f"--output={dst}", f"--model={model}", "--overwrite",
+                "--progress-format=json"]
         if device:
-            args += ["--device", device]
+            args.append(f"--device={device}")
         if gpus:
-            args += ["--gpus", str(int(gpus))]
+            args.append(f"--gpus={int(gpus)}")
         if subimage_size:
-            args += ["--subimage-size", str(int(subimage_size))]
+            args.append(f"--subimage-size={int(subimage_size)}")
         if bands:
-            args += ["--bands", ",".join(str(int(b)) for b in bands)]
+            args.append("--bands=" + ",".join(str(int(b)) for b in bands))
         if precision:
-            args += ["--precision", precision]
+            args.append(f"--precision={precision}")
         if probabilities:
-            args += ["--probabilities", probabilities]
+            args.append(f"--probabilities={probabilities}")
         if confidence:
-            args += ["--confidence", confidence]
+            args.append(f"--confidence={confidence}")
         if aoi:
-            args += ["--aoi", aoi]
+            args.append(f"--aoi={aoi}")
         if aoi_layer:
-            args += ["--aoi-layer", aoi_layer]
-        return args
+            args.append(f"--aoi-layer={aoi_layer}")
+        return [*args, "--", src]
 
     def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
         args = self.arguments(src, dst, model, **options)
@@ -224,11 +243,12 @@ class CliEngine(Engine):
     def vectorize(self, src, dst, *, min_area=None, simplify=None, progress=None, cancel=None,
                   log=None):
         # `geoddu vectorize` reports no progress lines: the run shows as one step.
-        args = [*self.command, "vectorize", src, "-o", dst, "--overwrite", "--quiet"]
+        args = [*self.command, "vectorize", f"--output={dst}", "--overwrite", "--quiet"]
         if min_area:
-            args += ["--min-area", repr(float(min_area))]
+            args.append(f"--min-area={float(min_area)!r}")
         if simplify:
-            args += ["--simplify", repr(float(simplify))]
+            args.append(f"--simplify={float(simplify)!r}")
+        args += ["--", src]
         try:
             return self._run(args, [dst], progress, cancel, log)
         except EngineError as exc:
@@ -237,8 +257,12 @@ class CliEngine(Engine):
             raise
 
     def _run(self, args, outputs, progress, cancel, log) -> str:
-        """Run one geoddu command; relay its JSON progress; map failures to EngineError."""
-        before = {path: _file_state(path) for path in outputs}
+        """Run one geoddu command; relay its JSON progress; map failures to EngineError.
+
+        A failed or cancelled run leaves nothing at ``outputs``: what the command wrote there,
+        and the temporary files it left beside them, are removed.
+        """
+        guard = OutputGuard(outputs)
         popen_kw = {}
         if os.name == "nt":
             popen_kw["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP
@@ -246,9 +270,10 @@ class CliEngine(Engine):
         else:
             popen_kw["start_new_session"] = True  # so that our stop signal reaches only it
         try:
+            # A list of arguments, no shell: file names are passed as they are.
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                    errors="replace", **popen_kw)
+                                    errors="replace", shell=False, **popen_kw)
         except OSError as exc:
             raise EngineError(f"cannot run {self.command[0]}: {exc.strerror or exc}") from None
 
@@ -264,49 +289,63 @@ class CliEngine(Engine):
         open_streams = 2
         cancelled = False
         self.killed = False
-        while open_streams:
-            if cancel is not None and not cancelled and cancel():
-                cancelled = True
-                self._stop(proc)
-            try:
-                name, line = lines.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if line is None:
-                open_streams -= 1
-                continue
-            line = line.rstrip("\r\n")
-            event = _parse_event(line) if name == "stderr" else None
-            if event is None:
-                if line.strip():
-                    tail = (tail + [line])[-20:]
-                    if log is not None:
-                        log(line)
-                continue
-            kind = event.get("event")
-            if kind == "progress" and progress is not None and not cancelled:
-                progress(str(event.get("stage", "")), int(event.get("done", 0)),
-                         int(event.get("total", 0)))
-            elif kind == "done":
-                output = event.get("output")
-            elif kind == "error":
-                error_message = str(event.get("message") or "geoddu failed")
-        rc = proc.wait()
-        for reader in readers:
-            reader.join(timeout=5)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
+        try:
+            while open_streams:
+                if cancel is not None and not cancelled and cancel():
+                    cancelled = True
+                    self._stop(proc)
+                try:
+                    name, line = lines.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if line is None:
+                    open_streams -= 1
+                    continue
+                line = line.rstrip("\r\n")
+                event = _parse_event(line) if name == "stderr" else None
+                if event is None:
+                    if line.strip():
+                        tail = (tail + [line])[-20:]
+                        if log is not None:
+                            log(line)
+                    continue
+                kind = event.get("event")
+                if kind == "progress" and progress is not None and not cancelled:
+                    progress(str(event.get("stage", "")), int(event.get("done", 0)),
+                             int(event.get("total", 0)))
+                elif kind == "done":
+                    output = event.get("output")
+                elif kind == "error":
+                    error_message = str(event.get("message") or "geoddu failed")
+            rc = proc.wait()
+        except BaseException:  # a callback failed, or this thread was interrupted
+            if proc.poll() is None:
+                proc.kill()
+                self.killed = True
+            proc.wait()
+            guard.discard()
+            raise
+        finally:
+            for reader in readers:
+                reader.join(timeout=5)
+            for stream in (proc.stdout, proc.stderr):
+                stream.close()
 
-        if cancelled or rc != 0:
-            for path, state in before.items():
-                _remove_if_new(path, state)
-                if self.killed:
-                    _remove_engine_temporaries(path)
+        failed = rc != 0 or error_message is not None
+        if cancelled or failed:
+            guard.discard()
         if cancelled:
             raise EngineCancelled("cancelled; no output was written")
-        if rc != 0:
-            message = error_message or _error_line(tail) or f"geoddu exited with status {rc}"
+        if failed:
+            message = (error_message or _error_line(tail)
+                       or (f"geoddu was stopped by signal {-rc}" if rc < 0
+                           else f"geoddu exited with status {rc}"))
             raise EngineError(message, "\n".join(tail))
+        try:
+            guard.check_written(outputs[0])
+        except EngineError:
+            guard.discard()
+            raise
         return output or outputs[0]
 
     def _stop(self, proc: subprocess.Popen) -> None:
@@ -520,25 +559,61 @@ def _file_state(path: str):
     return (st.st_size, st.st_mtime_ns)
 
 
+class OutputGuard:
+    """The state of a run's output paths before it, so that a failed run can leave nothing.
+
+    :meth:`discard` removes every output path (and GDAL/SQLite side-car) that the run created
+    or changed, and the engine's temporary files (``.NAME.geoddu-tmp-*``) beside them that
+    appeared during the run: those of a subprocess that was killed, or that crashed, and could
+    not remove its own. Files that were there before the run and that it did not touch stay.
+    """
+
+    SIDECARS = ("", ".aux.xml", ".ovr", ".msk", "-journal", "-wal", "-shm")
+
+    def __init__(self, outputs):
+        self.paths = [os.path.abspath(path) for path in outputs if path]
+        self.before = {path + suffix: _file_state(path + suffix)
+                       for path in self.paths for suffix in self.SIDECARS}
+        self.temps_before = {path: set(_engine_temporaries(path)) for path in self.paths}
+
+    def discard(self) -> None:
+        for path, state in self.before.items():
+            _remove_if_new(path, state)
+        for path in self.paths:
+            for entry in _engine_temporaries(path):
+                if entry not in self.temps_before[path]:
+                    _remove_path(entry)
+
+    def check_written(self, path: str) -> None:
+        """A run that reported success must have written ``path``; else it failed."""
+        if not os.path.isfile(path) or _file_state(path) == self.before.get(
+                os.path.abspath(path)):
+            raise EngineError(f"{path}: geoddu reported success but did not write it")
+
+
 def _remove_if_new(path: str, before) -> None:
-    """Remove ``path`` if the run created or changed it (a cancelled run leaves no output)."""
+    """Remove ``path`` if the run created or changed it (a failed run leaves no output)."""
     if _file_state(path) is not None and _file_state(path) != before:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+        _remove_path(path)
 
 
-def _remove_engine_temporaries(path: str) -> None:
-    """Remove the engine's temporary files for output ``path`` (``.NAME.geoddu-tmp-*``), which
-    a killed subprocess leaves behind."""
+def _engine_temporaries(path: str) -> list[str]:
+    """The engine's temporary files (and folders) for output ``path``:
+    ``.NAME.geoddu-tmp-*`` beside it."""
     folder, name = os.path.split(os.path.abspath(path))
-    for entry in _listdir(folder):
-        if entry.startswith(f".{name}.geoddu-tmp-"):
-            try:
-                os.remove(os.path.join(folder, entry))
-            except OSError:
-                pass
+    prefix = f".{name}.geoddu-tmp-"
+    return [os.path.join(folder, entry) for entry in _listdir(folder)
+            if entry.startswith(prefix)]
+
+
+def _remove_path(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    except OSError:
+        pass
 
 
 def _listdir(path: str) -> list[str]:
