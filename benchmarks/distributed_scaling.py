@@ -1,7 +1,7 @@
 """Distributed DDU-Net on CPU with gloo: training step time and traffic, segment throughput.
 
 1. Forward + backward of one global patch (default 1024^2, 4 x 4 subimages, DDU-Net(4,64,Y))
-   with the patch's subimages spread over 1, 2 and 4 ranks (`geoddu.engine.spatial`), and the
+   with the patch's subimages spread over 1, 2 and 4 ranks (`geoddu.parallel.spatial`), and the
    bytes each rank sends per step: the F gathered maps (all-gather, and the reduce-scatter of
    their gradients), the BatchNorm sums, the Dice sums, and the gradient all-reduce (as DDP).
    For comparison: what a halo-exchange U-Net (margins exchanged before every 3x3 conv, forward
@@ -90,13 +90,13 @@ def replicated_communication(model):
 def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
     from functools import partial
 
-    from geoddu.engine.spatial import (
+    from geoddu.models import create_model
+    from geoddu.parallel.spatial import (
         SpatialBatchNorm2d,
         SpatialDDUNet,
         all_reduce_sum,
         average_gradients,
     )
-    from geoddu.models import create_model
     from geoddu.partition import Partition
     from geoddu.train.losses import get_loss
 
@@ -249,8 +249,8 @@ def unet_halo_bytes(cfg: dict, world: int) -> int:
 
 def ddunet_halo_bytes(cfg: dict, world: int) -> int:
     """Most bytes one rank sends in the segment engine's halo exchange (forward only)."""
-    from geoddu.engine.distributed import halo_plan
     from geoddu.models import create_model
+    from geoddu.parallel.halo import halo_plan
     from geoddu.partition import Partition, balanced_blocks
 
     net = create_model(cfg["model"], num_classes=3, base_channels=cfg["base"])

@@ -53,7 +53,7 @@ def demo(output, rows, seed, device, quiet) -> None:
 
     from geoddu.data.scene import colorize, make_scene, write_png, write_scene
     from geoddu.data.synthetic import CLASSES
-    from geoddu.engine.streaming import segment
+    from geoddu.engine.api import segment
     from geoddu.metrics import IoUAccumulator
     from geoddu.predictor import load_model
 

@@ -7,13 +7,15 @@ import math
 
 import click
 
+from geoddu.data import DATASETS
+
 from .options import json_option, quiet_option
 
 
 @click.command(short_help="Per-class IoU and mIoU of a checkpoint on a dataset.")
 @click.option("-m", "--model", "model_path", required=True,
               type=click.Path(exists=True, dir_okay=False), help="geoddu checkpoint.")
-@click.option("--dataset", type=click.Choice(["deepglobe", "synthetic", "folder"]), default=None,
+@click.option("--dataset", type=click.Choice(DATASETS), default=None,
               help="Kind of data [the one the checkpoint was trained on].")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Dataset folder [the one the checkpoint was trained on].")
@@ -57,8 +59,8 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
 
     from geoddu.checkpoint import load_checkpoint, model_from_checkpoint
     from geoddu.data import open_dataset
-    from geoddu.engine.devices import resolve_device
     from geoddu.errors import GeodduError
+    from geoddu.parallel.devices import resolve_device
     from geoddu.train import evaluate as run_evaluate
     from geoddu.train import parse_grid
     from geoddu.train.evaluate import check_model_fits

@@ -77,19 +77,22 @@ def model_options(f: F) -> F:
     return f
 
 
+# The DDUNet keywords that `model_options` puts on a command (DEFAULT_CONFIG has the rest).
+MODEL_OPTION_KEYS = (
+    "encoder",
+    "in_channels",
+    "num_classes",
+    "depth",
+    "base_channels",
+    "comm_features",
+    "communicate",
+    "up_bias",
+)
+
+
 def model_config(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the model options out of a command's kwargs."""
-    keys = (
-        "encoder",
-        "in_channels",
-        "num_classes",
-        "depth",
-        "base_channels",
-        "comm_features",
-        "communicate",
-        "up_bias",
-    )
-    cfg = {k: kwargs.pop(k) for k in keys}
+    cfg = {k: kwargs.pop(k) for k in MODEL_OPTION_KEYS}
     if cfg["encoder"] != "unet":
         cfg["depth"] = 4
     return cfg

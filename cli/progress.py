@@ -15,11 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-STAGE_LABELS = {
-    "encode": "pass 1: encode",
-    "communicate": "communicate",
-    "decode": "pass 2: decode + write",
-}
+from geoddu.events import STAGE_LABELS
 
 
 def progress_bars(field: str, transient: bool) -> Progress:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
+from geoddu.parallel import PRECISIONS
+
 from .options import bands_option, overwrite_option, quiet_option, timeout_option
-from .progress import progress_reporter
 
 
 @click.command(short_help="Segment a raster into a class map GeoTIFF.")
-@click.argument("src", nargs=-1, required=True, type=str)
+@click.argument("src", nargs=-1, required=False, type=str)
 @click.option(
     "-o",
     "--output",
@@ -36,9 +36,17 @@ from .progress import progress_reporter
     "-m",
     "--model",
     "model_path",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
     help="geoddu checkpoint (from `geoddu train` or `geoddu init`).",
+)
+@click.option(
+    "--request",
+    "request_file",
+    default=None,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="A whole run described as JSON (geoddu.engine.request.SegmentRequest.to_json); "
+    "'-' reads it from stdin. How the QGIS plugin starts a run.",
 )
 @bands_option
 @click.option(
@@ -60,7 +68,7 @@ from .progress import progress_reporter
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
+    type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
     help="Mixed precision (bf16/fp16 on CUDA).",
@@ -136,6 +144,7 @@ def segment(
     skip_existing,
     timeout,
     model_path,
+    request_file,
     bands,
     subimage_size,
     device,
@@ -181,50 +190,47 @@ def segment(
     a scene larger than a fair share is cut into blocks of subimages, one per rank, which
     exchange only the halos the communication network needs (docs/distributed.md).
     """
-    from geoddu.engine import distributed
-    from geoddu.engine.streaming import segment as run_segment
     from geoddu.errors import GeodduError
 
-    # The engine options both routes (one process, or torchrun / batches) take alike.
-    options = dict(
-        bands=bands,
-        subimage_size=subimage_size,
-        device=device,
-        gpus=gpus,
-        precision=precision,
-        probabilities=probabilities,
-        confidence=confidence,
-        cog=cog,
-        scratch=scratch,
-    )
-    if distributed.launched_by_torchrun() or output_dir is not None or len(src) != 1 or not output:
-        if aoi is not None or vector is not None:
-            raise GeodduError("--aoi and --vector work on one scene outside torchrun")
-        status = distributed.cli_segment(
-            src,
-            output,
-            output_dir,
-            model_path,
-            skip_existing=skip_existing,
-            overwrite=overwrite,
-            timeout_s=timeout,
-            quiet=quiet,
-            progress_format=progress_format,
-            options=options,
-            bars=progress_reporter,
-        )
-        sys.exit(status)
-    src = src[0]
+    from .segment_run import run_segment
 
-    def go(progress, cancel=None):
-        return run_segment(
-            src,
-            output,
-            model_path,
-            **options,
+    if request_file is not None:
+        from geoddu.engine.request import SegmentRequest
+
+        if src or output or model_path:
+            raise GeodduError("--request describes the whole run: give no SRC, -o or -m with it")
+        with click.open_file(request_file, encoding="utf-8") as f:
+            try:
+                request = SegmentRequest.from_json(f.read())
+            except GeodduError as exc:
+                if progress_format == "json":  # the reading program learns of it in its terms
+                    from geoddu.events import emit_json, error_event
+
+                    emit_json(error_event(str(exc)))
+                raise
+        options = request.to_dict()
+        src, output = (options.pop("src"),), options.pop("output")
+    else:
+        if not src:
+            raise GeodduError("give the raster to segment (SRC), or --request FILE")
+        if model_path is None:
+            raise GeodduError(
+                "no model (-m/--model): train one (geoddu train, or the QGIS Train model "
+                "algorithm) or write an untrained one with geoddu init"
+            )
+        # The command line's flags, by the request's field names (geoddu.engine.request).
+        options = dict(
+            model=model_path,
+            bands=bands,
+            subimage_size=subimage_size,
+            device=device,
+            gpus=gpus,
+            precision=precision,
+            probabilities=probabilities,
+            confidence=confidence,
+            cog=cog,
             overwrite=overwrite,
-            progress=progress,
-            cancel=cancel,
+            scratch=scratch,
             aoi=aoi,
             aoi_layer=aoi_layer,
             aoi_where=aoi_where,
@@ -232,25 +238,15 @@ def segment(
             vector_min_area=min_area,
             vector_simplify=simplify,
         )
-
-    if progress_format == "json":
-
-        def emit(obj):
-            sys.stderr.write(json.dumps(obj) + "\n")
-            sys.stderr.flush()
-
-        try:
-            result = go(
-                lambda stage, done, total: emit(
-                    {"event": "progress", "stage": stage, "done": done, "total": total}
-                )
-            )
-        except GeodduError as exc:
-            emit({"event": "error", "message": str(exc)})
-            raise
-        emit({"event": "done", "output": str(result.output), "summary": result.summary()})
-        return
-    with progress_reporter(quiet) as progress:
-        result = go(progress)
-    if not quiet:
-        click.echo(result.summary())
+    sys.exit(
+        run_segment(
+            src,
+            output,
+            output_dir,
+            options,
+            skip_existing=skip_existing,
+            timeout_s=timeout,
+            quiet=quiet,
+            progress_format=progress_format,
+        )
+    )

@@ -11,12 +11,19 @@ from collections.abc import Iterator
 import click
 from click.core import ParameterSource
 
+from geoddu.data import DATASETS
+
 from .launch import command_args, run_local_ranks, strip_options
-from .options import model_options, overwrite_option, quiet_option, timeout_option
+from .options import (
+    MODEL_OPTION_KEYS,
+    model_options,
+    overwrite_option,
+    parse_bands,
+    quiet_option,
+    timeout_option,
+)
 from .progress import progress_bars
 
-MODEL_KEYS = ("encoder", "in_channels", "num_classes", "depth", "base_channels", "comm_features",
-              "communicate", "up_bias")
 # Table VIII: the synthetic experiments use 1-4-8-16-... channels, i.e. base 4, and Fig. 8's
 # headline model is DDU-Net(3,32,Y).
 SYNTHETIC_ARCH = "DDU-Net(3,32,Y)"
@@ -24,7 +31,7 @@ SYNTHETIC_BASE = 4
 
 
 @click.command(short_help="Train a DDU-Net; writes RUN_DIR/best.pt and last.pt.")
-@click.option("--dataset", type=click.Choice(["deepglobe", "synthetic", "folder"]),
+@click.option("--dataset", type=click.Choice(DATASETS),
               default=None, help="Which kind of data --data holds.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
               help="The dataset folder.")
@@ -89,6 +96,7 @@ SYNTHETIC_BASE = 4
               help="Folder data: classes YAML/JSON [DATA/classes.yaml].")
 @click.option("--class-column", default=None, help="Folder data: vector attribute with the class.")
 @click.option("--bands", "band_list", default=None, metavar="1,2,3",
+              callback=lambda ctx, param, v: parse_bands(v),
               help="Folder data: image bands to train on [all].")
 @click.option("--keep-unknown", is_flag=True,
               help="DeepGlobe: count 'unknown' in loss and mIoU (ignored by default).")
@@ -138,8 +146,8 @@ def train(ctx: click.Context, **params) -> None:
     same data order), rank 0 alone writes RUN_DIR and prints. --ranks/--gpus start the ranks
     on this host for you.
     """
-    from geoddu.engine.distributed import launched_by_torchrun
     from geoddu.errors import GeodduError
+    from geoddu.parallel.group import launched_by_torchrun
 
     ranks, gpus = params["ranks"], params["gpus"]
     if ranks is not None or gpus is not None:
@@ -150,7 +158,7 @@ def train(ctx: click.Context, **params) -> None:
             raise GeodduError("give either --ranks or --gpus")
         args = strip_options(command_args("train"), ("--ranks", "--gpus"))
         if gpus is not None:
-            from geoddu.engine.devices import resolve_devices
+            from geoddu.parallel.devices import resolve_devices
 
             if _given(ctx, "device") and not params["device"].startswith("cuda"):
                 raise GeodduError("--gpus trains on CUDA devices; leave out --device")
@@ -171,8 +179,8 @@ def _train_as_rank(ctx: click.Context, params: dict) -> int:
     """One rank of a torchrun job: join the group, build the mesh, train; rank 0 reports."""
     import torch.distributed as dist
 
-    from geoddu.engine.distributed import AgreedError, init_from_env
     from geoddu.errors import GeodduError
+    from geoddu.parallel.group import AgreedError, init_from_env
     from geoddu.train import TrainMesh
 
     # A failing peer makes torchrun's agent SIGTERM the others: unwind like Ctrl-C (the
@@ -209,7 +217,7 @@ def _train(ctx: click.Context, p: dict, mesh) -> None:
     from geoddu.errors import GeodduError
     from geoddu.train import parse_grid, preset, resume_training, start_training
 
-    explicit = {k: p[k] for k in MODEL_KEYS
+    explicit = {k: p[k] for k in MODEL_OPTION_KEYS
                 if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
     display = _Display(p["quiet"])
     run_dir, data, dataset, arch = p["run_dir"], p["data"], p["dataset"], p["arch"]
@@ -239,12 +247,7 @@ def _train(ctx: click.Context, p: dict, mesh) -> None:
         explicit.setdefault("base_channels", SYNTHETIC_BASE)
     if explicit.get("encoder", "unet") != "unet":
         explicit.setdefault("depth", 4)
-    bands = None
-    if p["band_list"]:
-        try:
-            bands = [int(b) for b in p["band_list"].split(",")]
-        except ValueError as exc:
-            raise GeodduError(f"--bands {p['band_list']!r}: give band numbers like 1,2,3") from exc
+    bands = p["band_list"]
     dataset_options = {
         "patch_size": p["patch_size"], "seed": p["seed"], "val_fraction": p["val_fraction"],
         "test_fraction": p["test_fraction"], "classes_file": p["classes_file"],

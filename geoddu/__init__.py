@@ -14,7 +14,7 @@ def __getattr__(name: str):
 
         return load_model
     if name == "segment":
-        from .engine.streaming import segment
+        from .engine.api import segment
 
         return segment
     raise AttributeError(f"module 'geoddu' has no attribute {name!r}")

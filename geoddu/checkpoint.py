@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import __version__
 from .errors import GeodduError, first_line
+from .io.atomic import write_atomically
 from .models.ddunet import DEFAULT_CONFIG, ENCODERS, DDUNet
 from .models.resnet import RESNET_ENCODERS
 
@@ -217,19 +218,18 @@ def save_checkpoint(
     }
     if state is not None:
         payload["resume"] = state
-    if not path.parent.exists():
-        raise GeodduError(f"{path.parent}: output directory does not exist")
-    tmp = path.with_name(f".{path.name}.geoddu-tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise GeodduError(f"{path}: cannot write checkpoint: {exc.strerror or exc}") from exc
-    except RuntimeError as exc:
-        # torch's zip writer reports a full disk or a failed write as a RuntimeError.
-        raise GeodduError(f"{path}: cannot write checkpoint: {first_line(exc)}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(payload, tmp)
+        except OSError as exc:
+            raise GeodduError(f"{path}: cannot write checkpoint: {exc.strerror or exc}") from exc
+        except RuntimeError as exc:
+            # torch's zip writer reports a full disk or a failed write as a RuntimeError.
+            raise GeodduError(f"{path}: cannot write checkpoint: {first_line(exc)}") from exc
+
+    # A temporary file beside it, renamed over it: a killed run leaves the previous checkpoint.
+    write_atomically(path, write)
     return path
 
 

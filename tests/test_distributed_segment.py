@@ -18,8 +18,9 @@ import rasterio
 from helpers import TORCHRUN, rank_env, rank_pid, write_geotiff
 
 import geoddu
-from geoddu.engine.distributed import assign_scenes, halo_plan, owner_grid
+from geoddu.engine.batch import assign_scenes
 from geoddu.io.writer import TEMP_MARKER
+from geoddu.parallel.halo import halo_plan, owner_grid
 from geoddu.partition import Partition
 
 TIMEOUT = 180  # a hang fails the test instead of the CI job
@@ -279,13 +280,60 @@ def test_batch_in_one_process_and_its_errors(tmp_path, scene, checkpoint):
 
 def test_batch_refuses_a_scene_with_more_bands_than_the_model(tmp_path, scene, checkpoint):
     """The single-process batch route opens scenes like `geoddu.segment`: no silent band cut."""
-    from geoddu.engine.distributed import segment_batch
+    from geoddu.engine.batch import segment_batch
 
     extra = write_geotiff(tmp_path / "rgbn.tif", np.full((4, 40, 40), 7, np.uint16))
     out = tmp_path / "out"
     out.mkdir()
-    result = segment_batch([(str(scene), out / "a.tif"), (str(extra), out / "b.tif")], checkpoint)
+    jobs = [(str(scene), out / "a.tif"), (str(extra), out / "b.tif")]
+    result = segment_batch(jobs, {"model": checkpoint})
     a, b = result.scenes
     assert a.status == "written" and b.status == "failed"
     assert "has 4 bands but the model takes 3" in b.summary and "--bands" in b.summary
     assert sorted(p.name for p in out.iterdir()) == ["a.tif"]
+
+
+def test_torchrun_with_aoi_vector_and_every_output_equals_one_process(tmp_path, checkpoint):
+    """Every option of `geoddu segment` under torchrun: an area of interest (only the planned
+    cells are encoded and decoded, spread over the ranks), polygons, probabilities, confidence
+    and a COG: the same pixels and the same polygons as one process."""
+    import geopandas as gpd
+    import shapely
+    from helpers import CRS
+
+    rng = np.random.default_rng(5)
+    scene = write_geotiff(
+        tmp_path / "scene.tif", rng.integers(1, 255, (3, 150, 205), dtype=np.uint8)
+    )
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame(
+        {"id": [1, 2]},
+        geometry=[shapely.box(500300, 3998900, 501200, 3999700),
+                  shapely.box(501500, 3998600, 501900, 3998800)],
+        crs=CRS,
+    ).to_file(aoi)
+    outputs = {}
+    for name, runner in (("one", None), ("ranks", 2)):
+        d = tmp_path / name
+        d.mkdir()
+        args = [scene, "-o", d / "map.tif", "-m", checkpoint, "--subimage-size", 32,
+                "--aoi", aoi, "--aoi-where", "id >= 1", "--vector", d / "v.gpkg",
+                "--probabilities", d / "p.tif", "--confidence", d / "c.tif", "--cog"]
+        if runner is None:
+            r = subprocess.run([sys.executable, "-m", "geoddu_cli", "segment", "-q",
+                                *map(str, args)], capture_output=True, text=True,
+                               env=rank_env(), timeout=TIMEOUT)
+        else:
+            r = torchrun(runner, *args, "-q", "--timeout", 60)
+        assert r.returncode == 0, r.stderr
+        outputs[name] = d
+        _no_temps(d)
+    one, ranks = outputs["one"], outputs["ranks"]
+    for f in ("map.tif", "p.tif", "c.tif"):
+        np.testing.assert_array_equal(_read(ranks / f), _read(one / f))
+    classes = _read(one / "map.tif")[0]
+    assert (classes == 255).any() and (classes != 255).any()  # the area limits the map
+    a, b = gpd.read_file(one / "v.gpkg"), gpd.read_file(ranks / "v.gpkg")
+    assert len(a) == len(b) > 0
+    assert list(a["class_id"]) == list(b["class_id"])
+    assert all(x.equals(y) for x, y in zip(a.geometry, b.geometry, strict=True))

@@ -23,15 +23,16 @@ from helpers import TORCHRUN, rank_env, rank_pid
 
 from geoddu.checkpoint import load_checkpoint
 from geoddu.data.synthetic import write
-from geoddu.engine.spatial import (
+from geoddu.metrics import dice_loss
+from geoddu.models import create_model
+from geoddu.parallel.dropout import dropout_masks, share_dropout
+from geoddu.parallel.spatial import (
     SpatialDDUNet,
     all_reduce_sum,
     average_gradients,
 )
-from geoddu.metrics import dice_loss
-from geoddu.models import create_model
 from geoddu.partition import Partition
-from geoddu.train import TrainMesh, preset, start_training
+from geoddu.train import Callbacks, TrainMesh, preset, start_training
 from geoddu.train.losses import get_loss
 
 DEADLINE = 150  # seconds for a whole group of ranks; a hang fails the test
@@ -67,15 +68,23 @@ def _init(rank: int, world: int, tmp: str, timeout_s: float = 60) -> None:
     )
 
 
-def _equivalence(rank: int, world: int, tmp: str, spatial: int, loss_name: str) -> None:
+def _equivalence(
+    rank: int, world: int, tmp: str, spatial: int, loss_name: str, dropout: float = 0.0
+) -> None:
     _init(rank, world, tmp)
     mesh = TrainMesh.create(spatial)
     torch.manual_seed(0)
-    # No dropout: its masks are drawn per rank, so only the deterministic part can match.
-    net = create_model(
-        "DDU-Net(2,4,Y)", in_channels=3, num_classes=4, base_channels=4, dropout=0.0
-    ).train()
+    # Dropout as the trainer runs it: masks drawn for one process's whole batch from a
+    # generator keyed by (seed, epoch, step), each rank keeping the rows it holds.
+    net = share_dropout(create_model(
+        "DDU-Net(2,4,Y)", in_channels=3, num_classes=4, base_channels=4, dropout=dropout
+    ).train())
+    key = (3, 1, 2)
     ref = copy.deepcopy(net)
+    undropped = copy.deepcopy(net)
+    for m in undropped.modules():
+        if isinstance(m, torch.nn.Dropout2d):
+            m.p = 0.0
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 48, 48, generator=gen)
     y = torch.randint(0, 4, (4, 48, 48), generator=gen)
@@ -86,7 +95,10 @@ def _equivalence(rank: int, world: int, tmp: str, spatial: int, loss_name: str) 
             check = copy.deepcopy(ref)(x, part)
         assert abs(float(loss_fn(check, y)) - float(dice_loss(check, y))) < 1e-6
 
-    ref_logits = ref(x, part)
+    with dropout_masks(ref, key):
+        ref_logits = ref(x, part)
+    with torch.no_grad():
+        dropped = (undropped(x, part) - ref_logits).abs().max().item()
     ref_loss = loss_fn(ref_logits, y)
     ref_loss.backward()
 
@@ -94,7 +106,8 @@ def _equivalence(rank: int, world: int, tmp: str, spatial: int, loss_name: str) 
     model = SpatialDDUNet(net, group=mesh.spatial_group, bn_group=mesh.world_group,
                           data_group=mesh.data_group if mesh.data_size > 1 else None)
     mine = mesh.share(x.shape[0])
-    logits = model(model.own_parts(x[mine], part), part)
+    with dropout_masks(model, key, model.batch_rows(part, mine, x.shape[0])):
+        logits = model(model.own_parts(x[mine], part), part)
     loss = loss_fn(logits, model.own_parts(y[mine], part), reduce=mesh.reduce_sum())
     loss.backward()
     average_gradients(model, mesh.world_group)
@@ -114,6 +127,7 @@ def _equivalence(rank: int, world: int, tmp: str, spatial: int, loss_name: str) 
         ),
         "buffer_sums": [b.double().sum().item() for _, b in model.net.named_buffers()],
         "bytes_sent": model.bytes_sent,
+        "dropped": dropped,
     }
     # Relative to each gradient's size, floored: a conv bias right before a BatchNorm has a
     # true gradient of zero (the mean subtraction cancels it), so its value is pure rounding.
@@ -159,6 +173,26 @@ def test_spatial_ddunet_equals_single_process(tmp_path, world, spatial, loss_nam
         assert r["params"] == results[0]["params"]
         n = world * (world + 1) / 2
         assert r["all_reduce"] == [[n] * 3, [world * 1.0, world * 2.0, world * 3.0]]
+
+
+def test_spatial_dropout_equals_single_process(tmp_path):
+    """Dropout 0.1 (the default recipe's): 4 patches of 9 subimages over 2 spatial ranks draw
+    the masks one process draws (every dropout layer, the communication network's on the
+    mosaic included), so logits, loss, gradients and BatchNorm statistics still match one
+    process within the bounds of the test without dropout, and dropout did change them."""
+    _spawn(_equivalence, 2, str(tmp_path), 2, "dice", 0.1)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert sum(r["cells"] for r in results) == 9
+    for r in results:
+        assert r["dropped"] > 1e-3  # the masks dropped something
+        assert r["logits"] <= 1e-5 and r["loss"] <= 1e-6
+        worst = max(r["grad_abs"], key=r["grad_abs"].get)
+        assert r["grad_abs"][worst] <= 1e-5, (worst, r["grad_abs"][worst])
+        worst = max(r["grad_rel"], key=r["grad_rel"].get)
+        assert r["grad_rel"][worst] <= 1e-4, (worst, r["grad_rel"][worst])
+        assert r["buffers"] <= 1e-5
+        assert r["buffer_sums"] == results[0]["buffer_sums"]
+        assert r["params"] == results[0]["params"]
 
 
 def _stalled_peer(rank: int, world: int, tmp: str) -> None:
@@ -240,12 +274,17 @@ def _assert_same_run(state: dict, reference: dict, noise: set[str]) -> None:
         assert diff <= 1e-4, (name, diff)
 
 
-def _train_rank(rank: int, world: int, tmp: str, spatial: int, data: str) -> None:
+def _train_rank(
+    rank: int, world: int, tmp: str, spatial: int, data: str, overrides: dict | None = None
+) -> None:
     _init(rank, world, tmp)
     mesh = TrainMesh.create(spatial)
-    result = start_training("synthetic", data, Path(tmp, "run"), preset("synthetic", **TRAIN),
-                            arch=ARCH, model_options=TINY, mesh=mesh)
-    torch.save({"state": result.model.state_dict(), "history": result.history},
+    losses: list[float] = []
+    result = start_training("synthetic", data, Path(tmp, "run"),
+                            preset("synthetic", **{**TRAIN, **(overrides or {})}), arch=ARCH,
+                            model_options=TINY, mesh=mesh,
+                            callbacks=Callbacks(on_batch=lambda *a: losses.append(a[3])))
+    torch.save({"state": result.model.state_dict(), "history": result.history, "losses": losses},
                Path(tmp, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -272,6 +311,32 @@ def test_training_run_equals_one_process(tmp_path, synthetic, single_run, world,
     written = load_checkpoint(tmp_path / "run" / "last.pt")
     assert written["training"]["mesh"] == {"data": world // spatial, "spatial": spatial}
     _assert_same_run(written["state_dict"], single, set(_noise_only(single_run.model)))
+
+
+def test_training_run_with_dropout_equals_one_process(tmp_path, synthetic, single_run):
+    """An epoch with dropout 0.1 under 2 spatial ranks: the trainer keys each step's masks by
+    (seed, epoch, step), so every batch's loss is the one-process loss and the weights are the
+    same on both ranks. (One epoch: with dropout this tiny model amplifies float noise so much
+    that one process run on 1 and on 2 threads drifts apart by 1e-2 within two epochs.)"""
+    overrides = {"dropout": 0.1, "epochs": 1}
+    losses: list[float] = []
+    single = start_training("synthetic", synthetic, tmp_path / "single",
+                            preset("synthetic", **{**TRAIN, **overrides}), arch=ARCH,
+                            model_options=TINY,
+                            callbacks=Callbacks(on_batch=lambda *a: losses.append(a[3])))
+    _spawn(_train_rank, 2, str(tmp_path), 2, str(synthetic), overrides)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(ranks[1]["state"][name], value), name
+    # Every batch's loss (the first two equal to the bit here; the third, after two Adam
+    # steps, within float noise), and the validation after the epoch.
+    assert len(ranks[0]["losses"]) == len(losses) == 3
+    assert ranks[0]["losses"] == pytest.approx(losses, abs=1e-5)
+    got, want = ranks[0]["history"][0], single.history[0]
+    assert got["val_loss"] == pytest.approx(want["val_loss"], abs=1e-5)
+    # Other masks would change the losses far more than that: no dropout moves the epoch's
+    # mean loss by 5e-3.
+    assert abs(want["train_loss"] - single_run.history[0]["train_loss"]) > 1e-3
 
 
 def _geoddu(*args: object, ranks: int | None = None) -> subprocess.CompletedProcess:

@@ -44,6 +44,9 @@ def _world(d: Path) -> None:
     (d / "out").mkdir()
     tiles = dict(tiled=True, blockxsize=32, blockysize=32, compress="deflate")
     write_geotiff(d / "scene.tif", rng.integers(0, 255, (3, 64, 96), dtype=np.uint8), **tiles)
+    # Large enough to overflow the small file systems of the disk-full rows.
+    write_geotiff(d / "mid.tif", rng.integers(0, 255, (3, 512, 512), dtype=np.uint8), **tiles)
+    # Long enough to be signalled mid-run.
     write_geotiff(
         d / "big.tif", rng.integers(0, 255, (3, 2048, 2048), dtype=np.uint8), tiled=True
     )
@@ -271,11 +274,11 @@ CASES: list[Case] = [
        lambda d, s: seg(out=f"{_mount(d, 'ro', '1m', s, ro=True)}/map.tif"),
        says="not writable", outputs=("ro/map.tif",), rerun=lambda d: seg()),
     _c("output-disk-full",
-       lambda d, s: seg(src="big.tif", out=f"{_mount(d, 'full', '64k', s)}/map.tif"),
+       lambda d, s: seg(src="mid.tif", out=f"{_mount(d, 'full', '64k', s)}/map.tif"),
        says="no space left on device", outputs=("full/map.tif",), rerun=lambda d: seg()),
     _c("probabilities-disk-full",
        lambda d, s: seg("--probabilities", f"{_mount(d, 'full', '300k', s)}/p.tif",
-                        src="big.tif", out="full/map.tif"),
+                        src="mid.tif", out="full/map.tif"),
        says="no space left on device", outputs=("full/map.tif", "full/p.tif"),
        rerun=lambda d: seg("--probabilities", "out/p.tif")),
     _c("cog-disk-full",
@@ -283,7 +286,7 @@ CASES: list[Case] = [
        says="no space left on device", outputs=("full/map.tif",),
        rerun=lambda d: seg("--cog")),
     _c("vector-disk-full",
-       lambda d, s: seg("--vector", f"{_mount(d, 'full', '32k', s)}/v.gpkg", src="big.tif"),
+       lambda d, s: seg("--vector", f"{_mount(d, 'full', '32k', s)}/v.gpkg", src="mid.tif"),
        says="no space left on device", outputs=(MAP, "full/v.gpkg"),
        rerun=lambda d: seg("--vector", "out/v.gpkg")),
     _c("output-exists", lambda d, s: _bytes(d, MAP, b"keep") and seg(), says="exists",

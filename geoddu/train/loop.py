@@ -33,12 +33,13 @@ import torch
 
 from .. import __version__
 from ..checkpoint import build_metadata, model_from_checkpoint, save_checkpoint
-from ..engine.devices import resolve_device
-from ..engine.distributed import AgreedError
-from ..engine.spatial import SpatialDDUNet, average_gradients
 from ..errors import GeodduError
 from ..io.atomic import write_atomically
 from ..models.ddunet import DDUNet
+from ..parallel.devices import resolve_device
+from ..parallel.dropout import dropout_masks, share_dropout
+from ..parallel.group import AgreedError
+from ..parallel.spatial import SpatialDDUNet, average_gradients
 from .augment import apply_augmentation, draw_augmentation
 from .config import TrainConfig
 from .evaluate import Normalizer, cell_size, check_model_fits, evaluate, make_partition
@@ -100,7 +101,9 @@ class Trainer:
         self.mesh = mesh or TrainMesh()
         self.device = resolve_device(
             config.device, "training runs on one device; give --device cpu, cuda or cuda:N")
-        self.model = model.to(self.device)
+        # Dropout masks drawn per (seed, epoch, step), the same in one process and on any mesh
+        # (geoddu.parallel.dropout says why not from torch's global generator).
+        self.model = share_dropout(model.to(self.device))
         self.train_set, self.val_set = train_set, val_set
         if len(train_set) == 0 or len(val_set) == 0:
             raise GeodduError("training needs a non-empty training and validation split")
@@ -252,7 +255,10 @@ class Trainer:
         for b, (x, y, size) in enumerate(self._batches(epoch)):
             x, y = self.normalize(x), y.to(self.device)
             part = self.partition
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            rows = (None if self.spatial is None
+                    else self.spatial.batch_rows(part, self.mesh.share(size), size))
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), \
+                    dropout_masks(self.model, (cfg.seed, epoch, b), rows):
                 if self.spatial is None:
                     logits, target = self.model(x, part), y
                 else:  # this rank's subimages; the loss adds every rank's sums
@@ -263,7 +269,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             if self.spatial is not None:
                 # Every rank backpropagated the same global loss: the mean over ranks is the
-                # single-process gradient (see geoddu.engine.spatial). One flat all-reduce
+                # single-process gradient (see geoddu.parallel.spatial). One flat all-reduce
                 # after the backward pass; DDP would overlap it with the backward pass, the
                 # sum is the same.
                 average_gradients(self.model, self.mesh.world_group)

@@ -1,7 +1,7 @@
 """The process layout of a training run under torchrun: a 2-D (data x spatial) device mesh.
 
 `--spatial-ranks S` ranks share each global patch (each runs its block of the patch's
-subimages, `geoddu.engine.spatial.SpatialDDUNet`); WORLD_SIZE / S such groups are data parallel
+subimages, `geoddu.parallel.spatial.SpatialDDUNet`); WORLD_SIZE / S such groups are data parallel
 over the batch. Ranks are laid out data-major (rank = d * S + s), so the ranks of one patch are
 neighbours, which torchrun puts on the same host: the F maps of a patch stay inside a host when
 S divides the processes per node. (BatchNorm and loss sums, a few hundred values per layer, and
@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from ..errors import GeodduError
+from ..parallel.group import AgreedError, agree
+from ..parallel.spatial import all_reduce_sum
 
 T = TypeVar("T")
 
@@ -45,8 +47,7 @@ class TrainMesh:
             return cls()
         world = dist.get_world_size()
         if spatial_ranks < 1 or world % spatial_ranks:
-            from ..engine.distributed import AgreedError  # every rank finds it: rank 0 says it
-
+            # every rank finds it: rank 0 says it
             raise AgreedError(f"--spatial-ranks {spatial_ranks} does not divide the {world} ranks")
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -89,8 +90,6 @@ class TrainMesh:
         """Adds a tensor over every rank holding part of the batch (autograd-aware), or None."""
         if self.world == 1:
             return None
-        from ..engine.spatial import all_reduce_sum
-
         return partial(all_reduce_sum, group=self.world_group)
 
     def share(self, n: int) -> slice:
@@ -132,6 +131,4 @@ class TrainMesh:
             if error is not None:
                 raise error
             return
-        from ..engine.distributed import agree
-
         agree(error, None)

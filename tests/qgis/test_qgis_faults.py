@@ -15,14 +15,16 @@ has its own successful runs below.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import sys
 import types
 from pathlib import Path
 
 import pytest
-from qgis_testdata import BANDS, EPSG, GEOTRANSFORM, HEIGHT, PLUGIN_PARENT, WIDTH
+from qgis_testdata import BANDS, EPSG, GEOTRANSFORM, HEIGHT, PLUGIN_PARENT, SUBIMAGE, WIDTH
 
 MODES = ["cli", "env"]
 #: A name with every character a shell or an option parser could trip on.
@@ -35,6 +37,13 @@ def _bridge():
     from geoddu_qgis import engine_bridge
 
     return engine_bridge
+
+
+def _discovery():
+    _bridge()
+    from geoddu_qgis import discovery
+
+    return discovery
 
 
 @pytest.fixture(params=MODES)
@@ -296,12 +305,12 @@ def test_odd_file_names_for_aoi_and_polygons(plugin, odd_inputs, mode, feedback,
 def test_bridge_takes_names_that_look_like_options(route, plugin, data, python_env, geoddu_cli,
                                                    monkeypatch, tmp_path):
     """Relative names with a leading ``-`` (what a script might pass the bridge): the command
-    gets every option before ``--`` and the paths after it, as a list, no shell."""
+    gets them in the request on its stdin, never as arguments; no shell."""
     engine_bridge = _bridge()
     if route == "cli":
         engine = engine_bridge.CliEngine([geoddu_cli])
     else:
-        engine = engine_bridge.find_engine(mode="env", python_env=python_env, environ={})
+        engine = _discovery().find_engine(mode="env", python_env=python_env, environ={})
         assert isinstance(engine, engine_bridge.InProcessEngine)
     shutil.copy(data["image"], tmp_path / "-scene;$x.tif")
     shutil.copy(data["model"], tmp_path / "-m odel.pt")
@@ -310,14 +319,16 @@ def test_bridge_takes_names_that_look_like_options(route, plugin, data, python_e
         # An output folder that does not exist: the engine's one-line error, nothing is made.
         before = sorted(os.listdir(tmp_path))
         with pytest.raises(engine_bridge.EngineError) as info:
-            engine.segment("-scene;$x.tif", "-missing/-o.tif", "-m odel.pt",
-                           probabilities="-missing/-p.tif")
+            engine.segment({"src": "-scene;$x.tif", "output": "-missing/-o.tif",
+                            "model": "-m odel.pt", "probabilities": "-missing/-p.tif",
+                            "overwrite": True})
         _assert_one_line(str(info.value))
         assert "-missing" in str(info.value) and "does not exist" in str(info.value)
         assert sorted(os.listdir(tmp_path)) == before
 
-    out = engine.segment("-scene;$x.tif", "-o ut'\".tif", "-m odel.pt",
-                         probabilities="--probabilities.tif")
+    out = engine.segment({"src": "-scene;$x.tif", "output": "-o ut'\".tif",
+                          "model": "-m odel.pt", "probabilities": "--probabilities.tif",
+                          "overwrite": True})
     assert out == "-o ut'\".tif"
     _assert_class_map(str(tmp_path / out))
     assert os.path.isfile(tmp_path / "--probabilities.tif")
@@ -326,29 +337,52 @@ def test_bridge_takes_names_that_look_like_options(route, plugin, data, python_e
     assert not [n for n in os.listdir(tmp_path) if "geoddu-tmp" in n]
 
 
-def test_cli_arguments_are_options_then_double_dash_then_paths(qgis_app):
+def test_cli_request_goes_on_stdin_never_on_the_command_line(qgis_app, data, geoddu_cli,
+                                                            tmp_path):
+    """The command line is fixed (no path, no option value on it); the request goes as JSON on
+    stdin, and `geoddu segment --request -` reads back exactly the request the plugin built."""
     engine_bridge = _bridge()
-    engine = engine_bridge.CliEngine(["geoddu"])
-    args = engine.arguments("-src.tif", "-dst.tif", "-m.pt", bands=[3, 1], probabilities="-p.tif",
-                            aoi="-a;b.gpkg", aoi_layer="-layer", subimage_size=64)
-    assert args[:2] == ["geoddu", "segment"]
-    assert args[-2:] == ["--", "-src.tif"]
-    options = args[2:-2]
-    assert all(a.startswith("--") for a in options), options  # each value glued to its option
-    for want in ("--output=-dst.tif", "--model=-m.pt", "--probabilities=-p.tif",
-                 "--aoi=-a;b.gpkg", "--aoi-layer=-layer", "--bands=3,1", "--subimage-size=64"):
-        assert want in options
+    folder = tmp_path / f"{ODD} files"
+    folder.mkdir()
+    shutil.copy(data["image"], folder / f"{ODD} scene.tif")
+    shutil.copy(data["model"], folder / f"{ODD} model.pt")
+    request = {"src": str(folder / f"{ODD} scene.tif"), "output": str(folder / "-o.tif"),
+               "model": str(folder / f"{ODD} model.pt"), "bands": [3, 2, 1],
+               "probabilities": str(folder / "--p;$x.tif"), "subimage_size": 2 * SUBIMAGE,
+               "overwrite": True}
+    # A stand-in command that records its arguments and stdin, then runs the real one.
+    record = tmp_path / "record"
+    record.mkdir()
+    script = tmp_path / "recording geoddu"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" > {shlex.quote(str(record / "argv"))}\n'
+        f'tee {shlex.quote(str(record / "stdin.json"))} | exec {shlex.quote(geoddu_cli)} "$@"\n')
+    script.chmod(0o755)
+    engine = engine_bridge.CliEngine([str(script)])
+
+    out = engine.segment(request)
+    argv = (record / "argv").read_text().splitlines()
+    assert argv == ["segment", "--request", "-", "--progress-format=json"]
+    paths = [request[key] for key in ("src", "output", "model", "probabilities")]
+    assert not [a for a in argv for p in paths if os.path.basename(p) in a], argv
+    assert json.loads((record / "stdin.json").read_text()) == request
+    assert out == request["output"]
+    _assert_class_map(out)
+    assert os.path.isfile(request["probabilities"])
+    assert not [n for n in os.listdir(folder) if "geoddu-tmp" in n]
 
 
 # --- what the bridge does when the engine itself breaks -----------------------------------------
 
 
 def _fake_command(tmp_path, body: str) -> list[str]:
-    """A stand-in geoddu command (sh): ``$OUT`` is the --output value."""
+    """A stand-in geoddu command (sh): ``$OUT`` is the output of the request on its stdin."""
     script = tmp_path / "fake geoddu"
+    read_output = "import json, sys; print(json.load(sys.stdin)['output'])"
     script.write_text(
         "#!/bin/sh\n"
-        'for a in "$@"; do case "$a" in --output=*) OUT="${a#--output=}";; esac; done\n'
+        f"OUT=$({shlex.quote(sys.executable)} -c {shlex.quote(read_output)})\n"
         'DIR=$(dirname "$OUT"); NAME=$(basename "$OUT")\n' + body)
     script.chmod(0o755)
     return [str(script)]
@@ -377,7 +411,7 @@ def test_cli_crash_leaves_nothing(how, qgis_app, tmp_path):
     engine = engine_bridge.CliEngine(_fake_command(tmp_path, body))
     dst = str(folder / "classes.tif")
     with pytest.raises(engine_bridge.EngineError) as info:
-        engine.segment("scene.tif", dst, "model.pt")
+        engine.segment({"src": "scene.tif", "output": dst, "model": "model.pt"})
     message = str(info.value)
     _assert_one_line(message)
     want = {"traceback": "RuntimeError: engine bug", "killed": "signal 9",
@@ -389,7 +423,8 @@ def test_cli_crash_leaves_nothing(how, qgis_app, tmp_path):
 def test_in_process_engine_bug_leaves_nothing(qgis_app, tmp_path):
     engine_bridge = _bridge()
 
-    def segment(src, dst, model, **kwargs):
+    def execute(request, progress=None, cancel=None):
+        dst = request["output"]
         with open(dst, "w") as out:
             out.write("partial")
         folder, name = os.path.split(dst)
@@ -397,18 +432,26 @@ def test_in_process_engine_bug_leaves_nothing(qgis_app, tmp_path):
             out.write("tmp")
         raise RuntimeError("engine bug\nwith a second line")
 
-    errors = types.ModuleType("fake_geoddu.errors")
+    modules = {name: types.ModuleType(name) for name in (
+        "fake_geoddu", "fake_geoddu.errors", "fake_geoddu.engine", "fake_geoddu.engine.request",
+        "fake_geoddu.engine.execute")}
+    errors = modules["fake_geoddu.errors"]
     errors.GeodduError = type("GeodduError", (Exception,), {})
     errors.Cancelled = type("Cancelled", (errors.GeodduError,), {})
-    module = types.ModuleType("fake_geoddu")
-    module.segment = segment
-    sys.modules["fake_geoddu"], sys.modules["fake_geoddu.errors"] = module, errors
+    modules["fake_geoddu.engine.request"].SegmentRequest = types.SimpleNamespace(
+        from_dict=dict)
+    modules["fake_geoddu.engine.execute"].execute = execute
+    module = modules["fake_geoddu"]
+    module.segment = lambda *args, **kwargs: None
+    sys.modules.update(modules)
     try:
         engine = engine_bridge.InProcessEngine(module, "import", "a test")
         with pytest.raises(engine_bridge.EngineError) as info:
-            engine.segment("scene.tif", str(tmp_path / "classes.tif"), "model.pt")
+            engine.segment({"src": "scene.tif", "output": str(tmp_path / "classes.tif"),
+                            "model": "model.pt"})
     finally:
-        del sys.modules["fake_geoddu"], sys.modules["fake_geoddu.errors"]
+        for name in modules:
+            del sys.modules[name]
     assert str(info.value) == "RuntimeError: engine bug"
     assert "Traceback" in info.value.details
     assert os.listdir(tmp_path) == []

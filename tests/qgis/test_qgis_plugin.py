@@ -430,7 +430,7 @@ def test_plugin_settings_choose_the_engine(plugin, data, geoddu_cli, feedback_cl
 def test_env_without_matching_python_falls_back_to_its_command(qgis_app, tmp_path):
     """An environment for another Python version is run through its own geoddu command."""
     sys.path.insert(0, str(PLUGIN_PARENT))
-    from geoddu_qgis import engine_bridge
+    from geoddu_qgis import discovery, engine_bridge
 
     env = tmp_path / "other-env"
     (env / "lib" / "python2.7" / "site-packages").mkdir(parents=True)
@@ -438,10 +438,10 @@ def test_env_without_matching_python_falls_back_to_its_command(qgis_app, tmp_pat
     exe = env / "bin" / "geoddu"
     exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
-    engine = engine_bridge.find_engine(mode="env", python_env=str(env), environ={})
+    engine = discovery.find_engine(mode="env", python_env=str(env), environ={})
     assert isinstance(engine, engine_bridge.CliEngine) and engine.command == [str(exe)]
     with pytest.raises(engine_bridge.EngineNotFound, match="no geoddu command"):
-        engine_bridge.find_engine(mode="env", python_env=str(tmp_path), environ={})
+        discovery.find_engine(mode="env", python_env=str(tmp_path), environ={})
 
 
 # --- installable zip and qgis_process ------------------------------------------------------------
@@ -525,7 +525,7 @@ def test_qgis_process_with_geoddu_in_qgis_python(installed_plugins, qgis_process
                                                  python_env, tmp_path):
     """Set-up ``import``: geoddu importable in QGIS's Python (here via PYTHONPATH)."""
     sys.path.insert(0, str(PLUGIN_PARENT))
-    from geoddu_qgis.engine_bridge import env_site_packages
+    from geoddu_qgis.discovery import env_site_packages
 
     site_packages = env_site_packages(python_env)
     assert site_packages, python_env

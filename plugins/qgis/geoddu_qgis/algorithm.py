@@ -24,13 +24,13 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 
 from . import engine_bridge, settings
+from .discovery import find_engine
 from .icons import plugin_icon
 from .styling import ClassMapStyler, ClassPolygonStyler, read_classes
 
 DEVICES = ["cpu", "cuda"]
 PRECISIONS = ["fp32", "bf16", "fp16"]
-#: Stages `geoddu vectorize` reports (sieve only with a minimum area).
-VECTOR_STAGES = ("sieve", "polygonize")
+#: Optional raster outputs: (request field, parameter).
 EXTRA_RASTERS = (("probabilities", "PROBABILITIES"), ("confidence", "CONFIDENCE"))
 
 
@@ -164,7 +164,13 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             return False, self.tr("Incorrect parameter value for {}").format(name)
         return True, ""
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def segment_request(self, parameters, context, feedback) -> dict:
+        """The run, described once: a dict of geoddu request fields (the field names of
+        ``geoddu.engine.request.SegmentRequest``; a field left out is the engine's default).
+
+        A plain dict, not a ``SegmentRequest``: geoddu may not be importable in QGIS's Python
+        (the ``cli`` route), where the dict goes to the geoddu command as JSON.
+        """
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is not None:
             src = raster_path(layer)
@@ -173,15 +179,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             src = existing_file(parameters.get(self.INPUT))
             if src is None:
                 raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
-        model = self.parameterAsFile(parameters, self.MODEL, context)
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         device = self.parameterAsEnumString(parameters, self.DEVICE, context) or DEVICES[0]
         gpus = self.parameterAsInt(parameters, self.GPUS, context) or None
         if gpus:
             device = None  # GPUs > 0 means CUDA devices 0..N-1, whatever the device says
-        precision = self.parameterAsEnumString(parameters, self.PRECISION, context) or None
-        subimage_size = self.parameterAsInt(parameters, self.SUBIMAGE_SIZE, context) or None
-        dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         aoi = aoi_layer = None
         if self.parameterAsVectorLayer(parameters, self.AOI, context) is not None:
             # A file OGR reads (QGIS exports memory or unsupported layers to a temporary one).
@@ -189,14 +190,33 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 parameters, self.AOI, context, ["gpkg", "shp", "geojson", "fgb"], "gpkg",
                 feedback)
             aoi_layer = aoi_layer or None
-        extra = {key: self.parameterAsOutputLayer(parameters, name, context) or None
-                 for key, name in EXTRA_RASTERS}
+        request = {
+            "src": src,
+            "output": self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
+            "model": self.parameterAsFile(parameters, self.MODEL, context),
+            "bands": self.parameterAsInts(parameters, self.BANDS, context) or None,
+            "device": device,
+            "gpus": gpus,
+            "precision": self.parameterAsEnumString(parameters, self.PRECISION, context) or None,
+            "subimage_size": self.parameterAsInt(parameters, self.SUBIMAGE_SIZE, context) or None,
+            "aoi": aoi,
+            "aoi_layer": aoi_layer,
+            **{key: self.parameterAsOutputLayer(parameters, name, context) or None
+               for key, name in EXTRA_RASTERS},
+            "overwrite": True,  # Processing asked for these outputs: replace what is there
+        }
+        return {key: value for key, value in request.items() if value is not None}
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        request = self.segment_request(parameters, context, feedback)
+        dst = request["output"]
+        extra = {key: request.get(key) for key, _ in EXTRA_RASTERS}
         polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context) or None
         simplify = self.parameterAsDouble(parameters, self.SIMPLIFY, context) or None
 
         try:
-            engine = engine_bridge.find_engine(**settings.engine_settings())
+            engine = find_engine(**settings.engine_settings())
         except engine_bridge.EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
         feedback.pushInfo(self.tr("Engine: {}").format(engine.description))
@@ -222,18 +242,16 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         written = []  # this run's outputs: a cancelled or failed run removes them all
         try:
             output = engine.segment(
-                src, dst, model, device=device, gpus=gpus, bands=bands, precision=precision,
-                subimage_size=subimage_size, aoi=aoi, aoi_layer=aoi_layer, **extra,
-                cancel=feedback.isCanceled,
+                request, cancel=feedback.isCanceled,
                 progress=reporter(engine_bridge.STAGES, 0.0, share),
                 log=feedback.pushConsoleInfo)
             written += [output, *[path for path in extra.values() if path]]
             if polygons:
                 feedback.setProgressText(self.tr("geoddu: polygons"))
-                stages = VECTOR_STAGES if min_area else VECTOR_STAGES[1:]
                 polygons = engine.vectorize(
                     output, polygons, min_area=min_area, simplify=simplify,
-                    progress=reporter(stages, share, 100.0 - share),
+                    progress=reporter(engine_bridge.vector_stages(min_area, simplify), share,
+                                      100.0 - share),
                     cancel=feedback.isCanceled, log=feedback.pushConsoleInfo)
         except engine_bridge.EngineError as exc:
             # The engine left nothing at its outputs; outputs of the steps before (the class

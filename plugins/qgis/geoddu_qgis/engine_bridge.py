@@ -1,25 +1,17 @@
-"""Find the geoddu engine and drive it, whatever way it is installed.
+"""Drive the geoddu engine, whatever way it is installed: one :class:`Engine` interface.
 
 This module is plain Python (standard library only, no QGIS import) so that it can be read and
-tested on its own. The Processing algorithm calls :func:`find_engine` and then
-``engine.segment(...)``; every set-up below answers that one interface:
+tested on its own. The Processing algorithm finds an engine (:func:`.discovery.find_engine`),
+then calls ``engine.segment(request)`` and, for polygons, ``engine.vectorize(...)``.
 
-``import``
-    ``import geoddu`` works in QGIS's own Python (geoddu and torch installed into it, or put on
-    ``PYTHONPATH``). The engine runs in-process, in Processing's background thread.
-``env``
-    A configured Python environment (a virtualenv or conda env made with the *same* Python version
-    as QGIS) holds geoddu. Its ``site-packages`` is put in front of ``sys.path`` and geoddu is
-    imported from there. If that env cannot be imported into QGIS's Python (another Python
-    version, say), its own ``geoddu`` command is run instead, as in ``cli``.
-``cli``
-    The ``geoddu`` command (the one on ``PATH``, or a configured one) runs as a subprocess with
-    ``--progress-format json``; progress and errors come back as JSON lines on its stderr.
-
-Configuration, strongest first: environment variables ``GEODDU_ENGINE`` (``auto``, ``import``,
-``env`` or ``cli``), ``GEODDU_PYTHON_ENV`` and ``GEODDU_CLI``; then the values the caller passes
-(the plugin passes its Processing settings). In ``auto`` mode the set-ups are tried in the order
-above.
+A run is described once, as a plain dict of request fields: the keys are the field names of
+``geoddu.engine.request.SegmentRequest`` (src, output, model, bands, subimage_size, device,
+gpus, precision, probabilities, confidence, cog, overwrite, aoi, aoi_layer, aoi_where, vector,
+vector_min_area, vector_simplify, ...), and a field left out is the engine's default. The plugin
+cannot import ``SegmentRequest`` itself (geoddu may be only a command, the ``cli`` route), so
+the dict is its side of the contract: :class:`InProcessEngine` builds the request from it with
+``SegmentRequest.from_dict``, :class:`CliEngine` sends it as JSON to ``geoddu segment --request
+-`` on the command's stdin. No option is restated here, and no path is ever on a command line.
 """
 
 from __future__ import annotations
@@ -28,26 +20,52 @@ import importlib
 import json
 import os
 import queue
-import shutil
 import signal
-import site
 import subprocess
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 
-ENV_MODE = "GEODDU_ENGINE"
-ENV_PYTHON_ENV = "GEODDU_PYTHON_ENV"
-ENV_CLI = "GEODDU_CLI"
-MODES = ("auto", "import", "env", "cli")
-
-#: Stages the engine reports, in order; used to turn per-stage progress into one percentage.
-STAGES = ("encode", "communicate", "decode")
+from .output_guard import OutputGuard
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 LogFn = Callable[[str], None]
+
+#: Request fields that name an output file: a failed run leaves nothing at any of them.
+OUTPUT_FIELDS = ("output", "probabilities", "confidence", "vector")
+
+
+def _stage_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The engine's stage names (``geoddu.events``), in the order a run goes through them."""
+    # The plugin must also run where geoddu is not importable (the `cli` route: geoddu is only
+    # a command), so it keeps its own copy of geoddu.events' names; geoddu's win when importable.
+    own = (("encode", "communicate", "decode"), ("sieve", "polygonize", "simplify", "write"))
+    loaded = set(sys.modules)
+    try:
+        from geoddu import events
+
+        return tuple(events.SEGMENT_STAGES), tuple(events.VECTOR_STAGES)
+    except Exception:  # not importable here, broken, or a geoddu older than geoddu.events
+        return own
+    finally:
+        # Reading names must not pick the geoddu that find_engine() imports later (an env's).
+        for name in set(sys.modules) - loaded:
+            if name == "geoddu" or name.startswith("geoddu."):
+                del sys.modules[name]
+
+
+#: Stages a segment run reports, in order; used to turn per-stage progress into one percentage.
+#: VECTOR_STAGES: the same for polygonising.
+STAGES, VECTOR_STAGES = _stage_names()
+
+
+def vector_stages(min_area=None, simplify=None) -> tuple[str, ...]:
+    """The stages a vectorize run goes through: the sieve only with a minimum area, the
+    simplification only with a tolerance."""
+    skipped = {"sieve": not min_area, "simplify": not simplify}
+    return tuple(stage for stage in VECTOR_STAGES if not skipped.get(stage, False))
 
 
 class EngineError(Exception):
@@ -57,7 +75,7 @@ class EngineError(Exception):
     """
 
     def __init__(self, message: str, details: str = ""):
-        super().__init__(_one_line(message))
+        super().__init__(one_line(message))
         self.details = details
 
 
@@ -66,6 +84,7 @@ class EngineCancelled(EngineError):
 
 
 NO_POLYGONS = "this geoddu cannot write polygons (no `geoddu vectorize`); update geoddu"
+NO_REQUESTS = "this geoddu is older than the plugin (no geoddu.engine.request); update geoddu"
 
 
 class EngineNotFound(EngineError):
@@ -80,37 +99,27 @@ def overall_percent(stage: str, done: int, total: int, stages=STAGES) -> float:
     return 100.0 * frac
 
 
+def request_outputs(request: dict) -> list[str]:
+    """The output paths a request names, the class map first."""
+    return [request[key] for key in OUTPUT_FIELDS if request.get(key)]
+
+
 class Engine:
-    """One way of running geoddu. Subclasses implement :meth:`segment`."""
+    """One way of running geoddu. Subclasses implement :meth:`segment` and :meth:`vectorize`."""
 
     kind = "?"
 
     def __init__(self, description: str):
         self.description = description
 
-    def segment(
-        self,
-        src: str,
-        dst: str,
-        model: str,
-        *,
-        device: str | None = None,
-        gpus: int | None = None,
-        subimage_size: int | None = None,
-        bands: list[int] | None = None,
-        precision: str | None = None,
-        probabilities: str | None = None,
-        confidence: str | None = None,
-        progress: ProgressFn | None = None,
-        cancel: CancelFn | None = None,
-        log: LogFn | None = None,
-    ) -> str:
-        """Segment ``src`` into the class map ``dst`` (overwritten); return the output path.
+    def segment(self, request: dict, *, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None, log: LogFn | None = None) -> str:
+        """Run the segment job ``request`` (a dict of request fields, see the module
+        docstring); return the class map's path.
 
-        Options left at None are the engine's defaults (``geoddu.segment``'s keywords).
-        ``probabilities`` and ``confidence`` are optional extra output paths. Raises
-        :class:`EngineCancelled` when ``cancel()`` turned True, :class:`EngineError` with the
-        engine's one-line message on any failure.
+        Raises :class:`EngineCancelled` when ``cancel()`` turned True, :class:`EngineError`
+        with the engine's one-line message on any failure; either way nothing is left at the
+        request's outputs (``output``, ``probabilities``, ``confidence``, ``vector``).
         """
         raise NotImplementedError
 
@@ -134,7 +143,7 @@ class Engine:
 
 
 class InProcessEngine(Engine):
-    """geoddu imported into this Python: calls ``geoddu.segment`` directly."""
+    """geoddu imported into this Python: builds its ``SegmentRequest`` and executes it here."""
 
     def __init__(self, module, kind: str, where: str):
         self.module = module
@@ -142,13 +151,25 @@ class InProcessEngine(Engine):
         version = getattr(module, "__version__", "?")
         super().__init__(f"geoddu {version} imported in-process from {where}")
 
-    def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
-        outputs = [dst] + [options[k] for k in ("probabilities", "confidence") if options.get(k)]
-        self._call(self.module.segment, src, dst, model, outputs=outputs, progress=progress,
-                   cancel=cancel, **options)
-        return dst
+    def segment(self, request, *, progress=None, cancel=None, log=None):
+        name = self.module.__name__ + ".engine.request"
 
-    def vectorize(self, src, dst, *, progress=None, cancel=None, log=None, **options):
+        def run():
+            try:
+                request_type = importlib.import_module(name).SegmentRequest
+            except ModuleNotFoundError as exc:
+                if exc.name != name:
+                    raise
+                raise EngineError(NO_REQUESTS, f"{type(exc).__name__}: {exc}") from None
+            job = request_type.from_dict(request)
+            execute = importlib.import_module(self.module.__name__ + ".engine.execute").execute
+            execute(job, progress=progress, cancel=cancel)
+
+        self._call(run, request_outputs(request))
+        return request["output"]
+
+    def vectorize(self, src, dst, *, min_area=None, simplify=None, progress=None, cancel=None,
+                  log=None):
         function = getattr(self.module, "vectorize", None)
         if function is None:
             try:
@@ -156,23 +177,21 @@ class InProcessEngine(Engine):
                     self.module.__name__ + ".io.polygonize").vectorize
             except (ImportError, AttributeError) as exc:
                 raise EngineError(NO_POLYGONS, f"{type(exc).__name__}: {exc}") from None
-        self._call(function, src, dst, outputs=[dst], progress=progress, cancel=cancel,
-                   **options)
+        options = {key: value for key, value in
+                   (("min_area", min_area), ("simplify", simplify), ("progress", progress),
+                    ("cancel", cancel)) if value is not None}
+        self._call(lambda: function(src, dst, overwrite=True, **options), [dst])
         return dst
 
-    def _call(self, function, *args, outputs, progress=None, cancel=None, **options):
-        """Call the engine; on any failure remove what it left at (or beside) ``outputs``."""
+    def _call(self, run, outputs):
+        """Call ``run()``; on any failure remove what it left at (or beside) ``outputs``."""
         errors = importlib.import_module(self.module.__name__ + ".errors")
-        kwargs = {key: value for key, value in options.items() if value not in (None, [], "")}
-        kwargs["overwrite"] = True
-        if progress is not None:
-            kwargs["progress"] = progress
-        if cancel is not None:
-            kwargs["cancel"] = cancel
         guard = OutputGuard(outputs)
         try:
             try:
-                function(*args, **kwargs)
+                run()
+            except EngineError:
+                raise
             except errors.Cancelled as exc:
                 raise EngineCancelled(str(exc) or "cancelled; no output was written") from None
             except errors.GeodduError as exc:
@@ -183,10 +202,16 @@ class InProcessEngine(Engine):
             except BaseException:  # KeyboardInterrupt, SystemExit: clean up, then go on
                 guard.discard()
                 raise
-            guard.check_written(outputs[0])
+            check_written(guard, outputs[0])
         except EngineError:
             guard.discard()
             raise
+
+
+def check_written(guard: OutputGuard, path: str) -> None:
+    """A run that reported success must have written ``path``; else it failed."""
+    if not guard.written(path):
+        raise EngineError(f"{path}: geoddu reported success but did not write it")
 
 
 class CliEngine(Engine):
@@ -203,46 +228,18 @@ class CliEngine(Engine):
         self.kind = kind
         super().__init__("geoddu command " + " ".join(self.command))
 
-    def arguments(self, src, dst, model, *, device=None, gpus=None, subimage_size=None,
-                  bands=None, precision=None, probabilities=None, confidence=None, aoi=None,
-                  aoi_layer=None) -> list[str]:
-        """The command line for one run (``geoddu segment ... --progress-format json``).
-
-        A list of arguments, never a shell string: any file name works (spaces, quotes, ``;``,
-        ``$``). Every option comes first, a path as ``--option=PATH`` so that even a value
-        starting with ``-`` is read as a value, and the source comes after ``--`` so that a
-        file named ``-scene.tif`` is not taken for an option.
-        """
-        args = [*self.command, "segment", f"--output={dst}", f"--model={model}", "--overwrite",
-                "--progress-format=json"]
-        if device:
-            args.append(f"--device={device}")
-        if gpus:
-            args.append(f"--gpus={int(gpus)}")
-        if subimage_size:
-            args.append(f"--subimage-size={int(subimage_size)}")
-        if bands:
-            args.append("--bands=" + ",".join(str(int(b)) for b in bands))
-        if precision:
-            args.append(f"--precision={precision}")
-        if probabilities:
-            args.append(f"--probabilities={probabilities}")
-        if confidence:
-            args.append(f"--confidence={confidence}")
-        if aoi:
-            args.append(f"--aoi={aoi}")
-        if aoi_layer:
-            args.append(f"--aoi-layer={aoi_layer}")
-        return [*args, "--", src]
-
-    def segment(self, src, dst, model, *, progress=None, cancel=None, log=None, **options):
-        args = self.arguments(src, dst, model, **options)
-        outputs = [dst] + [options[k] for k in ("probabilities", "confidence") if options.get(k)]
-        return self._run(args, outputs, progress, cancel, log)
+    def segment(self, request, *, progress=None, cancel=None, log=None):
+        # The whole request goes to the command's stdin as JSON: every option by its request
+        # field name, and any file name as it is (no path on the command line at all).
+        args = [*self.command, "segment", "--request", "-", "--progress-format=json"]
+        return self._run(args, request_outputs(request), progress, cancel, log,
+                         stdin_text=json.dumps(request))
 
     def vectorize(self, src, dst, *, min_area=None, simplify=None, progress=None, cancel=None,
                   log=None):
-        # `geoddu vectorize` reports no progress lines: the run shows as one step.
+        # `geoddu vectorize` reports no progress lines: the run shows as one step. Every option
+        # comes first, the output as --output=PATH, and the source after `--`, so that names
+        # starting with `-` are read as values.
         args = [*self.command, "vectorize", f"--output={dst}", "--overwrite", "--quiet"]
         if min_area:
             args.append(f"--min-area={float(min_area)!r}")
@@ -256,8 +253,9 @@ class CliEngine(Engine):
                 raise EngineError(NO_POLYGONS, exc.details) from None
             raise
 
-    def _run(self, args, outputs, progress, cancel, log) -> str:
-        """Run one geoddu command; relay its JSON progress; map failures to EngineError.
+    def _run(self, args, outputs, progress, cancel, log, stdin_text=None) -> str:
+        """Run one geoddu command (``stdin_text`` on its stdin); relay its JSON progress; map
+        failures to EngineError.
 
         A failed or cancelled run leaves nothing at ``outputs``: what the command wrote there,
         and the temporary files it left beside them, are removed.
@@ -270,8 +268,9 @@ class CliEngine(Engine):
         else:
             popen_kw["start_new_session"] = True  # so that our stop signal reaches only it
         try:
-            # A list of arguments, no shell: file names are passed as they are.
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            # A list of arguments, no shell: any file name is passed as it is.
+            stdin = subprocess.DEVNULL if stdin_text is None else subprocess.PIPE
+            proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, encoding="utf-8",
                                     errors="replace", shell=False, **popen_kw)
         except OSError as exc:
@@ -282,6 +281,8 @@ class CliEngine(Engine):
                    for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
         for reader in readers:
             reader.start()
+        if stdin_text is not None:
+            _send(proc, stdin_text)
 
         error_message = None
         output = None
@@ -342,7 +343,7 @@ class CliEngine(Engine):
                            else f"geoddu exited with status {rc}"))
             raise EngineError(message, "\n".join(tail))
         try:
-            guard.check_written(outputs[0])
+            check_written(guard, outputs[0])
         except EngineError:
             guard.discard()
             raise
@@ -369,169 +370,6 @@ def _error_line(tail: list[str]) -> str:
     return tail[-1] if tail else ""
 
 
-def find_engine(mode: str | None = None, python_env: str | None = None, cli: str | None = None,
-                environ: dict | None = None) -> Engine:
-    """Return the first usable engine for ``mode`` (see the module docstring).
-
-    Environment variables override the arguments. Raises :class:`EngineNotFound` listing what
-    was tried.
-    """
-    environ = os.environ if environ is None else environ
-    mode = (environ.get(ENV_MODE) or mode or "auto").strip().lower()
-    python_env = environ.get(ENV_PYTHON_ENV) or python_env or ""
-    cli = environ.get(ENV_CLI) or cli or ""
-    if mode not in MODES:
-        raise EngineNotFound(f"unknown geoddu engine mode {mode!r}; use one of {', '.join(MODES)}")
-
-    tried: list[str] = []
-    if mode in ("auto", "import"):
-        engine = _try_import(tried)
-        if engine is not None:
-            return engine
-    if mode in ("auto", "env"):
-        if python_env:
-            engine = _try_env(python_env, tried)
-            if engine is not None:
-                return engine
-        elif mode == "env":
-            tried.append(f"no Python environment configured ({ENV_PYTHON_ENV} or the plugin "
-                         "setting)")
-    if mode in ("auto", "cli"):
-        engine = _try_cli(cli, tried)
-        if engine is not None:
-            return engine
-    raise EngineNotFound(
-        "geoddu engine not found (" + "; ".join(tried) + "). Install geoddu into QGIS's Python, "
-        f"or set a Python environment ({ENV_PYTHON_ENV}) or the geoddu command ({ENV_CLI}) in "
-        "Settings > Options > Processing > Providers > geoddu."
-    )
-
-
-def _try_import(tried: list[str], kind: str = "import", where: str = "QGIS's Python"):
-    try:
-        module = importlib.import_module("geoddu")
-        # geoddu imports its engine (torch, rasterio) lazily: touch it now so that a broken
-        # dependency shows here, where another set-up can still be tried.
-        segment = getattr(module, "segment", None)
-    except Exception as exc:  # ImportError, or a broken dependency (numpy ABI, torch DLLs, ...)
-        tried.append(f"import geoddu: {type(exc).__name__}: {_one_line(str(exc))}")
-        return None
-    if not callable(segment):
-        tried.append(f"import geoddu: {getattr(module, '__file__', '?')} has no segment()")
-        return None
-    return InProcessEngine(module, kind, where)
-
-
-def _try_env(path: str, tried: list[str]):
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isdir(path):
-        tried.append(f"Python environment {path}: not a folder")
-        return None
-    site_packages = env_site_packages(path)
-    if site_packages:
-        added = _prepend_site_dir(site_packages)
-        _forget_failed_import("geoddu")
-        engine = _try_import(tried, "env", path)
-        if engine is not None:
-            return engine
-        for entry in added:  # undo: the env is not importable here
-            if entry in sys.path:
-                sys.path.remove(entry)
-        _forget_failed_import("geoddu")
-    else:
-        tried.append(f"Python environment {path}: no site-packages for Python "
-                     f"{sys.version_info.major}.{sys.version_info.minor}")
-    command = env_cli_command(path)
-    if command:
-        return CliEngine(command, kind="env")
-    tried.append(f"Python environment {path}: no geoddu command in it")
-    return None
-
-
-def _try_cli(cli: str, tried: list[str]):
-    if cli:
-        exe = os.path.expanduser(cli)
-        found = shutil.which(exe) or (exe if os.path.isfile(exe) else None)
-        if found:
-            return CliEngine([found])
-        tried.append(f"geoddu command {cli}: not found")
-        return None
-    found = shutil.which("geoddu")
-    if found:
-        return CliEngine([found])
-    tried.append("no geoddu command on PATH")
-    return None
-
-
-def env_site_packages(env: str) -> str | None:
-    """The site-packages folder of ``env`` for *this* Python version, or None.
-
-    ``env`` may be an environment's root (venv, virtualenv, conda) or a site-packages folder.
-    """
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [
-        os.path.join(env, "lib", version, "site-packages"),
-        os.path.join(env, "lib64", version, "site-packages"),
-        os.path.join(env, "Lib", "site-packages"),  # Windows venv / conda
-        os.path.join(env, "local", "lib", version, "dist-packages"),
-        os.path.join(env, "lib", version, "dist-packages"),
-    ]
-    for candidate in candidates:
-        if os.path.isdir(candidate):
-            if candidate.endswith(os.path.join("Lib", "site-packages")):
-                # A Windows env does not name its Python version: trust it only if its python
-                # DLL matches ours.
-                dll = f"python{sys.version_info.major}{sys.version_info.minor}.dll"
-                if not (os.path.exists(os.path.join(env, dll))
-                        or os.path.exists(os.path.join(env, "Scripts", dll))):
-                    continue
-            return candidate
-    if os.path.isdir(os.path.join(env, "geoddu")) or any(
-        name.endswith(".pth") for name in _listdir(env)
-    ):
-        return env  # the folder itself is a site-packages
-    return None
-
-
-def env_cli_command(env: str) -> list[str] | None:
-    """How to run the geoddu CLI of environment ``env``, or None."""
-    for rel in (("bin", "geoddu"), ("Scripts", "geoddu.exe"), ("geoddu.exe",)):
-        candidate = os.path.join(env, *rel)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return [candidate]
-    for rel in (("bin", "python"), ("bin", "python3"), ("Scripts", "python.exe"),
-                ("python.exe",)):
-        candidate = os.path.join(env, *rel)
-        if os.path.isfile(candidate):
-            return [candidate, "-m", "geoddu_cli"]
-    return None
-
-
-def _prepend_site_dir(site_dir: str) -> list[str]:
-    """Put ``site_dir`` (and what its .pth files add) at the front of sys.path."""
-    before = list(sys.path)
-    site.addsitedir(site_dir)
-    added = [entry for entry in sys.path if entry not in before]
-    for entry in added:
-        sys.path.remove(entry)
-    sys.path[0:0] = added
-    importlib.invalidate_caches()
-    return added
-
-
-def _forget_failed_import(name: str) -> None:
-    module = sys.modules.get(name)
-    if module is None:
-        return
-    try:
-        usable = callable(getattr(module, "segment", None))
-    except Exception:
-        usable = False
-    if not usable:
-        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-            del sys.modules[key]
-
-
 def _pump(stream, name: str, lines: queue.Queue) -> None:
     try:
         for line in iter(stream.readline, ""):
@@ -551,78 +389,20 @@ def _parse_event(line: str) -> dict | None:
     return event if isinstance(event, dict) and "event" in event else None
 
 
-def _file_state(path: str):
+def _send(proc: subprocess.Popen, text: str) -> None:
+    """Write ``text`` to the command's stdin and close it (a command that has already gone
+    shows as a failed run, from its exit status)."""
     try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns)
+        proc.stdin.write(text)
+        proc.stdin.close()
+    except OSError:  # BrokenPipeError: it exited without reading
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
 
 
-class OutputGuard:
-    """The state of a run's output paths before it, so that a failed run can leave nothing.
-
-    :meth:`discard` removes every output path (and GDAL/SQLite side-car) that the run created
-    or changed, and the engine's temporary files (``.NAME.geoddu-tmp-*``) beside them that
-    appeared during the run: those of a subprocess that was killed, or that crashed, and could
-    not remove its own. Files that were there before the run and that it did not touch stay.
-    """
-
-    SIDECARS = ("", ".aux.xml", ".ovr", ".msk", "-journal", "-wal", "-shm")
-
-    def __init__(self, outputs):
-        self.paths = [os.path.abspath(path) for path in outputs if path]
-        self.before = {path + suffix: _file_state(path + suffix)
-                       for path in self.paths for suffix in self.SIDECARS}
-        self.temps_before = {path: set(_engine_temporaries(path)) for path in self.paths}
-
-    def discard(self) -> None:
-        for path, state in self.before.items():
-            _remove_if_new(path, state)
-        for path in self.paths:
-            for entry in _engine_temporaries(path):
-                if entry not in self.temps_before[path]:
-                    _remove_path(entry)
-
-    def check_written(self, path: str) -> None:
-        """A run that reported success must have written ``path``; else it failed."""
-        if not os.path.isfile(path) or _file_state(path) == self.before.get(
-                os.path.abspath(path)):
-            raise EngineError(f"{path}: geoddu reported success but did not write it")
-
-
-def _remove_if_new(path: str, before) -> None:
-    """Remove ``path`` if the run created or changed it (a failed run leaves no output)."""
-    if _file_state(path) is not None and _file_state(path) != before:
-        _remove_path(path)
-
-
-def _engine_temporaries(path: str) -> list[str]:
-    """The engine's temporary files (and folders) for output ``path``:
-    ``.NAME.geoddu-tmp-*`` beside it."""
-    folder, name = os.path.split(os.path.abspath(path))
-    prefix = f".{name}.geoddu-tmp-"
-    return [os.path.join(folder, entry) for entry in _listdir(folder)
-            if entry.startswith(prefix)]
-
-
-def _remove_path(path: str) -> None:
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.remove(path)
-    except OSError:
-        pass
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
+    """The first non-empty line of ``message``, stripped."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
     return lines[0] if lines else ""

@@ -3,19 +3,19 @@ Processing > Providers > geoddu.
 
 Values are stored by Processing under ``Processing/Configuration/<NAME>`` in the QGIS profile and
 read from there at run time (so they also apply in ``qgis_process``). The environment variables
-of the same names (see :mod:`engine_bridge`) win over them.
+of the same names (see :mod:`discovery`) win over them.
 """
 
 from __future__ import annotations
 
 from qgis.core import QgsSettings
 
-from . import engine_bridge
+from . import discovery
 
 GROUP = "geoddu"
-ENGINE_MODE = engine_bridge.ENV_MODE  # "GEODDU_ENGINE"
-PYTHON_ENV = engine_bridge.ENV_PYTHON_ENV  # "GEODDU_PYTHON_ENV"
-CLI = engine_bridge.ENV_CLI  # "GEODDU_CLI"
+ENGINE_MODE = discovery.ENV_MODE  # "GEODDU_ENGINE"
+PYTHON_ENV = discovery.ENV_PYTHON_ENV  # "GEODDU_PYTHON_ENV"
+CLI = discovery.ENV_CLI  # "GEODDU_CLI"
 MODE_LABELS = [
     "auto: geoddu in QGIS's Python, else the Python environment, else the geoddu command",
     "import: geoddu installed in QGIS's Python",
@@ -29,10 +29,10 @@ def _key(name: str) -> str:
 
 
 def engine_settings() -> dict:
-    """Keyword arguments for :func:`engine_bridge.find_engine` from the saved settings."""
+    """Keyword arguments for :func:`discovery.find_engine` from the saved settings."""
     qs = QgsSettings()
     try:
-        mode = engine_bridge.MODES[int(qs.value(_key(ENGINE_MODE), 0))]
+        mode = discovery.MODES[int(qs.value(_key(ENGINE_MODE), 0))]
     except (TypeError, ValueError, IndexError):
         mode = "auto"
     return {

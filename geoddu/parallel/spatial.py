@@ -19,8 +19,9 @@ The building blocks of spatially-distributed training (the training loop itself 
 Convention: every rank computes the same global loss and calls `backward()`. The collectives'
 backward passes then sum `world` identical copies, so each rank's local gradients are `world`
 times its share; averaging over the group gives exactly the single-process gradient (and is
-what DDP does anyway). Dropout draws its masks per rank (the communication network's on the
-root).
+what DDP does anyway). Dropout layers become `SharedDropout2d` (`geoddu.parallel.dropout`):
+inside `dropout_masks(model, key, model.batch_rows(...))` every rank keeps its rows of the masks
+one process draws for the whole batch, so dropout does not break the equality either.
 """
 
 from __future__ import annotations
@@ -37,18 +38,14 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..models.ddunet import DDUNet, batched_apply
 from ..partition import Partition, Subimage, balanced_blocks
-
-
-def _world(group: Any) -> tuple[int, int]:
-    if not dist.is_initialized():
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
+from .dropout import BatchRows, share_dropout
+from .group import rank_and_world
 
 
 def all_reduce_sum(x: torch.Tensor, group: Any = None) -> torch.Tensor:
     """Sum of `x` over the group, differentiable (an all-gather whose backward reduce-scatters;
     torch 2.13 has no autograd all-reduce that does not warn). For small tensors: statistics."""
-    _, world = _world(group)
+    _, world = rank_and_world(group)
     if world == 1:
         return x
     group = group if group is not None else dist.group.WORLD
@@ -151,17 +148,19 @@ class SpatialDDUNet(nn.Module):
             convert_batchnorm(net.comm, bn_group)  # C=N: per subimage, spread like the encoder
         elif net.comm is not None and data_group is not None:
             convert_batchnorm(net.comm, data_group)
+        # Dropout masks as one process draws them (inside `dropout_masks`).
+        share_dropout(net)
         # Bytes this rank sent in the last forward + backward (a ring all-gather or
         # reduce-scatter sends (world - 1) chunks); read by the benchmark.
         self.bytes_sent = 0
 
     @property
     def rank(self) -> int:
-        return _world(self.group)[0]
+        return rank_and_world(self.group)[0]
 
     @property
     def world(self) -> int:
-        return _world(self.group)[1]
+        return rank_and_world(self.group)[1]
 
     def own_cells(self, partition: Partition) -> list[Subimage]:
         return balanced_blocks(partition.subimages(), self.world)[self.rank]
@@ -172,6 +171,17 @@ class SpatialDDUNet(nn.Module):
             x[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width]
             for c in self.own_cells(partition)
         ]
+
+    def batch_rows(self, partition: Partition, patches: slice, batch: int) -> BatchRows:
+        """Where this rank's stacked subimages sit in one process's batch: its block of
+        `partition`'s subimages of the patches `patches` (its share of a global `batch`)."""
+        cols = partition.grid[1]
+        return BatchRows(
+            cells=tuple(c.row * cols + c.col for c in self.own_cells(partition)),
+            n_cells=len(partition),
+            patches=range(batch)[patches],
+            n_patches=batch,
+        )
 
     def forward(self, parts: Sequence[torch.Tensor], partition: Partition) -> list[torch.Tensor]:
         net = self.net
@@ -325,7 +335,7 @@ def average_gradients(module: nn.Module, group: Any = None) -> int:
     With the every-rank-same-loss convention this yields the single-process gradient. (DDP
     over the same group does the same, overlapped with the backward pass.)
     """
-    _, world = _world(group)
+    _, world = rank_and_world(group)
     if world == 1:
         return 0
     params = [p for p in module.parameters() if p.requires_grad]

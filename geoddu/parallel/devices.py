@@ -8,8 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import GeodduError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
+from . import PRECISIONS
 
 
 def resolve_devices(device: str | None = None, gpus: int | None = None) -> list[torch.device]:

@@ -1,0 +1,157 @@
+"""Running `geoddu segment`: one scene or a batch, in this process or as a torchrun rank.
+
+Everything a front does lives here and nowhere in the engine: joining torchrun's process group,
+deciding which executor runs, progress (rich bars or JSON lines), error lines and exit
+statuses. Under torchrun every rank runs this; only rank 0 prints (progress, errors every rank
+shares, the summary); an error only one rank hit is printed by that rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from geoddu.errors import GeodduError
+from geoddu.events import done_event, emit_json, error_event, progress_event
+
+from .progress import progress_reporter
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@contextlib.contextmanager
+def _progress(json_lines: bool, quiet: bool) -> Iterator[ProgressFn | None]:
+    if json_lines:
+        yield lambda s, d, t: emit_json(progress_event(s, d, t))
+    elif quiet:
+        yield None
+    else:
+        with progress_reporter(False) as bars:
+            yield bars
+
+
+def run_segment(
+    sources: Sequence[str],
+    output: str | None,
+    output_dir: str | None,
+    options: dict[str, Any],
+    *,
+    skip_existing: bool,
+    timeout_s: float,
+    quiet: bool,
+    progress_format: str,
+) -> int:
+    """`geoddu segment`; returns the exit status. `options` are the request's fields other than
+    the source and the output (a batch makes one request per scene from them)."""
+    from geoddu.parallel.group import (
+        AgreedError,
+        agree,
+        broadcast,
+        init_from_env,
+        launched_by_torchrun,
+        rank_and_world,
+    )
+
+    distributed = launched_by_torchrun()
+    if distributed:
+        # Under torchrun a failing peer makes the agent SIGTERM us: unwind like Ctrl-C so the
+        # output's temporary files are removed.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        device = init_from_env(timeout_s)
+        if options.get("device") in (None, "cuda"):
+            options["device"] = str(device)  # cuda:LOCAL_RANK on GPU hosts, else the CPU
+    rank, world = rank_and_world()
+    json_lines = progress_format == "json" and rank == 0
+    try:
+        if world > 1:
+            # Rank 0 alone expands folders and lists: hosts need not see the same files.
+            jobs = many = error = None
+            if rank == 0:
+                try:
+                    jobs, many = _jobs(sources, output, output_dir, options)
+                except GeodduError as exc:
+                    error = exc
+            agree(error, None)
+            jobs, many = broadcast((jobs, many), None)
+        else:
+            jobs, many = _jobs(sources, output, output_dir, options)
+        with _progress(json_lines, quiet or rank != 0) as progress:
+            result = _run(jobs, many, options, skip_existing, timeout_s, progress)
+    except GeodduError as exc:
+        if json_lines:
+            emit_json(error_event(str(exc)))
+        if rank == 0 or not isinstance(exc, AgreedError):
+            prefix = f"rank {rank}: " if rank and world > 1 else ""
+            message = " ".join(str(exc).split())
+            print(f"Error: {prefix}{message}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    failed = list(getattr(result, "failed", []))
+    if rank == 0:
+        if json_lines:
+            if hasattr(result, "scenes"):
+                emit_json(done_event(result.summary(), scenes=[s.__dict__ for s in result.scenes]))
+            else:
+                emit_json(done_event(result.summary(), output=str(result.output)))
+        elif not quiet:
+            for s in getattr(result, "scenes", []):
+                print(f"[{s.status}] {s.summary or s.output}", flush=True)
+            print(result.summary(), flush=True)
+        for s in failed:
+            print(f"Error: {s.summary}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+def _run(jobs, many: bool, options: dict[str, Any], skip_existing: bool, timeout_s: float,
+         progress: ProgressFn | None) -> Any:
+    from geoddu.engine.request import SegmentRequest
+
+    if many:
+        from geoddu.engine.batch import segment_batch
+
+        return segment_batch(jobs, options, skip_existing=skip_existing, progress=progress,
+                             timeout_s=timeout_s)
+    request = SegmentRequest(src=jobs[0][0], output=jobs[0][1], **options)
+    from geoddu.parallel.group import rank_and_world
+
+    if rank_and_world()[1] > 1:
+        from geoddu.engine.execute_ranks import execute_on_ranks
+
+        return execute_on_ranks(request, progress=progress)
+    from geoddu.engine.execute import execute
+
+    return execute(request, progress=progress)
+
+
+def _jobs(
+    sources: Sequence[str], output: str | None, output_dir: str | None, options: dict[str, Any]
+) -> tuple[list[tuple[str, str]], bool]:
+    """(src, dst) pairs from the command line, and whether this is a batch (--output-dir)."""
+    from pathlib import Path
+
+    from geoddu.engine.batch import batch_outputs, expand_sources
+
+    if output_dir is None:
+        # -o names one output for one raster: SRC is taken as given (a folder is an error).
+        if output is None:
+            raise GeodduError("give -o/--output for one scene or --output-dir for several")
+        if len(sources) != 1:
+            raise GeodduError(f"{len(sources)} inputs: use --output-dir for several scenes")
+        return [(sources[0], output)], False
+    if output is not None:
+        raise GeodduError("give either -o/--output (one scene) or --output-dir")
+    if not Path(output_dir).is_dir():
+        raise GeodduError(f"{output_dir}: output directory does not exist")
+    for flag in ("probabilities", "confidence", "vector"):
+        if options.get(flag):
+            raise GeodduError(f"--{flag} needs one scene with -o")
+    srcs = expand_sources(sources)
+    return list(zip(srcs, map(str, batch_outputs(srcs, output_dir)), strict=True)), True

@@ -1,0 +1,41 @@
+"""`geoddu.segment`: the Python front of the engine, a request built from keywords and run here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .execute import execute
+from .job import SegmentResult
+from .request import SegmentRequest
+from .runner import CancelFn, ProgressFn
+
+__all__ = ["segment"]
+
+
+def segment(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    model: Any,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    **options: Any,
+) -> SegmentResult:
+    """Segment the raster `src` into the class map `dst` (atomic: nothing at `dst` on failure).
+
+    `model` is a checkpoint path or a model from `geoddu.load_model`. `options` are the fields
+    of :class:`geoddu.engine.request.SegmentRequest` (bands, subimage_size, device, gpus,
+    precision, probabilities, confidence, cog, overwrite, aoi, aoi_layer, aoi_where, vector,
+    vector_min_area, vector_simplify, scratch, store_max_ram_bytes, comm_tile_cells), checked
+    when the request is built.
+
+    `progress(stage, done, total)` is called from the calling thread after each subimage (stages
+    "encode", "communicate", "decode"); `cancel()` is polled between subimages and makes the run
+    raise `Cancelled` without writing anything. An area of interest (`aoi`) limits the work to
+    the subimages it touches plus those within the communication network's reach: pixels
+    outside are nodata, pixels inside get exactly the classes of a full-scene run. All outputs
+    appear together, once every one is complete and reads back in full, or none does.
+    """
+    request = SegmentRequest(src=src, output=dst, model=model, **options)
+    return execute(request, progress=progress, cancel=cancel)

@@ -1,0 +1,89 @@
+"""The local executor: one segment job in this process, on one or several devices.
+
+The whole scene is treated as one DDU-Net in bounded memory:
+
+1. encode: every planned subimage window is read and encoded; only its last F bottleneck maps
+   are kept (a MapStore: RAM while small, a scratch file once large);
+2. communicate: the communication network runs over the stitched bottleneck mosaic in tiles,
+   each with a halo equal to the network's reach, so the result equals one pass over the
+   whole mosaic;
+3. decode: every window is read and encoded again (for the skips), its F maps are replaced
+   by the communicated ones, decoded, and handed to the background writer.
+Without communication (C=N or F=0) subimages are independent and the decode pass does it all.
+The result equals `SegmentationModel.predict` on the whole scene (same grid, same nodata rule).
+The torchrun executor (`execute_ranks.py`) runs the same plan and stages over ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from ..parallel.devices import resolve_devices
+from ..resources import peak_rss_mb
+from .job import SegmentResult, finish_outputs, open_job
+from .request import SegmentRequest
+from .runner import CancelFn, CellRunner, ProgressFn
+from .sinks import BackgroundWriter, open_writers
+from .stages import communicate_tiles, decode_cell, encode_cell
+
+__all__ = ["execute"]
+
+
+def execute(
+    request: SegmentRequest, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+) -> SegmentResult:
+    """Run `request` here. Nothing is at any output path unless every output is complete."""
+    devices = resolve_devices(request.device, request.gpus)
+    job = open_job(request)
+    model, plan = job.model, job.plan
+    net = model.net
+    replicas = [model if model.device == d else copy.deepcopy(model).to(d).eval() for d in devices]
+    run = CellRunner(job.source, plan.partition, replicas, request.precision, progress, cancel)
+    writers: dict[str, Any] = {}
+    try:
+        writers.update(open_writers(request, job.source, model))
+        with BackgroundWriter(writers, len(model.classes)) as sink:
+            communicated = None
+            if plan.communicates:
+                encoded = job.store()
+                run.over_cells(
+                    "encode",
+                    lambda ctx, c, raw, ok: encode_cell(ctx, c, raw, ok, encoded),
+                    list(plan.encode),
+                )
+                communicated = job.store()
+                communicate_tiles(
+                    run, replicas[0], request.precision, plan.tiles, plan.partition.grid,
+                    plan.cell, encoded.get, communicated.put,
+                )
+                encoded.close()
+            run.over_cells(
+                "decode",
+                lambda ctx, c, raw, ok: decode_cell(ctx, c, raw, ok, communicated, sink, job.area),
+                list(plan.decode),
+            )
+        job.close()  # the scratch space goes before polygonising
+        extra_outputs = finish_outputs(job, writers, progress, cancel)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        job.close()
+    return SegmentResult(
+        output=Path(request.output),
+        width=job.source.width,
+        height=job.source.height,
+        subimages=len(plan.decode),
+        skipped=run.skipped,
+        communicated=net.communicates,
+        devices=[str(d) for d in devices],
+        seconds=time.perf_counter() - job.started,
+        peak_rss_mb=peak_rss_mb(),
+        encoder_runs=run.encoder_runs,
+        map_store_on_disk=job.map_store_on_disk,
+        extra_outputs=extra_outputs,
+    )

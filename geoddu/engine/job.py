@@ -1,0 +1,232 @@
+"""A request made ready to run: the model loaded, the scene opened with the right bands, the
+area of interest read, the scratch folder checked, and the plan built. Both executors (local
+and torchrun ranks) start from a :class:`Job`, and both finish the same way
+(:func:`finish_outputs`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GeodduError
+from ..io.atomic import commit_all
+from ..io.raster import RasterSource, open_raster
+from ..partition import Partition
+from ..predictor import SegmentationModel, load_model
+from .mapstore import MapStore
+from .plan import SegmentPlan, plan_segment
+from .request import SegmentRequest
+
+__all__ = ["Job", "SegmentResult", "finish_outputs", "open_job"]
+
+
+@dataclass
+class SegmentResult:
+    output: Path
+    width: int
+    height: int
+    subimages: int
+    skipped: int
+    communicated: bool
+    devices: list[str]
+    seconds: float
+    peak_rss_mb: float
+    encoder_runs: int
+    map_store_on_disk: bool = False
+    extra_outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        mode = "with communication" if self.communicated else "independent subimages (C=N)"
+        return (
+            f"{self.output}: {self.width} x {self.height} px, {self.subimages} subimages "
+            f"({self.skipped} all-nodata skipped), {mode}, on {', '.join(self.devices)}; "
+            f"{self.seconds:.1f} s, {self.megapixels_per_second:.2f} Mpx/s, "
+            f"peak RSS {self.peak_rss_mb:.0f} MB"
+        )
+
+
+@dataclass
+class Job:
+    request: SegmentRequest
+    model: SegmentationModel
+    source: RasterSource
+    plan: SegmentPlan
+    area: Any  # the area of interest in the scene's CRS (a shapely geometry), or None
+    scratch: str
+    started: float
+    stores: list[MapStore] = field(default_factory=list)
+
+    @property
+    def store_shape(self) -> tuple[int, int, int]:
+        return (self.model.net.comm_features, self.plan.cell, self.plan.cell)
+
+    def store(self) -> MapStore:
+        """A bottleneck store for the whole grid (RAM, or a scratch file above the budget),
+        closed with the job."""
+        store = MapStore(
+            self.plan.partition.grid,
+            self.store_shape,
+            self.request.store_max_ram_bytes,
+            self.scratch,
+        )
+        self.stores.append(store)
+        return store
+
+    @property
+    def map_store_on_disk(self) -> bool:
+        return any(s.on_disk for s in self.stores)
+
+    def close(self) -> None:
+        """Close the stores (their scratch space goes) and the scene. Idempotent."""
+        for s in self.stores:
+            s.close()
+        self.source.close()
+
+
+def scratch_dir(scratch: str | os.PathLike | None) -> str:
+    """The folder for the bottleneck store's scratch file: ``--scratch``, else the system's."""
+    folder = os.fspath(scratch) if scratch is not None else tempfile.gettempdir()
+    if not os.path.isdir(folder):
+        raise GeodduError(f"--scratch {folder}: no such directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise GeodduError(f"--scratch {folder}: directory is not writable")
+    return folder
+
+
+def check_scratch_space(
+    scratch: str, grid: tuple[int, int], shape: tuple[int, int, int], max_ram_bytes: int
+) -> None:
+    """Refuse before pass 1 when the two bottleneck stores would not fit the scratch folder."""
+    needed = sum(
+        size for size in [MapStore.bytes_for(grid, shape)] * 2 if size > max_ram_bytes
+    )
+    if not needed:
+        return
+    free = shutil.disk_usage(scratch).free
+    if free < needed:
+        raise GeodduError(
+            f"--scratch {scratch}: the bottleneck store needs {needed / 2**20:.0f} MB, "
+            f"{free / 2**20:.0f} MB free; free space or choose another folder with --scratch"
+        )
+
+
+def open_source(
+    src: str, bands: tuple[int, ...] | None, model: SegmentationModel
+) -> RasterSource:
+    """The scene with the bands the model takes (GDAL's band and mask rules)."""
+    with open_raster(src) as scene:
+        chosen = model.scene_bands(scene, bands)
+    source = open_raster(src, bands=chosen)
+    model.check_bands(source.count)
+    return source
+
+
+def touched_cells(area: Any, partition: Partition, transform: Any) -> list[tuple[int, int]]:
+    """The subimages whose footprint meets `area` (in the scene's CRS)."""
+    import shapely
+    from rasterio.windows import Window, bounds
+
+    cells = partition.subimages()
+    boxes = [
+        shapely.box(*bounds(Window(c.col_off, c.row_off, c.width, c.height), transform))
+        for c in cells
+    ]
+    hit = shapely.intersects(np.array(boxes, dtype=object), area)
+    return [c.index for c, h in zip(cells, hit, strict=True) if h]
+
+
+def open_job(request: SegmentRequest, device: Any = None) -> Job:
+    """Load, open, read and plan; every user error surfaces here, before any work."""
+    started = time.perf_counter()
+    if request.vector is not None:
+        from ..io.polygonize import driver_for
+
+        driver_for(request.vector)  # an unknown format fails now, not after the whole scene
+        if Path(request.vector).exists() and not request.overwrite:
+            raise GeodduError(f"{request.vector} exists; pass --overwrite to replace it")
+    scratch = scratch_dir(request.scratch)
+    model = request.model
+    if not isinstance(model, SegmentationModel):
+        model = load_model(model) if device is None else load_model(model, device=device)
+    elif device is not None and model.device != device:
+        model = model.to(device)
+    model.eval()
+    source = open_source(request.src, request.bands, model)
+    try:
+        part = model.partition_for(source.height, source.width, request.subimage_size)
+        net = model.net
+        area = touched = None
+        if request.aoi is not None:
+            from rasterio.transform import array_bounds
+
+            from ..io.vector import aoi_geometry
+
+            area = aoi_geometry(
+                request.aoi,
+                source.crs,
+                array_bounds(source.height, source.width, source.transform),
+                layer=request.aoi_layer,
+                where=request.aoi_where,
+            )
+            touched = touched_cells(area, part, source.transform)
+        plan = plan_segment(
+            part,
+            stride=net.stride,
+            communicates=net.communicates,
+            comm_halo=net.comm_halo,
+            tile_cells=request.comm_tile_cells,
+            touched=touched,
+        )
+        job = Job(request, model, source, plan, area, scratch, started)
+        if net.communicates:
+            check_scratch_space(scratch, part.grid, job.store_shape, request.store_max_ram_bytes)
+    except BaseException:
+        source.close()
+        raise
+    return job
+
+
+def finish_outputs(
+    job: Job,
+    writers: dict[str, Any],
+    progress: Callable[[str, int, int], None] | None,
+    cancel: Callable[[], bool] | None,
+) -> list[Path]:
+    """Polygonise (with --vector) from the finished, not yet renamed class map, then rename
+    every output into place together. Returns the outputs beside the class map."""
+    request = job.request
+    extra = [Path(p) for p in (request.probabilities, request.confidence) if p is not None]
+    if request.vector is None:
+        commit_all(w.output for w in writers.values())
+        return extra
+    from ..io.polygonize import remove_vector, vectorize
+
+    # If this fails, no output appears; if the rasters' rename fails, the polygons go too.
+    vectorize(
+        writers["classes"].finished_path,
+        request.vector,
+        min_area=request.vector_min_area,
+        simplify=request.vector_simplify,
+        overwrite=request.overwrite,
+        progress=progress,
+        cancel=cancel,
+    )
+    try:
+        commit_all(w.output for w in writers.values())
+    except BaseException:
+        remove_vector(request.vector)
+        raise
+    return [*extra, Path(request.vector)]

@@ -1,0 +1,143 @@
+"""The work of one segment job, described before any of it runs: no torch, no open files.
+
+A :class:`SegmentPlan` says which subimages are encoded and decoded (an area of interest adds
+the cells within the communication network's reach), how the bottleneck mosaic is cut into
+communication tiles (each with a halo as wide as the network's receptive field, so tiling
+changes nothing), and which device or rank owns which subimages. :meth:`SegmentPlan.for_rank`
+adds what one torchrun rank exchanges with its neighbours (the halo plan). Build it, inspect
+it, then execute it (`geoddu/engine/execute.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..parallel.halo import HaloPlan, halo_plan, owner_grid
+from ..partition import Partition, Subimage, balanced_blocks
+
+__all__ = ["RankPlan", "SegmentPlan", "grid_tiles", "plan_segment", "run_tiles"]
+
+Tile = tuple[int, int, int, int]  # cell rows r0:r1, cell columns c0:c1
+
+
+def grid_tiles(rows: int, cols: int, step: int) -> list[Tile]:
+    """Square tiles of step x step cells covering the whole grid: (r0, r1, c0, c1)."""
+    return [
+        (r, min(rows, r + step), c, min(cols, c + step))
+        for r in range(0, rows, step)
+        for c in range(0, cols, step)
+    ]
+
+
+def run_tiles(cells: Sequence[Subimage], step: int) -> list[Tile]:
+    """Tiles covering exactly `cells`: runs of consecutive cells within a grid row, cut at
+    `step` cells (a rank's contiguous block need not be a rectangle)."""
+    tiles: list[Tile] = []
+    for c in sorted(cells, key=lambda c: (c.row, c.col)):
+        last = tiles[-1] if tiles else None
+        if last and last[0] == c.row and last[3] == c.col and last[3] - last[2] < step:
+            tiles[-1] = (last[0], last[1], last[2], c.col + 1)
+        else:
+            tiles.append((c.row, c.row + 1, c.col, c.col + 1))
+    return tiles
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """One rank's share: the cells it encodes and decodes, its tiles, its halo traffic."""
+
+    rank: int
+    encode: tuple[Subimage, ...]
+    decode: tuple[Subimage, ...]
+    tiles: tuple[Tile, ...]
+    halo: HaloPlan | None
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The whole job. `cell` is a subimage's side in bottleneck pixels."""
+
+    partition: Partition
+    communicates: bool
+    cell: int
+    comm_halo: int
+    tile_cells: int
+    encode: tuple[Subimage, ...]
+    decode: tuple[Subimage, ...]
+    area: bool  # an area of interest limits the job
+
+    @property
+    def tiles(self) -> list[Tile]:
+        """Communication tiles of a one-process run."""
+        step = max(1, self.tile_cells // self.cell)
+        if self.area:
+            return run_tiles(self.decode, step)
+        return grid_tiles(*self.partition.grid, step)
+
+    def device_blocks(self, cells: Sequence[Subimage], devices: int) -> list[list[Subimage]]:
+        """Contiguous, balanced blocks of `cells`, one per device of this process."""
+        return balanced_blocks(list(cells), devices)
+
+    def owners(self, world: int) -> np.ndarray:
+        """The rank that owns each cell of the grid (contiguous row-major blocks)."""
+        return owner_grid(self.partition, world)
+
+    def for_rank(self, rank: int, world: int) -> RankPlan:
+        """What rank `rank` of `world` encodes, communicates, decodes and exchanges."""
+        owner = self.owners(world)
+        mine = {c.index for c in self.partition.assign(world)[rank]}
+        decode = tuple(c for c in self.decode if c.index in mine)
+        encode = tuple(c for c in self.encode if c.index in mine)
+        step = max(1, self.tile_cells // self.cell)
+        tiles = tuple(run_tiles(decode, step)) if self.communicates else ()
+        halo = (
+            halo_plan(owner, rank, self.cell, self.comm_halo) if self.communicates else None
+        )
+        return RankPlan(rank, encode, decode, tiles, halo)
+
+
+def aoi_reach(
+    partition: Partition, touched: Collection[tuple[int, int]], cell: int, comm_halo: int
+) -> set[tuple[int, int]]:
+    """The cells whose encodings reach the `touched` cells through the communication network."""
+    reach = -(-comm_halo // cell)  # neighbouring cells the halo reaches into
+    return {
+        (r + dr, c + dc)
+        for r, c in touched
+        for dr in range(-reach, reach + 1)
+        for dc in range(-reach, reach + 1)
+    }
+
+
+def plan_segment(
+    partition: Partition,
+    *,
+    stride: int,
+    communicates: bool,
+    comm_halo: int,
+    tile_cells: int,
+    touched: Collection[tuple[int, int]] | None = None,
+) -> SegmentPlan:
+    """Plan a job over `partition`. `touched`: the cells an area of interest touches (None:
+    the whole scene)."""
+    cells = partition.subimages()
+    cell = partition.row_sizes[0] // stride
+    if touched is None:
+        decode = encode = tuple(cells)
+    else:
+        decode = tuple(c for c in cells if c.index in set(touched))
+        near = aoi_reach(partition, touched, cell, comm_halo) if communicates else set(touched)
+        encode = tuple(c for c in cells if c.index in near)
+    return SegmentPlan(
+        partition=partition,
+        communicates=communicates,
+        cell=cell,
+        comm_halo=comm_halo,
+        tile_cells=tile_cells,
+        encode=encode,
+        decode=decode,
+        area=touched is not None,
+    )

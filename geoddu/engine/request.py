@@ -1,0 +1,157 @@
+"""One segment job, described once: what to read, with which model, what to write, where.
+
+Every front builds a :class:`SegmentRequest`: the CLI, the Python API (`geoddu.segment`), the
+QGIS algorithm and its bridge. The request is checked once, when it is built, and every executor
+takes it as it is. It is plain data with no torch and no open files, so the QGIS bridge can send
+it to a `geoddu` subprocess as JSON (:meth:`to_json` / `geoddu segment --request FILE`) instead
+of restating its options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import GeodduError
+from ..io.atomic import check_distinct_paths
+from ..parallel import PRECISIONS
+
+__all__ = ["PRECISIONS", "SegmentRequest"]
+
+# Bottleneck cells per side of one communication tile (before its halo): 256^2 cells x F=64
+# maps x 4 bytes = 16 MB per tile, small on any device.
+COMM_TILE_CELLS = 256
+# Each of the two bottleneck stores stays in RAM below this size and moves to a scratch file
+# above it: a fixed budget, so that peak memory does not grow with the scene.
+STORE_MAX_RAM_BYTES = 16 * 2**20
+
+PathLike = str | os.PathLike
+
+
+def _path(value: Any) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """A segment job. Paths are kept as given (GDAL paths such as ``/vsicurl/`` included).
+
+    ``model`` is a checkpoint path, or an already loaded ``SegmentationModel`` (Python API).
+    ``store_max_ram_bytes`` and ``comm_tile_cells`` tune memory and never change the result.
+    """
+
+    src: str
+    output: str
+    model: Any
+    bands: tuple[int, ...] | None = None
+    subimage_size: int | None = None
+    device: str | None = None
+    gpus: int | None = None
+    precision: str = "fp32"
+    probabilities: str | None = None
+    confidence: str | None = None
+    cog: bool = False
+    overwrite: bool = False
+    aoi: str | None = None
+    aoi_layer: str | None = None
+    aoi_where: str | None = None
+    vector: str | None = None
+    vector_min_area: float | None = None
+    vector_simplify: float | None = None
+    scratch: str | None = None
+    store_max_ram_bytes: int = STORE_MAX_RAM_BYTES
+    comm_tile_cells: int = COMM_TILE_CELLS
+    # Filled in, not given: the outputs by the names users know them by.
+    outputs: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__  # frozen: normalised once, here
+        for name in ("src", "output", "probabilities", "confidence", "aoi", "vector", "scratch"):
+            put(self, name, _path(getattr(self, name)))
+        if not isinstance(self.model, str | os.PathLike) and not hasattr(self.model, "net"):
+            raise GeodduError("model: give a checkpoint path or a loaded model")
+        if isinstance(self.model, os.PathLike):
+            put(self, "model", os.fspath(self.model))
+        if self.bands is not None:
+            bands = tuple(int(b) for b in self.bands)
+            if not bands or any(b < 1 for b in bands):
+                raise GeodduError("--bands: band numbers start at 1")
+            put(self, "bands", bands)
+        for name in ("subimage_size", "gpus"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                raise GeodduError(f"--{name.replace('_', '-')} must be a positive integer")
+        if self.precision not in PRECISIONS:
+            raise GeodduError(
+                f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
+            )
+        for name, flag in (("vector_min_area", "--min-area"), ("vector_simplify", "--simplify")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (math.isfinite(value) and value > 0):
+                raise GeodduError(f"{flag} must be a positive number, got {value}")
+            if self.vector is None:
+                raise GeodduError(f"{flag} needs --vector")
+        if (self.aoi_layer is not None or self.aoi_where is not None) and self.aoi is None:
+            raise GeodduError("--aoi-layer and --aoi-where need --aoi")
+        outputs = {
+            "output": self.output,
+            "--probabilities": self.probabilities,
+            "--confidence": self.confidence,
+            "--vector": self.vector,
+        }
+        put(self, "outputs", {k: v for k, v in outputs.items() if v is not None})
+        check_distinct_paths(
+            self.outputs,
+            {"input raster": self.src, "--aoi": self.aoi,
+             "model": self.model if isinstance(self.model, str) else None},
+        )
+
+    @property
+    def wants_probabilities(self) -> bool:
+        return self.probabilities is not None or self.confidence is not None
+
+    def replace(self, **changes: Any) -> SegmentRequest:
+        """The same request with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- the subprocess route ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields; only for a request whose model is a path."""
+        if not isinstance(self.model, str):
+            raise GeodduError("a request with an in-memory model cannot be sent to a process")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        data["bands"] = list(self.bands) if self.bands is not None else None
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentRequest:
+        """The request a front sent (JSON); unknown or missing fields are one-line errors."""
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise GeodduError(f"request: unknown field(s) {', '.join(unknown)}")
+        missing = sorted(n for n in ("src", "output", "model") if data.get(n) is None)
+        if missing:
+            raise GeodduError(f"request: missing {', '.join(missing)}")
+        # null means "the default", as an absent field does.
+        return cls(**{k: v for k, v in data.items() if v is not None})
+
+    @classmethod
+    def from_json(cls, text: str) -> SegmentRequest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GeodduError(f"request: not JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise GeodduError("request: expected a JSON object")
+        return cls.from_dict(data)

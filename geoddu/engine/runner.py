@@ -1,0 +1,153 @@
+"""The local executor's machinery: a per-subimage function over a list of cells, one thread per
+device, each with its own dataset handle and a prefetching reader, so reading overlaps compute.
+Progress is reported and cancellation polled from the calling thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled
+from ..io.raster import RasterSource
+from ..partition import Partition, Subimage, balanced_blocks
+from .stages import Worker
+
+__all__ = ["CellRunner", "CancelFn", "ProgressFn"]
+
+ProgressFn = Callable[[str, int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class CellRunner:
+    """Runs a per-subimage function over the grid, one thread per device, blocks in order."""
+
+    def __init__(self, source, part, replicas, precision, progress, cancel) -> None:
+        self.source = source
+        self.part: Partition = part
+        self.replicas = replicas
+        self.precision = precision
+        self.progress = progress
+        self.cancel = cancel
+        self.skipped = 0
+        self.encoder_runs = 0
+        self._lock = threading.Lock()
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled; no output was written")
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+    def over_cells(
+        self,
+        stage: str,
+        fn: Callable[[Worker, Subimage, Any, Any], bool],
+        cells: list[Subimage] | None = None,
+    ) -> None:
+        """fn(worker, cell, raw, valid) for `cells` (default: all), split over the devices."""
+        cells = self.part.subimages() if cells is None else cells
+        blocks = balanced_blocks(cells, len(self.replicas))
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def work(k: int) -> None:
+            handle = self.source.reopen()
+            ctx = Worker(self.replicas[k], handle, self.precision)
+            try:
+                with torch.inference_mode():
+                    for cell, raw, valid in _prefetch(handle, blocks[k], stop):
+                        if stop.is_set():
+                            break
+                        live = fn(ctx, cell, raw, valid)
+                        with self._lock:
+                            if live:
+                                self.encoder_runs += 1
+                            elif stage == "decode":
+                                self.skipped += 1
+                        events.put(("done", None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                events.put(("error", exc))
+            finally:
+                handle.close()
+                events.put(("exit", None))
+
+        threads = [
+            threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(blocks))
+        ]
+        for t in threads:
+            t.start()
+        done, running, error = 0, len(threads), None
+        try:
+            while running:
+                try:
+                    kind, payload = events.get(timeout=0.1)
+                except queue.Empty:
+                    kind, payload = "tick", None
+                if kind == "done":
+                    done += 1
+                    self.report(stage, done, len(cells))
+                elif kind == "error" and error is None:
+                    error = payload
+                    stop.set()
+                elif kind == "exit":
+                    running -= 1
+                if error is None and not stop.is_set():
+                    self.check_cancel()
+        except BaseException:
+            stop.set()
+            for t in threads:
+                t.join()
+            raise
+        for t in threads:
+            t.join()
+        if error is not None:
+            raise error
+
+
+def _prefetch(
+    source: RasterSource, cells: list[Subimage], stop: threading.Event, depth: int = 2
+) -> Iterator[tuple[Subimage, np.ndarray, np.ndarray]]:
+    """Read the next windows in a helper thread while the current one computes."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    reader = source.reopen()
+    sentinel = object()
+    closing = threading.Event()
+
+    def read() -> None:
+        try:
+            for c in cells:
+                if stop.is_set() or closing.is_set():
+                    break
+                raw, valid = reader.read_with_mask(c.row_off, c.col_off, c.height, c.width)
+                q.put((c, raw, valid))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+        finally:
+            reader.close()
+            q.put(sentinel)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is sentinel:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        closing.set()
+        while t.is_alive():  # drain, so a reader blocked on a full queue can finish
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass

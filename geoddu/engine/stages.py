@@ -1,0 +1,161 @@
+"""The three stages of DDU-Net inference, written once: encode a subimage, communicate a region
+of the bottleneck mosaic, decode a subimage.
+
+The model keeps its stage API (`encode`, `comm_input`, `communicate_maps`, `replace_maps`,
+`decode`); these functions add what streaming needs around it: the nodata rule, the
+bottleneck store, the exact tiling of the communication network, the area-of-interest mask
+and the hand-over to a sink. The local executor (threads, devices), the rank executor
+(torchrun) and their tests all call these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..io.raster import RasterSource
+from ..parallel.devices import autocast
+from ..partition import Subimage
+from ..predictor import NODATA, SegmentationModel
+from .mapstore import MapStore
+from .plan import Tile
+
+__all__ = ["Worker", "communicate_tiles", "decode_cell", "encode_cell"]
+
+
+class Sink(Protocol):
+    """Where decoded windows go: the background writer, or the send-to-rank-0 sink."""
+
+    wants_probabilities: bool
+
+    def put(self, cell: Subimage, classes: np.ndarray, probs: np.ndarray | None) -> None: ...
+
+
+class Progress(Protocol):
+    def check_cancel(self) -> None: ...
+
+    def report(self, stage: str, done: int, total: int) -> None: ...
+
+
+class Worker:
+    """What one device's thread owns: its model replica and its own dataset handle."""
+
+    def __init__(self, model: SegmentationModel, source: RasterSource, precision: str) -> None:
+        self.model = model
+        self.net = model.net
+        self.device = model.device
+        self.source = source
+        self.precision = precision
+
+
+
+def encode_cell(
+    ctx: Worker, cell: Subimage, raw: np.ndarray, valid: np.ndarray, store: MapStore
+) -> bool:
+    """Encode one subimage and keep its last F bottleneck maps; False if it has no valid pixel
+    (it then contributes zeros to the mosaic)."""
+    if not valid.any():
+        return False  # contributes zeros to the mosaic
+    x = ctx.model.prepare(raw, valid)
+    with autocast(ctx.device, ctx.precision):
+        _, bottleneck = ctx.net.encode(x)
+        maps = ctx.net.comm_input(bottleneck)
+    store.put(cell.index, maps[0].float().cpu().numpy())
+    return True
+
+
+def communicate_tiles(
+    run: Progress,
+    model: SegmentationModel,
+    precision: str,
+    tiles: Sequence[Tile],
+    grid: tuple[int, int],
+    cell: int,
+    get_maps: Callable[[tuple[int, int]], np.ndarray],
+    put_maps: Callable[[tuple[int, int], np.ndarray], None],
+) -> None:
+    """The communication network over the bottleneck mosaic, tile by tile, exactly.
+
+    Each tile of cells is extended by the network's halo on every side (clipped at the mosaic
+    edge, where 'same' zero padding is what the whole-mosaic pass sees too) and its centre kept:
+    every kept value depends only on inputs inside the extended tile, so tiling changes nothing.
+    `get_maps(cell)` may come from this process's store or from halos received from other ranks.
+    """
+    net = model.net
+    rows, cols = grid
+    halo = net.comm_halo
+    mh, mw = rows * cell, cols * cell
+    with torch.inference_mode():
+        for n, (r0, r1, c0, c1) in enumerate(tiles, 1):
+            run.check_cancel()
+            y0, y1 = max(0, r0 * cell - halo), min(mh, r1 * cell + halo)
+            x0, x1 = max(0, c0 * cell - halo), min(mw, c1 * cell + halo)
+            region = np.zeros((net.comm_features, y1 - y0, x1 - x0), np.float32)
+            for i in range(y0 // cell, -(-y1 // cell)):
+                for j in range(x0 // cell, -(-x1 // cell)):
+                    maps = get_maps((i, j))
+                    ya, yb = max(y0, i * cell), min(y1, (i + 1) * cell)
+                    xa, xb = max(x0, j * cell), min(x1, (j + 1) * cell)
+                    region[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = maps[
+                        :, ya - i * cell : yb - i * cell, xa - j * cell : xb - j * cell
+                    ]
+            x = torch.from_numpy(region).unsqueeze(0).to(model.device)
+            with autocast(model.device, precision):
+                out = net.communicate_maps(x)[0].float().cpu().numpy()
+            for i in range(r0, r1):
+                for j in range(c0, c1):
+                    ya, xa = i * cell - y0, j * cell - x0
+                    put_maps((i, j), out[:, ya : ya + cell, xa : xa + cell])
+            run.report("communicate", n, len(tiles))
+
+
+def decode_cell(
+    ctx: Worker,
+    cell: Subimage,
+    raw: np.ndarray,
+    valid: np.ndarray,
+    communicated: MapStore | None,
+    sink: Sink,
+    area: Any = None,
+) -> bool:
+    """Encode again for the skips, swap in the communicated maps, decode, hand the window to
+    `sink`; False if the subimage has no valid pixel (its window is written as nodata)."""
+    h = min(cell.height, ctx.source.height - cell.row_off)
+    w = min(cell.width, ctx.source.width - cell.col_off)
+    live = bool(valid.any())
+    if not live:
+        sink.put(cell, np.full((h, w), NODATA, np.uint8), None)
+        return False
+    net = ctx.net
+    x = ctx.model.prepare(raw, valid)
+    with autocast(ctx.device, ctx.precision):
+        skips, bottleneck = net.encode(x)
+        if net.comm is not None:
+            if communicated is not None:
+                maps = torch.from_numpy(communicated.get(cell.index)).unsqueeze(0).to(ctx.device)
+            else:
+                maps = net.communicate_maps(net.comm_input(bottleneck))
+            bottleneck = net.replace_maps(bottleneck, maps.to(bottleneck.dtype))
+        logits = net.decode(skips, bottleneck)
+    logits = logits[0, :, :h, :w].float()
+    classes = logits.argmax(0).to(torch.uint8).cpu().numpy()
+    keep = valid[:h, :w]
+    if area is not None:
+        # The area only masks the output: encoders saw the real pixels, so classes inside the
+        # area are those of a full-scene run.
+        from rasterio.windows import Window, transform
+
+        from ..io.vector import geometry_window_mask
+
+        wt = transform(Window(cell.col_off, cell.row_off, w, h), ctx.source.transform)
+        keep = keep & geometry_window_mask(area, wt, (h, w))
+    classes[~keep] = NODATA
+    probs = None
+    if sink.wants_probabilities:
+        probs = torch.softmax(logits, 0).cpu().numpy()
+        probs[:, ~keep] = np.nan
+    sink.put(cell, classes, probs)
+    return True
