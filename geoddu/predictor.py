@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import GeodduError
-from .models.ddunet import DDUNet, batched_apply
+from .models.ddunet import DDUNet
 from .models.fusion import fuse_for_inference
 from .partition import Partition
 
@@ -141,36 +141,26 @@ class SegmentationModel(nn.Module):
         x = self.prepare(raw, vpad)
         net = self.net
         cells = part.subimages()
-        xs = [
-            x[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width] for c in cells
+        rows, cols = part.grid
+        grid = [
+            [
+                x[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width]
+                for c in cells[i * cols : (i + 1) * cols]
+            ]
+            for i in range(rows)
         ]
         live = [
             bool(vpad[c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width].any())
             for c in cells
         ]
-        encoded = batched_apply(net.encode, xs)
-        bottlenecks = [e[1] for e in encoded]
-        if net.comm is not None:
-            maps = [
-                net.comm_input(b) if ok else torch.zeros_like(net.comm_input(b))
-                for b, ok in zip(bottlenecks, live, strict=True)
-            ]
-            if net.communicates:
-                rows, cols = part.grid
-                mosaic = Partition.stitch([maps[i * cols : (i + 1) * cols] for i in range(rows)])
-                coarse = part.scaled(net.stride)
-                out = [m for row in coarse.split(net.communicate_maps(mosaic)) for m in row]
-            else:
-                out = batched_apply(net.communicate_maps, maps)
-            bottlenecks = [net.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
+        # The model's own composition (encode, stitch, communicate, replace, decode), with
+        # all-nodata subimages as zeros in the mosaic and not decoded.
+        decoded = net.forward_subimages(grid, live)
         logits = torch.zeros((1, net.config["num_classes"], ph, pw), device=self.device)
-        todo = [k for k, ok in enumerate(live) if ok]
-        decoded = batched_apply(
-            lambda a: net.decode(a[0], a[1]), [(encoded[k][0], bottlenecks[k]) for k in todo]
-        )
-        for k, out in zip(todo, decoded, strict=True):
-            c = cells[k]
-            logits[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width] = out
+        for c in cells:
+            out = decoded[c.row][c.col]
+            if out is not None:
+                logits[..., c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width] = out
         logits_np = logits[0, :, :h, :w].float().cpu().numpy()
         classes = logits_np.argmax(0).astype(np.uint8)
         classes[~valid] = NODATA

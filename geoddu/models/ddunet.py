@@ -167,9 +167,14 @@ class DDUNet(nn.Module):
         return Partition.stitch(self.forward_subimages(partition.split(x)))
 
     def forward_subimages(
-        self, parts: Sequence[Sequence[torch.Tensor]]
-    ) -> list[list[torch.Tensor]]:
-        """Logits per subimage for a [row][col] grid of subimage batches."""
+        self, parts: Sequence[Sequence[torch.Tensor]], live: Sequence[bool] | None = None
+    ) -> list[list[torch.Tensor | None]]:
+        """Logits per subimage for a [row][col] grid of subimage batches.
+
+        `live` (row-major, one per subimage): a subimage marked False (no valid pixel) adds
+        zeros to the communicated mosaic and is not decoded (its entry is None), the rule the
+        streaming engine applies to all-nodata subimages.
+        """
         rows, cols = len(parts), len(parts[0])
         flat = [parts[i][j] for i in range(rows) for j in range(cols)]
         for t in flat:
@@ -183,6 +188,8 @@ class DDUNet(nn.Module):
         bottlenecks = [e[1] for e in encoded]
         if self.comm is not None:
             maps = [self.comm_input(b) for b in bottlenecks]
+            if live is not None:
+                maps = [m if ok else torch.zeros_like(m) for m, ok in zip(maps, live, strict=True)]
             if self.communicates:
                 grid = [maps[i * cols : (i + 1) * cols] for i in range(rows)]
                 mosaic = Partition.stitch(grid)
@@ -194,8 +201,13 @@ class DDUNet(nn.Module):
             else:
                 out = batched_apply(self.communicate_maps, maps)
             bottlenecks = [self.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
-        pairs = list(zip(skips, bottlenecks, strict=True))
-        logits = batched_apply(lambda a: self.decode(a[0], a[1]), pairs)
+        todo = [k for k in range(len(flat)) if live is None or live[k]]
+        decoded = batched_apply(
+            lambda a: self.decode(a[0], a[1]), [(skips[k], bottlenecks[k]) for k in todo]
+        )
+        logits: list[torch.Tensor | None] = [None] * len(flat)
+        for k, out in zip(todo, decoded, strict=True):
+            logits[k] = out
         return [logits[i * cols : (i + 1) * cols] for i in range(rows)]
 
 
