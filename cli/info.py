@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from .options import json_option, model_config, model_options
 
@@ -14,11 +12,15 @@ from .options import json_option, model_config, model_options
 @click.command(short_help="Parameters and receptive field of a model.")
 @model_options
 @click.option(
-    "--checkpoint",
+    "-m",
+    "--model",
+    "model_path",
     type=click.Path(dir_okay=False),
     default=None,
     help="Describe this checkpoint instead of the model options.",
 )
+# The old spelling, before every command named a checkpoint -m/--model; hidden, still works.
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, hidden=True)
 @click.option(
     "--size",
     nargs=2,
@@ -35,7 +37,7 @@ from .options import json_option, model_config, model_options
     help="Subimages in the communication mosaic (memory estimate only).",
 )
 @json_option
-def info(checkpoint, size, subimages, as_json, **kwargs) -> None:
+def info(model_path, checkpoint, size, subimages, as_json, **kwargs) -> None:
     """Print the parameter counts per part (encoder-decoder, communication network) and the
     theoretical receptive field with and without communication, for the model options given
     or for a checkpoint. The numbers reproduce the paper's Tables IV, V, VIII and IX.
@@ -44,16 +46,24 @@ def info(checkpoint, size, subimages, as_json, **kwargs) -> None:
     Examples:
       geoddu info --in-channels 1 --base-channels 4 --depth 3 --comm-features 32
       geoddu info --encoder resnet18 --classes 7 --comm-features 256 --json
-      geoddu info --checkpoint model.pt --size 1024 1024
+      geoddu info -m model.pt --size 1024 1024
     """
+    from rich.console import Console
+    from rich.table import Table
+
     from geoddu.analysis import memory_table, parameter_counts, receptive_fields
     from geoddu.checkpoint import load_checkpoint, model_from_checkpoint
     from geoddu.models import create_model
 
+    if checkpoint is not None:
+        if model_path is not None:
+            raise click.UsageError("give -m/--model (--checkpoint is its old name), not both")
+        click.echo("geoddu info: --checkpoint is now -m/--model", err=True)
+        model_path = checkpoint
     cfg = model_config(kwargs)
     meta = None
-    if checkpoint:
-        ckpt = load_checkpoint(checkpoint)
+    if model_path:
+        ckpt = load_checkpoint(model_path)
         model = model_from_checkpoint(ckpt)
         meta = {k: ckpt[k] for k in ("classes", "bands", "normalization", "subimage_size")}
         meta["geoddu_version"] = ckpt.get("geoddu_version")

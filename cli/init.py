@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,7 +9,7 @@ from click.core import ParameterSource
 
 from geoddu.errors import GeodduError
 
-from .options import model_config, model_options, overwrite_option
+from .options import model_config, model_options, overwrite_option, parse_bands
 
 
 @click.command(short_help="Write an untrained checkpoint.")
@@ -26,7 +25,8 @@ from .options import model_config, model_options, overwrite_option
     "--classes-file",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help='JSON: [{"name": "water", "color": [0, 0, 255]}, ...] (one per class).',
+    help="Classes, the file `geoddu train --classes-file` reads: YAML or JSON, "
+    '[{"name": "water", "color": [0, 0, 255]}, ...] (one per class; docs/training.md).',
 )
 @click.option(
     "--subimage-size",
@@ -37,14 +37,14 @@ from .options import model_config, model_options, overwrite_option
 )
 @click.option(
     "--bands",
-    "band_count",
-    type=click.IntRange(1),
-    default=None,
-    help="Band count (defaults to --in-channels).",
+    callback=lambda ctx, param, v: parse_bands(v),
+    metavar="1,2,3",
+    help="Input bands the model reads, 1-based, in its order (as `geoddu segment --bands`); "
+    "sets --in-channels to their count [1..--in-channels].",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight initialisation seed.")
 @overwrite_option
-def init(output, classes_file, subimage_size, band_count, seed, overwrite, **kwargs) -> None:
+def init(output, classes_file, subimage_size, bands, seed, overwrite, **kwargs) -> None:
     """Write an untrained DDU-Net checkpoint in the same format training writes: architecture,
     class names and colours, bands, normalisation (8-bit -> [0, 1]), subimage size and version.
 
@@ -53,29 +53,22 @@ def init(output, classes_file, subimage_size, band_count, seed, overwrite, **kwa
     import torch
 
     from geoddu.checkpoint import build_metadata, save_checkpoint
+    from geoddu.data.base import load_classes_file
     from geoddu.models import create_model
 
+    ctx = click.get_current_context()
     cfg = model_config(kwargs)
-    if band_count is not None:
-        cfg["in_channels"] = band_count
+    if bands is not None:
+        if _given(ctx, "in_channels") and cfg["in_channels"] != len(bands):
+            raise GeodduError(
+                f"--in-channels {cfg['in_channels']} but --bands lists {len(bands)} bands; "
+                f"give one or the other"
+            )
+        cfg["in_channels"] = len(bands)
     classes = None
     if classes_file:
-        try:
-            classes = json.loads(Path(classes_file).read_text())
-        except json.JSONDecodeError as exc:
-            raise GeodduError(f"{classes_file}: not valid JSON ({exc.msg})") from exc
-        except UnicodeDecodeError as exc:
-            raise GeodduError(f"{classes_file}: not valid JSON (not UTF-8 text)") from exc
-        except OSError as exc:
-            raise GeodduError(f"{classes_file}: cannot read ({exc.strerror or exc})") from exc
-        if isinstance(classes, dict):
-            classes = classes.get("classes")
-        if not isinstance(classes, list):
-            raise GeodduError(f"{classes_file}: expected a list of classes")
-        if not classes:
-            raise GeodduError(f"{classes_file}: lists no classes; a model needs at least one")
-        given = click.get_current_context().get_parameter_source("num_classes")
-        if given not in (ParameterSource.DEFAULT, None) and cfg["num_classes"] != len(classes):
+        classes = load_classes_file(classes_file)["classes"]
+        if _given(ctx, "num_classes") and cfg["num_classes"] != len(classes):
             raise GeodduError(
                 f"--classes {cfg['num_classes']} but {classes_file} lists {len(classes)} "
                 f"classes; give one or the other"
@@ -85,6 +78,10 @@ def init(output, classes_file, subimage_size, band_count, seed, overwrite, **kwa
         raise GeodduError(f"{output} exists; pass --overwrite to replace it")
     torch.manual_seed(seed)
     model = create_model(**cfg)
-    meta = build_metadata(model.config, classes=classes, subimage_size=subimage_size)
+    meta = build_metadata(model.config, classes=classes, bands=bands, subimage_size=subimage_size)
     save_checkpoint(output, model, meta)
     click.echo(f"wrote {output}")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)

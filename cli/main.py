@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 
 import click
 
 from geoddu import __version__
-from geoddu.errors import GeodduError, first_line
+from geoddu.errors import GeodduError, GeodduWarning, first_line
 from geoddu.io.atomic import os_error_line
 
 from . import demo, evaluate, info, init, native_stderr, segment, synth, train, vectorize
@@ -30,11 +31,23 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+_show_warning = warnings.showwarning
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """GeodduWarnings are for users: one 'Warning: ...' line, no file or line number."""
+    if issubclass(category, GeodduWarning):
+        click.echo(f"Warning: {_one_line(message)}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
 class GeodduGroup(click.Group):
     """Turns user errors into one line on stderr and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context):
         native_stderr.capture()
+        warnings.showwarning = _warning_line
         for signum in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, _raise_terminated)
         try:

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from geoddu.checkpoint import MAX_CLASSES, MAX_DEPTH
-from geoddu.models.ddunet import DEFAULT_CONFIG, ENCODERS
+# Not geoddu.models / geoddu.checkpoint: those import torch, and every `--help` reads these.
+from geoddu.model_config import DEFAULT_CONFIG, ENCODERS, MAX_CLASSES, MAX_DEPTH
 
 F = Callable[..., Any]
 
@@ -28,7 +28,7 @@ def model_options(f: F) -> F:
             type=click.IntRange(1),
             default=DEFAULT_CONFIG["in_channels"],
             show_default=True,
-            help="Input bands.",
+            help="Number of input bands.",
         ),
         click.option(
             "--classes",

@@ -85,6 +85,14 @@ from .options import bands_option, overwrite_option, quiet_option, timeout_optio
     default=None,
     help="Also write the maximum softmax probability (float32).",
 )
+@click.option(
+    "--probabilities-dtype",
+    type=click.Choice(["float32", "uint8"]),
+    default="float32",
+    show_default=True,
+    help="Data type of --probabilities and --confidence. uint8: p stored as round(p*254), "
+    "nodata 255, with GDAL scale 1/254 so GIS tools read p back; 4x smaller.",
+)
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimised GeoTIFF.")
 @click.option(
     "--scratch",
@@ -152,6 +160,7 @@ def segment(
     precision,
     probabilities,
     confidence,
+    probabilities_dtype,
     cog,
     scratch,
     aoi,
@@ -216,7 +225,7 @@ def segment(
         if model_path is None:
             raise GeodduError(
                 "no model (-m/--model): train one (geoddu train, or the QGIS Train model "
-                "algorithm) or write an untrained one with geoddu init"
+                "algorithm) or write an untrained one with geoddu init; see docs/models.md"
             )
         # The command line's flags, by the request's field names (geoddu.engine.request).
         options = dict(
@@ -228,6 +237,7 @@ def segment(
             precision=precision,
             probabilities=probabilities,
             confidence=confidence,
+            probabilities_dtype=probabilities_dtype,
             cog=cog,
             overwrite=overwrite,
             scratch=scratch,

@@ -8,10 +8,11 @@ shares, the summary); an error only one rank hit is printed by that rank.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from geoddu.errors import GeodduError
@@ -20,17 +21,6 @@ from geoddu.events import done_event, emit_json, error_event, progress_event
 from .progress import progress_reporter
 
 ProgressFn = Callable[[str, int, int], None]
-
-
-@contextlib.contextmanager
-def _progress(json_lines: bool, quiet: bool) -> Iterator[ProgressFn | None]:
-    if json_lines:
-        yield lambda s, d, t: emit_json(progress_event(s, d, t))
-    elif quiet:
-        yield None
-    else:
-        with progress_reporter(False) as bars:
-            yield bars
 
 
 def run_segment(
@@ -46,48 +36,66 @@ def run_segment(
 ) -> int:
     """`geoddu segment`; returns the exit status. `options` are the request's fields other than
     the source and the output (a batch makes one request per scene from them)."""
-    from geoddu.parallel.group import (
-        AgreedError,
-        agree,
-        broadcast,
-        init_from_env,
-        launched_by_torchrun,
-        rank_and_world,
-    )
-
-    distributed = launched_by_torchrun()
-    if distributed:
-        # Under torchrun a failing peer makes the agent SIGTERM us: unwind like Ctrl-C so the
-        # output's temporary files are removed.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        device = init_from_env(timeout_s)
-        if options.get("device") in (None, "cuda"):
-            options["device"] = str(device)  # cuda:LOCAL_RANK on GPU hosts, else the CPU
-    rank, world = rank_and_world()
-    json_lines = progress_format == "json" and rank == 0
+    # The display starts before torch is even imported: on a terminal the set-up (importing
+    # torch, loading and tracing the model, opening the scene) shows as a status line from the
+    # first second. Under torchrun only rank 0 draws; torchrun's RANK says which we are
+    # before the process group exists.
+    draw = progress_format == "rich" and not quiet and os.environ.get("RANK", "0") == "0"
+    distributed = False
+    error: GeodduError | None = None
     try:
-        if world > 1:
-            # Rank 0 alone expands folders and lists: hosts need not see the same files.
-            jobs = many = error = None
-            if rank == 0:
-                try:
+        with progress_reporter(quiet=not draw) as bars:
+            bars.setup("starting: importing torch")
+            from geoddu.parallel.group import (
+                agree,
+                broadcast,
+                init_from_env,
+                launched_by_torchrun,
+                rank_and_world,
+            )
+
+            distributed = launched_by_torchrun()
+            if distributed:
+                # Under torchrun a failing peer makes the agent SIGTERM us: unwind like Ctrl-C
+                # so the output's temporary files are removed.
+                signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+                bars.setup("starting: joining the other ranks")
+                device = init_from_env(timeout_s)
+                if options.get("device") in (None, "cuda"):
+                    options["device"] = str(device)  # cuda:LOCAL_RANK on GPU hosts, else CPU
+            rank, world = rank_and_world()
+            json_lines = progress_format == "json" and rank == 0
+            try:
+                if world > 1:
+                    # Rank 0 alone expands folders and lists: hosts need not see the same files.
+                    jobs = many = failure = None
+                    if rank == 0:
+                        try:
+                            jobs, many = _jobs(sources, output, output_dir, options)
+                        except GeodduError as exc:
+                            failure = exc
+                    agree(failure, None)
+                    jobs, many = broadcast((jobs, many), None)
+                else:
                     jobs, many = _jobs(sources, output, output_dir, options)
-                except GeodduError as exc:
-                    error = exc
-            agree(error, None)
-            jobs, many = broadcast((jobs, many), None)
-        else:
-            jobs, many = _jobs(sources, output, output_dir, options)
-        with _progress(json_lines, quiet or rank != 0) as progress:
-            result = _run(jobs, many, options, skip_existing, timeout_s, progress)
-    except GeodduError as exc:
-        if json_lines:
-            emit_json(error_event(str(exc)))
-        if rank == 0 or not isinstance(exc, AgreedError):
-            prefix = f"rank {rank}: " if rank and world > 1 else ""
-            message = " ".join(str(exc).split())
-            print(f"Error: {prefix}{message}", file=sys.stderr, flush=True)
-        return 1
+                bars.setup(_setup_text(jobs, many, options))
+                progress: ProgressFn | None = bars if draw and rank == 0 else None
+                if json_lines:
+                    progress = _json_progress
+                result = _run(jobs, many, options, skip_existing, timeout_s, progress)
+            except GeodduError as exc:
+                error = exc
+        # The display is closed before any error or summary line is written below it.
+        if error is not None:
+            from geoddu.parallel.group import AgreedError
+
+            if json_lines:
+                emit_json(error_event(str(error)))
+            if rank == 0 or not isinstance(error, AgreedError):
+                prefix = f"rank {rank}: " if rank and world > 1 else ""
+                message = " ".join(str(error).split())
+                print(f"Error: {prefix}{message}", file=sys.stderr, flush=True)
+            return 1
     finally:
         if distributed:
             import torch.distributed as dist
@@ -108,6 +116,19 @@ def run_segment(
         for s in failed:
             print(f"Error: {s.summary}", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def _json_progress(stage: str, done: int, total: int) -> None:
+    emit_json(progress_event(stage, done, total))
+
+
+def _setup_text(jobs: list[tuple[str, str]], many: bool, options: dict[str, Any]) -> str:
+    """The status line while the first scene is opened and the model loaded (on the CPU the
+    model is also traced, which takes a few seconds)."""
+    model = options.get("model")
+    what = f"{len(jobs)} scenes" if many else Path(jobs[0][0]).name
+    name = Path(model).name if isinstance(model, (str, os.PathLike)) else "the model"
+    return f"setting up: opening {what}, loading and tracing {name}"
 
 
 def _run(jobs, many: bool, options: dict[str, Any], skip_existing: bool, timeout_s: float,
@@ -135,8 +156,6 @@ def _jobs(
     sources: Sequence[str], output: str | None, output_dir: str | None, options: dict[str, Any]
 ) -> tuple[list[tuple[str, str]], bool]:
     """(src, dst) pairs from the command line, and whether this is a batch (--output-dir)."""
-    from pathlib import Path
-
     from geoddu.engine.batch import batch_outputs, expand_sources
 
     if output_dir is None:

@@ -37,7 +37,7 @@ SYNTHETIC_BASE = 4
               help="The dataset folder.")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: best.pt, last.pt, history.csv, history.json.")
-@click.option("--model", "init_model", type=click.Path(exists=True, dir_okay=False),
+@click.option("-m", "--model", "init_model", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Start from this checkpoint (e.g. from `geoddu init`).")
 @click.option("--arch", default=None, metavar="NAME",
               help="Architecture in the paper's notation: 'DDU-Net(3,32,Y)', 'U-Net(4)'; the "
@@ -101,7 +101,10 @@ SYNTHETIC_BASE = 4
 @click.option("--keep-unknown", is_flag=True,
               help="DeepGlobe: count 'unknown' in loss and mIoU (ignored by default).")
 @click.option("--resume", is_flag=True,
-              help="Continue RUN_DIR/last.pt exactly where it stopped (--epochs may extend it).")
+              help="Continue RUN_DIR/last.pt exactly where it stopped: the first run's command "
+                   "line with --resume added, or just -o RUN_DIR --resume. --epochs may extend "
+                   "it, --device, --workers and --data may change; other options must equal "
+                   "the run's.")
 @overwrite_option
 @quiet_option
 @click.pass_context
@@ -222,9 +225,7 @@ def _train(ctx: click.Context, p: dict, mesh) -> None:
     display = _Display(p["quiet"])
     run_dir, data, dataset, arch = p["run_dir"], p["data"], p["dataset"], p["arch"]
     if p["resume"]:
-        if dataset or p["init_model"] or arch or explicit:
-            raise GeodduError("--resume continues the run as it was configured; give only "
-                              "-o RUN_DIR and optionally --epochs, --device, --workers, --data")
+        _check_resume(ctx, p, mesh)
         with display.live() as callbacks:
             result = resume_training(
                 run_dir, data=data, epochs=p["epochs"],
@@ -268,6 +269,118 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
 
+# Options a resumed run may change: where it runs, how long, where the data now lives, and
+# how it reports. Every other option given with --resume must equal what the run stored.
+RESUME_MAY_CHANGE = ("run_dir", "resume", "data", "epochs", "device", "workers", "spatial_ranks",
+                     "ranks", "gpus", "timeout", "overwrite", "quiet")
+# Where last.pt keeps what each other option set: the model's config, the training config,
+# the training record or the dataset's description. An option whose place holds nothing (a
+# folder option on a synthetic run) had no effect on the run and has nothing to conflict with.
+RESUME_STORED = {
+    **{k: ("model", k) for k in MODEL_OPTION_KEYS},
+    **{k: ("config", k) for k in ("dropout", "batch_size", "subimages", "lr", "lr_patience",
+                                  "patience", "min_epochs", "loss", "augment", "seed", "amp")},
+    "dataset": ("dataset", "kind"),
+    "init_model": ("training", "init_checkpoint"),
+    "arch": ("training", "arch"),
+    "encoder_weights": ("training", "encoder_weights"),
+    "freeze_encoder": ("training", "freeze_encoder"),
+    **{k: ("dataset", k) for k in ("patch_size", "val_fraction", "test_fraction",
+                                   "classes_file", "class_column")},
+    "band_list": ("dataset", "bands"),
+    "keep_unknown": ("dataset", "ignore_unknown"),
+}
+_PATHS = ("init_model", "encoder_weights", "classes_file")
+
+
+def _check_resume(ctx: click.Context, p: dict, mesh) -> None:
+    """--resume with the first run's command line: every option given that the run stored
+    must equal it; a conflicting one is refused with its name and both values."""
+    from geoddu.checkpoint import load_checkpoint
+    from geoddu.errors import GeodduError
+    from geoddu.train.loop import LAST, check_run_dir
+
+    given = [k for k in RESUME_STORED if _given(ctx, k)]
+    if not given:
+        return  # nothing to compare: last.pt is read once, by the resume itself
+
+    def check() -> None:
+        if mesh is not None and not mesh.is_main:
+            return  # only rank 0's host need hold the run (as resume_training reads it)
+        run_dir = check_run_dir(p["run_dir"], resume=True, overwrite=False)
+        ckpt = load_checkpoint(run_dir / LAST)
+        record = ckpt.get("training") or {}
+        places = {"model": ckpt.get("config") or {}, "config": record.get("config") or {},
+                  "training": record, "dataset": record.get("dataset") or {}}
+        for name in given:
+            place, key = RESUME_STORED[name]
+            if key not in places[place]:
+                continue
+            stored, value = places[place][key], p[name]
+            if name == "keep_unknown":
+                stored, value = not stored, bool(value)
+            elif name == "subimages":
+                from geoddu.train import parse_grid
+
+                value = parse_grid(value)
+                stored = tuple(stored) if stored is not None else None
+            if not _same(name, value, stored):
+                option = next(o for o in ctx.command.params if o.name == name)
+                had = (f"'s {_stored(option, stored)}" if stored is not None
+                       else f", which had no {option.opts[-1]}")
+                raise GeodduError(f"{_spell(option, value)} conflicts with the run{had}; a "
+                                  f"resumed run keeps its configuration")
+
+    if mesh is None:
+        check()
+    else:
+        mesh.agreed(check)
+
+
+def _same(name: str, value, stored) -> bool:
+    if value is None or stored is None:
+        return value is None and stored is None
+    if name in _PATHS:
+        from pathlib import Path
+
+        return str(value) == str(stored) or Path(value).resolve() == Path(stored).resolve()
+    if name == "arch":
+        return "".join(str(value).split()).lower() == "".join(str(stored).split()).lower()
+    if isinstance(value, float) or isinstance(stored, float):
+        return math.isclose(float(value), float(stored), rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(value, (list, tuple)) or isinstance(stored, (list, tuple)):
+        return list(value) == list(stored)
+    return value == stored
+
+
+def _show(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _spell(option: click.Parameter, value) -> str:
+    """The option as a command line gives it: `--lr 0.01`, `--no-augment`, `--keep-unknown`."""
+    name = option.opts[-1]
+    if getattr(option, "is_flag", False):
+        if value or not option.secondary_opts:
+            return name
+        return option.secondary_opts[-1]
+    return f"{name} {_show(value)}"
+
+
+def _stored(option: click.Parameter, stored) -> str:
+    if getattr(option, "is_flag", False):
+        if option.secondary_opts:
+            return option.opts[-1] if stored else option.secondary_opts[-1]
+        return option.opts[-1] if stored else f"(no {option.opts[-1]})"
+    return _show(stored)
+
+
 class _Display:
     """rich progress (epochs, batches with loss / LR / ETA) and one line per epoch."""
 
@@ -284,14 +397,27 @@ class _Display:
         state: dict = {}
         bar = progress_bars("info", transient=True)
         self.console = bar.console
+        # In a file or a pipe a bar is not redrawn but dumped (and rich wraps long lines at
+        # 80 columns): there, the epoch lines alone, each one plain line.
+        terminal = self.console.is_terminal
+
+        def say(text: str) -> None:
+            if terminal:
+                self.console.print(text)
+            else:
+                from rich.text import Text
+
+                click.echo(Text.from_markup(text).plain, err=True)
+
         try:
 
             def on_start(info):
                 # Drawn only once training starts: an error while setting up (a damaged
                 # last.pt, say) stays the one line on stderr, without a blank line before it.
-                bar.start()
-                state["started"] = True
                 state["epochs"] = info["epochs"]
+                if terminal:
+                    bar.start()
+                    state["started"] = True
                 state["epoch_task"] = bar.add_task("epochs", total=info["epochs"],
                                                    completed=info["start_epoch"], info="")
                 state["batch_task"] = bar.add_task("batches", total=info["batches"], info="")
@@ -302,8 +428,8 @@ class _Display:
                     s = info["spatial_ranks"]
                     where = (f"{info['ranks']} ranks ({info['ranks'] // s} data x {s} spatial) "
                              f"on {where}")
-                self.console.print(f"training on {where}{amp}, {grid} subimages per "
-                                   f"patch, from epoch {info['start_epoch'] + 1}")
+                say(f"training on {where}{amp}, {grid} subimages per patch, from epoch "
+                    f"{info['start_epoch'] + 1}")
 
             def on_batch(epoch, b, n, loss, lr):
                 if b == 1:
@@ -318,7 +444,7 @@ class _Display:
             def on_epoch(row):
                 bar.update(state["epoch_task"], completed=row["epoch"])
                 best = "  [green]best[/green]" if row["best"] else ""
-                self.console.print(
+                say(
                     f"epoch {row['epoch']:>3}/{state['epochs']}  train loss "
                     f"{row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  val mIoU "
                     f"{_fmt(row['val_miou'])}  lr {row['lr']:.2g}  {row['seconds']:.1f} s{best}"

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import click
 
 from .options import json_option, overwrite_option, quiet_option
-from .progress import progress_reporter
 
 
 def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -85,18 +83,14 @@ def vectorize(
       geoddu vectorize landcover.tif -o water.geojson --classes 1 --overwrite
       geoddu vectorize landcover.tif -o landcover.fgb --json
     """
-    from geoddu.io.polygonize import vectorize as run_vectorize
+    from .progress import progress_reporter
 
-    with contextlib.ExitStack() as stack:
-        bars = None
-
-        def progress(stage: str, done: int, total: int) -> None:
-            # The bars start with the first window: an error found up front (no CRS, output
-            # exists...) stays a single line on stderr.
-            nonlocal bars
-            if bars is None:
-                bars = stack.enter_context(progress_reporter(quiet or as_json))
-            bars(stage, done, total)
+    # Nothing is drawn before the first window is done (a terminal shows a status line that
+    # leaves no trace): an error found up front (no CRS, output exists...) stays a single line
+    # on stderr. Every stage is shown as it comes, writing the layer included.
+    with progress_reporter(quiet or as_json) as progress:
+        progress.setup(f"opening {src}")
+        from geoddu.io.polygonize import vectorize as run_vectorize
 
         result = run_vectorize(
             src,

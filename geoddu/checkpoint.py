@@ -23,20 +23,19 @@ from torch.overrides import TorchFunctionMode
 from . import __version__
 from .errors import GeodduError, first_line
 from .io.atomic import write_atomically
-from .models.ddunet import DEFAULT_CONFIG, ENCODERS, DDUNet
+from .model_config import DEFAULT_CONFIG, ENCODERS, MAX_CLASSES, MAX_DEPTH
+from .models.ddunet import DDUNet
 from .models.resnet import RESNET_ENCODERS
 
 FORMAT = "geoddu-checkpoint"
 FORMAT_VERSION = 1
 
-# Class maps are uint8 with 255 as nodata, so ids 0..254 are all a model can name.
-MAX_CLASSES = 255
-# 2^8 = 256 px per bottleneck cell is already coarser than any subimage the paper uses; deeper
-# values in a file are corruption, not a model.
-MAX_DEPTH = 8
-
 # The keys build_metadata fills in and every checkpoint carries next to config and state_dict.
 METADATA_KEYS = ("classes", "bands", "normalization", "subimage_size")
+
+# How the optional "data" record (what the model was trained on) got its value_range: every
+# training pixel, a sample of training patches, or the data type's full range (not measured).
+VALUE_RANGE_FROM = ("all", "sample", "dtype")
 
 # Distinct, colour-blind-friendly defaults for checkpoints that do not name their classes.
 DEFAULT_COLORS = [
@@ -72,10 +71,13 @@ def build_metadata(
     bands: list[int] | None = None,
     normalization: dict[str, list[float]] | None = None,
     subimage_size: int = 256,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The descriptive part of a checkpoint, with defaults filled in and checked.
 
-    The check is the one `load_checkpoint` runs, so whatever is written here loads again.
+    `data` describes the training data (see `_check_data`); None (an untrained model, a dataset
+    that cannot say) leaves the optional "data" key out. The check is the one
+    `load_checkpoint` runs, so whatever is written here loads again.
     """
     n_in, n_cls = config["in_channels"], config["num_classes"]
     fields = {
@@ -84,9 +86,10 @@ def build_metadata(
         "bands": list(range(1, n_in + 1)) if bands is None else bands,
         "normalization": default_normalization(n_in) if normalization is None else normalization,
         "subimage_size": subimage_size,
+        "data": data,
     }
     check_description(fields)
-    return {
+    described = {
         "classes": [
             {"name": str(c["name"]), "color": [int(v) for v in c["color"]]}
             for c in fields["classes"]
@@ -97,14 +100,18 @@ def build_metadata(
         },
         "subimage_size": int(subimage_size),
     }
+    if data is not None:
+        described["data"] = _plain_data(data)
+    return described
 
 
 def check_description(
     fields: Mapping[str, Any], where: str | os.PathLike | None = None
 ) -> DDUNet:
-    """Check config, classes, bands, normalization and subimage_size of a checkpoint (or of
-    metadata about to be written); the first problem is a GeodduError naming `where` and the
-    field. Returns the architecture with shapes only (on the meta device, no weights)."""
+    """Check config, classes, bands, normalization, subimage_size and (when present) data of a
+    checkpoint (or of metadata about to be written); the first problem is a GeodduError naming
+    `where` and the field. Returns the architecture with shapes only (on the meta device, no
+    weights)."""
     fail = _Fail(where)
     config = fields["config"]
     if not isinstance(config, Mapping):
@@ -190,7 +197,79 @@ def check_description(
     size = _int(fail, "subimage_size", fields["subimage_size"], 1)
     if size % model.stride:
         fail("subimage_size", f"{size} is not a multiple of the model stride {model.stride}")
+    if fields.get("data") is not None:
+        _check_data(fail, fields["data"], n_in)
     return model
+
+
+def _check_data(fail: _Fail, data: Any, n_in: int) -> None:
+    """The optional record of the training data (old and `geoddu init` checkpoints lack it):
+
+    {"pixel_size": [x, y] map units per pixel, or None (not georeferenced),
+     "units": the CRS's linear unit ("metre", "degree", ...) or None,
+     "dtype": numpy name of the data type ("uint8", "uint16", "float32", ...),
+     "value_range": [[min, max], ...] one pair per input band, or None,
+     "value_range_from": "all" (every training pixel), "sample" (some training patches) or
+                         "dtype" (the data type's full range, nothing measured)}
+    """
+    if not isinstance(data, Mapping):
+        fail("data", f'must be {{"pixel_size": ..., "dtype": ..., "value_range": ...}}, '
+                     f"not {_kind(data)}")
+    for key in ("pixel_size", "dtype", "value_range"):
+        if key not in data:
+            fail(f"data.{key}", "missing")
+    size = data["pixel_size"]
+    if size is not None and not (
+        isinstance(size, list | tuple) and len(size) == 2
+        and all(_real(v) and math.isfinite(v) and v > 0 for v in size)
+    ):
+        fail("data.pixel_size", f"must be [x, y], two numbers above 0, or None, not {_show(size)}")
+    units = data.get("units")
+    if units is not None and not isinstance(units, str):
+        fail("data.units", f"must be a unit name or None, not {_show(units)}")
+    dtype = data["dtype"]
+    if not isinstance(dtype, str) or not _numeric_dtype_name(dtype):
+        fail("data.dtype", f'must name a numeric data type ("uint8", "uint16", "float32", ...), '
+                           f"not {_show(dtype)}")
+    values = data["value_range"]
+    if values is not None:
+        if not isinstance(values, list | tuple) or len(values) != n_in:
+            fail("data.value_range", f"must list one [min, max] per input channel ({n_in})")
+        for k, pair in enumerate(values):
+            if not (
+                isinstance(pair, list | tuple) and len(pair) == 2
+                and all(_real(v) and math.isfinite(v) for v in pair) and pair[0] <= pair[1]
+            ):
+                fail(f"data.value_range[{k}]", f"must be [min, max], finite numbers with "
+                                               f"min <= max, not {_show(pair)}")
+    source = data.get("value_range_from")
+    if source is not None and source not in VALUE_RANGE_FROM:
+        fail("data.value_range_from", f"{_show(source)} is not one of "
+                                      f"{', '.join(VALUE_RANGE_FROM)}")
+
+
+def _numeric_dtype_name(name: str) -> bool:
+    import numpy as np
+
+    try:
+        dtype = np.dtype(name)
+    except (TypeError, ValueError):
+        return False
+    return dtype.kind in "uif" and dtype.name == name
+
+
+def _plain_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The data record as plain numbers and strings (what weights_only loading accepts)."""
+    size, values = data["pixel_size"], data["value_range"]
+    plain = {
+        "pixel_size": None if size is None else [float(v) for v in size],
+        "units": None if data.get("units") is None else str(data["units"]),
+        "dtype": str(data["dtype"]),
+        "value_range": None if values is None else [[float(a), float(b)] for a, b in values],
+    }
+    if data.get("value_range_from") is not None:
+        plain["value_range_from"] = str(data["value_range_from"])
+    return plain
 
 
 def save_checkpoint(

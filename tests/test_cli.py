@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import rasterio
+from geoddu_cli.main import cli
 
 GEODDU = [sys.executable, "-m", "geoddu_cli"]
 
@@ -73,7 +76,7 @@ def test_init_then_info_and_segment(tmp_path, scene):
         "32",
     )
     assert r.returncode == 0, r.stderr
-    r = run("info", "--checkpoint", ckpt, "--json")
+    r = run("info", "-m", ckpt, "--json")
     info = json.loads(r.stdout)
     assert [c["name"] for c in info["checkpoint"]["classes"]] == ["water", "forest"]
     assert info["config"]["num_classes"] == 2
@@ -181,3 +184,160 @@ def test_resume_from_a_damaged_last_checkpoint_is_one_line(tmp_path):
     (run_dir / "last.pt").write_bytes(b"PK\x03\x04 cut short by a full disk")
     r = run("train", "-o", run_dir, "--resume")
     _only_error_line(r, f"{run_dir / 'last.pt'}: not a geoddu checkpoint, or the file is damaged")
+
+
+# -- answers at once ------------------------------------------------------------------------
+
+# Modules that take seconds to import (torch alone 1.5-3 s) and that no --help or --version
+# needs: the commands import them when they run.
+HEAVY = ("torch", "rasterio", "geopandas")
+# Runs `geoddu ARGV...` in this process as the console script would, then lists the modules
+# it imported (click exits through SystemExit, atexit still runs).
+_LIST_MODULES = """
+import atexit, runpy, sys
+out, argv = sys.argv[1], sys.argv[2:]
+atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+sys.argv = ["geoddu", *argv]
+runpy.run_module("geoddu_cli", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--version"], ["--help"], *([name, "--help"] for name in sorted(cli.commands))],
+    ids=lambda argv: " ".join(argv),
+)
+def test_help_and_version_do_not_import_torch(argv, tmp_path):
+    listing = tmp_path / "modules.txt"
+    r = subprocess.run([sys.executable, "-c", _LIST_MODULES, str(listing), *argv],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and not r.stderr
+    modules = listing.read_text().split()
+    assert "geoddu_cli.main" in modules
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert not heavy, f"geoddu {' '.join(argv)} imported {heavy[:5]}"
+
+
+def test_the_light_model_constants_are_the_models():
+    from geoddu import checkpoint, model_config
+    from geoddu.models import ddunet
+    from geoddu.models.resnet import RESNET_ENCODERS
+
+    # One definition: the torch modules use geoddu.model_config's, and its encoder list names
+    # exactly the encoders the model builds.
+    assert model_config.ENCODERS == ("unet", *RESNET_ENCODERS)
+    assert ddunet.DEFAULT_CONFIG is model_config.DEFAULT_CONFIG
+    assert ddunet.ENCODERS is model_config.ENCODERS
+    assert (checkpoint.MAX_CLASSES, checkpoint.MAX_DEPTH) == (
+        model_config.MAX_CLASSES, model_config.MAX_DEPTH)
+
+
+# -- one flag for one thing -------------------------------------------------------------------
+
+def test_every_checkpoint_option_is_m_model():
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if param.name in ("model_path", "init_model"):
+                assert param.opts == ["-m", "--model"], (name, param.opts)
+            assert "--checkpoint" not in param.opts or param.hidden, (name, param.opts)
+
+
+def test_info_takes_m_and_still_the_old_checkpoint_flag(tmp_path, checkpoint):
+    new = run("info", "-m", checkpoint, "--json")
+    assert new.returncode == 0, new.stderr
+    old = run("info", "--checkpoint", checkpoint, "--json")
+    assert old.returncode == 0 and json.loads(old.stdout) == json.loads(new.stdout)
+    assert "--checkpoint is now -m/--model" in old.stderr
+    assert "--checkpoint" not in run("info", "--help").stdout
+
+
+def test_init_bands_is_a_band_list(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    small = ("--depth", "2", "--base-channels", "4", "--comm-features", "4")
+    r = run("init", "-o", ckpt, "--bands", "4,1,2", *small)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run("info", "-m", ckpt, "--json").stdout)
+    assert info["checkpoint"]["bands"] == [4, 1, 2] and info["config"]["in_channels"] == 3
+    # --in-channels stays the count; both given must agree.
+    r = run("init", "-o", ckpt, "--overwrite", "--bands", "1,2", "--in-channels", "2", *small)
+    assert r.returncode == 0, r.stderr
+    _only_error_line(run("init", "-o", tmp_path / "x.pt", "--bands", "1,2", "--in-channels", "3"),
+                     "--in-channels 3 but --bands lists 2 bands")
+    r = run("init", "-o", tmp_path / "x.pt", "--bands", "0,1")
+    assert r.returncode == 2 and "band numbers start at 1" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "x.pt").exists()
+
+
+def test_init_and_train_read_the_same_classes_file(tmp_path):
+    # YAML as `geoddu train --classes-file` reads it: names alone or with colours.
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("classes:\n  - water\n  - {name: forest, color: [0, 128, 0]}\n"
+                       "column: landuse\n")
+    ckpt = tmp_path / "m.pt"
+    r = run("init", "-o", ckpt, "--classes-file", classes, "--depth", "2", "--base-channels",
+            "4", "--comm-features", "4")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(run("info", "-m", ckpt, "--json").stdout)["checkpoint"]["classes"]
+    assert [c["name"] for c in saved] == ["water", "forest"] and saved[1]["color"] == [0, 128, 0]
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"\xff\xfe[")
+    _only_error_line(run("init", "-o", ckpt, "--overwrite", "--classes-file", bad),
+                     f"{bad}: not valid JSON (not UTF-8 text)")
+    bad.write_text('[{"name": "a", "color": 7}]')
+    _only_error_line(run("init", "-o", ckpt, "--overwrite", "--classes-file", bad), "colour")
+
+
+# -- progress ------------------------------------------------------------------------------
+
+# What a progress line looks like in a file or a pipe: "label: what", never a bar.
+_LINE = re.compile(r"^[a-z0-9 :+]+: (started|\d+/\d+ \w+|done in )")
+
+
+def _plain_progress(stderr: str) -> list[str]:
+    assert "\r" not in stderr and "\x1b" not in stderr and "━" not in stderr, stderr
+    lines = stderr.splitlines()
+    for line in lines:
+        assert _LINE.match(line), line
+    return lines
+
+
+def test_segment_and_vectorize_progress_is_one_line_per_event_in_a_pipe(tmp_path, scene,
+                                                                         checkpoint):
+    out = tmp_path / "map.tif"
+    r = run("segment", scene, "-o", out, "-m", checkpoint)
+    assert r.returncode == 0, r.stderr
+    lines = _plain_progress(r.stderr)
+    assert lines[0].startswith("pass 1: encode: started, 1/") and "subimages" in lines[0]
+    assert re.match(r"pass 2: decode \+ write: (\d+)/\1 subimages, done in ", lines[-1])
+    r = run("vectorize", out, "-o", tmp_path / "v.gpkg", "--simplify", "1")
+    assert r.returncode == 0, r.stderr
+    lines = _plain_progress(r.stderr)
+    stages = [line.split(":")[0] for line in lines]
+    assert stages == ["polygonize", "simplify", "simplify", "write polygons", "write polygons"]
+    assert lines[-1].startswith("write polygons: done in ")
+
+
+def test_plain_progress_lines_come_at_a_modest_rate(monkeypatch, capsys):
+    from geoddu_cli import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    reporter = progress.StageProgress(terminal=False)
+    reporter.setup("loading the model")  # a terminal's status line only: nothing here
+    for done in range(1, 62):  # a subimage a second, for a minute
+        clock[0] = float(done)
+        reporter("encode", done, 61)
+    reporter.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "pass 1: encode: started, 1/61 subimages, 0:00:00 elapsed"
+    assert lines[1] == ("pass 1: encode: 11/61 subimages, 1.1 subimages/s, 0:00:10 elapsed, "
+                        "0:00:45 remaining")
+    assert lines[-1] == "pass 1: encode: 61/61 subimages, done in 0:01:00 (1.0 subimages/s)"
+    assert len(lines) == 7  # start, every 10 s, end
+
+
+def test_segment_without_a_model_says_where_models_come_from(tmp_path, scene):
+    r = run("segment", scene, "-o", tmp_path / "out.tif")
+    line = _only_error_line(r, "no model (-m/--model)", "geoddu train", "docs/models.md")
+    assert "Missing option" not in line and not (tmp_path / "out.tif").exists()

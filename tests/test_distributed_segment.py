@@ -147,12 +147,15 @@ def test_torchrun_batch_writes_every_scene_once(tmp_path, checkpoint):
     ranks = {Path(s["output"]).stem: s["ranks"] for s in done[0]["scenes"]}
     assert ranks["large"] == [0, 1] and sorted(ranks["small_a"] + ranks["small_b"]) == [0, 1]
     assert all(s["status"] == "written" for s in done[0]["scenes"])
-    assert sorted(p.name for p in out.iterdir()) == [f"{n}.tif" for n in sorted(sizes)]
+    # Each class map comes with its GDAL sidecar (category names, attribute table).
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}.tif{s}" for n in sizes for s in ("", ".aux.xml"))
     for name in sizes:
         np.testing.assert_array_equal(_read(out / f"{name}.tif"), refs[name])
 
     # A killed batch: one output missing. Without --skip-existing nothing is redone.
-    (out / "small_b.tif").unlink()
+    for name in ("small_b.tif", "small_b.tif.aux.xml"):  # an output is the map and its sidecar
+        (out / name).unlink()
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     r = torchrun(2, folder, "--output-dir", out, "-m", checkpoint, "-q")
     assert r.returncode == 1 and "--skip-existing" in r.stderr
@@ -257,7 +260,8 @@ def test_batch_in_one_process_and_its_errors(tmp_path, scene, checkpoint):
     r = run(scene, other, "--output-dir", out, "-m", checkpoint)
     assert r.returncode == 0, r.stderr
     assert "2 scene(s): 2 written" in r.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["b.tif", "scene.tif"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "b.tif", "b.tif.aux.xml", "scene.tif", "scene.tif.aux.xml"]
     geoddu.segment(scene, tmp_path / "ref.tif", checkpoint)
     np.testing.assert_array_equal(_read(out / "scene.tif"), _read(tmp_path / "ref.tif"))
     # The argument errors, in-process (each a one-line error and exit status 1).
@@ -290,7 +294,7 @@ def test_batch_refuses_a_scene_with_more_bands_than_the_model(tmp_path, scene, c
     a, b = result.scenes
     assert a.status == "written" and b.status == "failed"
     assert "has 4 bands but the model takes 3" in b.summary and "--bands" in b.summary
-    assert sorted(p.name for p in out.iterdir()) == ["a.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "a.tif.aux.xml"]
 
 
 def test_torchrun_with_aoi_vector_and_every_output_equals_one_process(tmp_path, checkpoint):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,22 @@ from rasterio.enums import Compression
 
 from geoddu.errors import GeodduError
 from geoddu.io.raster import open_raster
-from geoddu.io.writer import ClassMapWriter, FloatRasterWriter, overview_factors
+from geoddu.io.writer import (
+    UINT8_NODATA,
+    ClassMapWriter,
+    FloatRasterWriter,
+    UInt8RasterWriter,
+    overview_factors,
+    probability_writer,
+)
 
 CRS_UTM = CRS.from_epsg(32633)
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)
 W, H = 700, 600  # > 512 on both sides: several tiles and one overview level
 NAMES = ["water", "urban", "forest"]
 COLORS = [(0, 0, 255), (200, 30, 30), (20, 160, 40)]
+# A finished class map: the GeoTIFF and its PAM sidecar (category names, attribute table).
+DONE = ["landcover.tif", "landcover.tif.aux.xml"]
 
 
 def _class_writer(path: Path, **kwargs) -> ClassMapWriter:
@@ -62,7 +72,7 @@ def _only(directory: Path) -> list[str]:
 def test_class_map_is_a_complete_georeferenced_geotiff(tmp_path: Path, cog: bool) -> None:
     path = tmp_path / "landcover.tif"
     expected = _write_class_map(path, cog=cog)
-    assert _only(tmp_path) == ["landcover.tif"]  # no temp file, no sidecar
+    assert _only(tmp_path) == DONE  # no temp file; GDAL's PAM sidecar beside the map
     with rasterio.open(path) as src:
         assert (src.width, src.height, src.count) == (W, H, 1)
         assert src.crs == CRS_UTM
@@ -84,6 +94,62 @@ def test_class_map_is_a_complete_georeferenced_geotiff(tmp_path: Path, cog: bool
         np.testing.assert_array_equal(src.read(1), expected)
         layout = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
         assert (layout == "COG") == cog
+        # GDAL read the sidecar as the file's PAM (and still sees tags and colour table).
+        assert str(path) + ".aux.xml" in src.files
+    assert_pam_class_names(path, NAMES, COLORS)
+
+
+def assert_pam_class_names(path: Path, names: list[str], colors: list[tuple]) -> None:
+    """The sidecar holds band 1's category names and a thematic RAT with GDAL's field usages."""
+    root = ET.parse(str(path) + ".aux.xml").getroot()
+    assert root.tag == "PAMDataset"
+    (band,) = root.findall("PAMRasterBand")
+    assert band.get("band") == "1"
+    assert [c.text or "" for c in band.find("CategoryNames")] == names  # nothing for 255
+    rat = band.find("GDALRasterAttributeTable")
+    assert rat.get("tableType") == "thematic"
+    fields = [(f.findtext("Name"), f.findtext("Type"), f.findtext("Usage"))
+              for f in rat.findall("FieldDefn")]
+    # GFT_Integer 0 / GFT_String 2; GFU_MinMax 5, Name 2, Red 6, Green 7, Blue 8, Alpha 9
+    assert fields == [("Value", "0", "5"), ("Class_Name", "2", "2"), ("Red", "0", "6"),
+                      ("Green", "0", "7"), ("Blue", "0", "8"), ("Alpha", "0", "9")]
+    rows = [[f.text or "" for f in row.findall("F")] for row in rat.findall("Row")]
+    assert rows == [[str(i), name, *(str(v) for v in color), "255"]
+                    for i, (name, color) in enumerate(zip(names, colors, strict=True))]
+
+
+def test_class_names_survive_xml_special_characters(tmp_path: Path) -> None:
+    path = tmp_path / "landcover.tif"
+    names = ['water & "ice"', "<urban>", "forêt 森林"]
+    with _class_writer(path, class_names=names) as writer:
+        writer.write(_classes(H, W), 0, 0)
+    assert_pam_class_names(path, names, COLORS)
+    with rasterio.open(path) as src:  # GDAL accepts the sidecar: the tags still read
+        assert json.loads(src.tags()["CLASS_NAMES"]) == names
+        assert src.colormap(1)[1][:3] == COLORS[1]
+
+
+def test_overwrite_replaces_the_sidecar_and_removes_a_stale_one(tmp_path: Path) -> None:
+    path = tmp_path / "landcover.tif"
+    sidecar = tmp_path / "landcover.tif.aux.xml"
+    _write_class_map(path)
+    with _class_writer(path, overwrite=True, class_names=["a", "b", "c"]) as writer:
+        writer.write(_classes(H, W), 0, 0)
+    assert _only(tmp_path) == DONE
+    assert_pam_class_names(path, ["a", "b", "c"], COLORS)
+    # A float raster written over a class map must not inherit its categories.
+    with FloatRasterWriter(path, width=8, height=8, crs=None, transform=None,
+                           band_descriptions=["p"], overwrite=True) as writer:
+        writer.write(np.zeros((8, 8), np.float32), 0, 0)
+    assert _only(tmp_path) == ["landcover.tif"]
+    # A failed overwrite keeps the old map with its own sidecar.
+    _write_class_map(path, overwrite=True)
+    before = sidecar.read_bytes()
+    with pytest.raises(RuntimeError), _class_writer(path, overwrite=True,
+                                                    class_names=["x", "y", "z"]) as writer:
+        writer.write(_classes(H, W), 0, 0)
+        raise RuntimeError("model crashed")
+    assert sidecar.read_bytes() == before and _only(tmp_path) == DONE
 
 
 def test_unwritten_areas_are_nodata_and_windows_are_clipped(tmp_path: Path) -> None:
@@ -114,7 +180,7 @@ def test_output_appears_only_at_the_end(tmp_path: Path) -> None:
         assert not path.exists()
         (temp,) = tmp_path.iterdir()
         assert temp.name.startswith(".landcover.tif.geoddu-tmp-")
-    assert _only(tmp_path) == ["landcover.tif"]
+    assert _only(tmp_path) == DONE
 
 
 @pytest.mark.parametrize("exc_type", [RuntimeError, KeyboardInterrupt])
@@ -158,7 +224,7 @@ def test_abort_after_success_keeps_the_output(tmp_path: Path) -> None:
     writer.write(_classes(H, W), 0, 0)
     writer.close()
     writer.abort()
-    assert _only(tmp_path) == ["landcover.tif"]
+    assert _only(tmp_path) == DONE
     with rasterio.open(path) as src:
         assert src.count == 1
 
@@ -174,7 +240,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     expected = _write_class_map(path, overwrite=True)
     with rasterio.open(path) as src:
         np.testing.assert_array_equal(src.read(1), expected)
-    assert _only(tmp_path) == ["landcover.tif"]
+    assert _only(tmp_path) == DONE
 
 
 def test_output_created_meanwhile_is_not_clobbered(tmp_path: Path) -> None:
@@ -252,3 +318,47 @@ def test_overview_factors() -> None:
     assert overview_factors(300, 300) == []
     assert overview_factors(512, 100) == [2]
     assert overview_factors(40000, 30000) == [2, 4, 8, 16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("cog", [False, True], ids=["gtiff", "cog"])
+def test_uint8_probabilities_are_scaled_with_gdal_scale(tmp_path: Path, cog: bool) -> None:
+    probs = np.random.default_rng(2).random((3, H, W), dtype=np.float32)
+    probs[:, :, :7] = np.nan
+    probs[0, 0, 10:13] = [0.0, 1.0, 0.5]
+    path = tmp_path / "p8.tif"
+    with probability_writer(path, dtype="uint8", width=W, height=H, crs=CRS_UTM,
+                            transform=TRANSFORM, band_descriptions=NAMES, cog=cog) as writer:
+        assert isinstance(writer, UInt8RasterWriter)
+        writer.write(probs, 0, 0)
+    assert _only(tmp_path) == ["p8.tif"]
+    with rasterio.open(path) as src:
+        assert src.dtypes == ("uint8",) * 3 and src.nodata == UINT8_NODATA
+        assert src.scales == (1 / 254,) * 3 and src.offsets == (0.0,) * 3
+        assert src.descriptions == tuple(NAMES)
+        data = src.read()
+        valid = src.dataset_mask() > 0
+    assert data[0, 0, 10:13].tolist() == [0, 254, 127]
+    assert (data[:, :, :7] == UINT8_NODATA).all() and not valid[:, :7].any()
+    assert valid[:, 7:].all() and data[:, :, 7:].max() <= 254
+    error = np.abs(data[:, :, 7:] * (1 / 254) - probs[:, :, 7:])
+    assert error.max() <= 0.5 / 254 + 1e-6
+
+
+def test_unknown_probabilities_dtype_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(GeodduError, match="float16"):
+        probability_writer(tmp_path / "p.tif", dtype="float16", width=8, height=8, crs=None,
+                           transform=None, band_descriptions=["p"])
+    assert _only(tmp_path) == []
+
+
+def test_outputs_renamed_together_take_their_sidecars_back(tmp_path: Path) -> None:
+    from geoddu.io.writer import commit_all
+
+    first, second = _class_writer(tmp_path / "a.tif"), _class_writer(tmp_path / "b.tif")
+    for writer in (first, second):
+        writer.write(_classes(H, W), 0, 0)
+        writer.finish()
+    (tmp_path / "b.tif").write_bytes(b"another run finished first")
+    with pytest.raises(GeodduError, match="exists"):
+        commit_all([first.output, second.output])
+    assert _only(tmp_path) == ["b.tif"]

@@ -279,3 +279,48 @@ def test_more_bands_via_the_cli_is_a_one_line_error(tmp_path, checkpoint):
     assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
     assert "--bands" in lines[0] and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_uint8_probabilities_match_float32_and_are_smaller(tmp_path, checkpoint):
+    """--probabilities-dtype uint8 (through the CLI) against float32 (the API), same run."""
+    import xml.etree.ElementTree as ET
+
+    scene, _ = _rgb_with_partial_nodata(tmp_path / "rgb.tif", 0)
+    geoddu.segment(scene, tmp_path / "f.tif", checkpoint,
+                   probabilities=tmp_path / "pf.tif", confidence=tmp_path / "cf.tif")
+    exe = Path(sys.executable).with_name("geoddu")
+    proc = subprocess.run(
+        [str(exe), "segment", str(scene), "-o", str(tmp_path / "u.tif"), "-m", str(checkpoint),
+         "--probabilities", str(tmp_path / "pu.tif"), "--confidence", str(tmp_path / "cu.tif"),
+         "--probabilities-dtype", "uint8", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for floats, bytes_ in (("pf.tif", "pu.tif"), ("cf.tif", "cu.tif")):
+        with rasterio.open(tmp_path / floats) as f, rasterio.open(tmp_path / bytes_) as u:
+            expected, got = f.read(), u.read()
+            assert u.dtypes[0] == "uint8" and u.nodata == 255
+            assert u.scales == (1 / 254,) * u.count and u.offsets == (0.0,) * u.count
+            assert u.descriptions == f.descriptions
+        nan = np.isnan(expected)
+        assert nan.any() and (got[nan] == 255).all() and (got[~nan] <= 254).all()
+        assert np.abs(got[~nan] * u.scales[0] - expected[~nan]).max() <= 0.5 / 254 + 1e-6
+        assert (tmp_path / bytes_).stat().st_size < (tmp_path / floats).stat().st_size
+    # Both class maps are the same and carry GDAL's category names in their PAM sidecar.
+    np.testing.assert_array_equal(_read(tmp_path / "u.tif")[0], _read(tmp_path / "f.tif")[0])
+    model = geoddu.load_model(checkpoint)
+    names = [c["name"] for c in model.classes]
+    for out in ("f.tif", "u.tif"):
+        band = ET.parse(tmp_path / f"{out}.aux.xml").getroot().find("PAMRasterBand")
+        assert [c.text for c in band.find("CategoryNames")] == names
+        assert len(band.find("GDALRasterAttributeTable").findall("Row")) == len(names)
+        with rasterio.open(tmp_path / out) as src:
+            assert str(tmp_path / f"{out}.aux.xml") in src.files
+    assert sorted(p.name for p in tmp_path.glob("*.aux.xml")) == ["f.tif.aux.xml", "u.tif.aux.xml"]
+    assert not [p for p in tmp_path.iterdir() if "geoddu-tmp" in p.name]
+
+
+def test_probabilities_dtype_is_checked(tmp_path, scene, checkpoint):
+    with pytest.raises(GeodduError, match="probabilities-dtype"):
+        geoddu.segment(scene, tmp_path / "o.tif", checkpoint, probabilities_dtype="float16")
+    assert not (tmp_path / "o.tif").exists()

@@ -134,6 +134,36 @@ def test_train_command_and_resume(synthetic, tmp_path):
     assert bad.exit_code == 1 and "num classes 5 given" in bad.output
 
 
+def test_resume_accepts_the_first_command_line(synthetic, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    first = ["train", "-q", "--dataset", "synthetic", "--data", str(synthetic), "-o", str(run),
+             "--depth", "2", "--comm-features", "8", "--epochs", "1", "--batch-size", "6",
+             "--lr", "0.001", "--no-augment", "--seed", "3", "--subimages", "1x2"]
+    res = runner.invoke(cli, first)
+    assert res.exit_code == 0, res.output
+    # The same command line with --resume: every option equals the stored run; --epochs may
+    # extend it.
+    res = runner.invoke(cli, [*first, "--resume", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(run / "last.pt")["training"]["epochs_run"] == 2
+    # A conflicting option is refused by name, with both values, before any work.
+    for option, message in (
+        (["--lr", "0.01"], "--lr 0.01 conflicts with the run's 0.001; a resumed run keeps its "
+                           "configuration"),
+        (["--augment"], "--augment conflicts with the run's --no-augment"),
+        (["--depth", "3"], "--depth 3 conflicts with the run's 2"),
+        (["--subimages", "2"], "--subimages 2x2 conflicts with the run's 1x2"),
+        (["--dataset", "folder"], "--dataset folder conflicts with the run's synthetic"),
+    ):
+        res = runner.invoke(cli, ["train", "-q", "-o", str(run), "--resume", "--epochs", "3",
+                                  *option])
+        assert res.exit_code == 1, res.output
+        assert res.output.strip() == f"Error: {message}" or message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    assert load_checkpoint(run / "last.pt")["training"]["epochs_run"] == 2
+
+
 def test_fine_tune_from_an_init_checkpoint(synthetic, tmp_path):
     runner = CliRunner()
     init = tmp_path / "init.pt"

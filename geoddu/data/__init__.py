@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GeodduError
-from .base import IGNORE, PatchDataset, load_classes_file
+
+if TYPE_CHECKING:
+    from .base import PatchDataset
 
 DATASETS = ("deepglobe", "synthetic", "folder")
 
 __all__ = ["DATASETS", "IGNORE", "PatchDataset", "load_classes_file", "open_dataset"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the CLI names DATASETS in its options, and `geoddu --help` must not wait for torch
+    # (which .base imports for torch.utils.data.Dataset).
+    if name in ("IGNORE", "PatchDataset", "load_classes_file"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_dataset(kind: str, root: str | os.PathLike, split: str, **options: Any) -> PatchDataset:

@@ -10,6 +10,7 @@ set to the band mean, i.e. 0 after normalisation (the predictor's nodata rule), 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch.utils.data
 
 from ..errors import GeodduError, first_line
+from ..model_config import MAX_CLASSES
 
 # Label value that neither the loss nor IoU counts (nodata in label rasters, no polygon, ...).
 IGNORE = 255
@@ -52,6 +54,51 @@ class PatchDataset(torch.utils.data.Dataset):
     def describe(self) -> dict[str, Any]:
         """Plain-data record of how the dataset was built (stored in the checkpoint)."""
         return {"kind": self.kind}
+
+    def data_description(self) -> dict[str, Any] | None:
+        """What the pixels are, for the checkpoint's "data" record (see
+        geoddu.checkpoint._check_data): pixel size and its units, data type, value range per
+        band and how that range was found. None: the dataset cannot say."""
+        return None
+
+
+def pixel_size_of(src: Any) -> tuple[list[float] | None, str | None]:
+    """Map units per pixel ([x, y]) of an open raster and the CRS's unit name; (None, None)
+    for a plain image (no CRS, identity transform: a JPG or PNG has no pixel size to tell)."""
+    t, crs = src.transform, src.crs
+    if crs is None and t.is_identity:
+        return None, None
+    size = [math.hypot(t.a, t.d), math.hypot(t.b, t.e)]
+    if not all(math.isfinite(v) and v > 0 for v in size):
+        return None, None
+    units = None
+    if crs is not None:
+        units = "degree" if crs.is_geographic else crs.linear_units
+        units = None if not units or units == "unknown" else str(units)
+    return size, units
+
+
+def dtype_range(dtype: Any, bands: int) -> list[list[float]]:
+    """The full range of a data type, once per band (a value range that measured nothing)."""
+    dtype = np.dtype(dtype)
+    info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
+    return [[float(info.min), float(info.max)] for _ in range(bands)]
+
+
+def data_record(
+    pixel_size: list[float] | None,
+    units: str | None,
+    dtype: Any,
+    value_range: list[list[float]] | None,
+    value_range_from: str,
+) -> dict[str, Any]:
+    return {
+        "pixel_size": pixel_size,
+        "units": units,
+        "dtype": np.dtype(dtype).name,
+        "value_range": value_range,
+        "value_range_from": value_range_from,
+    }
 
 
 def uint8_normalization(bands: int) -> dict[str, list[float]]:
@@ -90,17 +137,26 @@ def check_split(split: str) -> str:
 
 
 def load_classes_file(path: str | Path) -> dict[str, Any]:
-    """Read a classes file (YAML or JSON): a list of classes or {"classes": [...], ...}.
+    """Read a classes file, the one format of `geoddu init --classes-file` and
+    `geoddu train --classes-file` (docs/training.md): YAML (.yaml, .yml) or JSON (any other
+    name), either a list of classes or {"classes": [...], ...}.
 
-    Each class is {"name": str, "color": [r, g, b]} with an optional "value" (what the label
-    raster or the vector class column holds for it; default: the class index for rasters and
-    the name for vectors). Other top-level keys (column, fill, ignore) are returned as well.
+    Each class is a name alone ("water") or {"name": str, "color": [r, g, b]} (colour
+    optional: a distinct default) with an optional "value" (what the label raster or the vector
+    class column holds for it; default: the class index for rasters and the name for vectors).
+    Other top-level keys (column, fill, ignore) are returned as well.
     """
     path = Path(path)
+    kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
     if not path.is_file():
         raise GeodduError(f"{path}: classes file not found")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise GeodduError(f"{path}: not valid {kind} (not UTF-8 text)") from exc
+    except OSError as exc:
+        raise GeodduError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if kind == "YAML":
         try:
             import yaml
         except ImportError as exc:
@@ -118,21 +174,25 @@ def load_classes_file(path: str | Path) -> dict[str, Any]:
             raise GeodduError(f"{path}: not valid JSON ({exc.msg})") from exc
     if isinstance(doc, list):
         doc = {"classes": doc}
-    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list) or not doc["classes"]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list):
         raise GeodduError(f'{path}: expected a list of classes, e.g. [{{"name": "water", '
                           f'"color": [0, 0, 255]}}, ...]')
+    if not doc["classes"]:
+        raise GeodduError(f"{path}: lists no classes; a model needs at least one")
     classes = []
     for k, c in enumerate(doc["classes"]):
         if isinstance(c, str):
             c = {"name": c}
-        if not isinstance(c, dict) or "name" not in c:
+        if not isinstance(c, dict) or "name" not in c or str(c["name"]).strip() == "":
             raise GeodduError(f"{path}: class {k} needs a name")
         color = c.get("color")
         if color is None:
             from ..checkpoint import DEFAULT_COLORS
 
             color = DEFAULT_COLORS[k % len(DEFAULT_COLORS)]
-        if len(color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in color):
+        if not isinstance(color, (list, tuple)) or len(color) != 3 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in color
+        ):
             raise GeodduError(f"{path}: class {c['name']!r}: colour must be [r, g, b] in 0-255")
         entry = {"name": str(c["name"]), "color": [int(v) for v in color]}
         if "value" in c:
@@ -141,7 +201,7 @@ def load_classes_file(path: str | Path) -> dict[str, Any]:
     names = [c["name"] for c in classes]
     if len(set(names)) != len(names):
         raise GeodduError(f"{path}: class names must be unique")
-    if len(classes) >= IGNORE:
-        raise GeodduError(f"{path}: at most {IGNORE - 1} classes fit a uint8 class map")
+    if len(classes) > MAX_CLASSES:
+        raise GeodduError(f"{path}: at most {MAX_CLASSES} classes fit a uint8 class map")
     return {**doc, "classes": classes}
 

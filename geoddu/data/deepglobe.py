@@ -23,7 +23,15 @@ import numpy as np
 
 from ..errors import GeodduError
 from ..io.raster import open_raster
-from .base import PatchDataset, check_split, split_indices, uint8_normalization
+from .base import (
+    PatchDataset,
+    check_split,
+    data_record,
+    dtype_range,
+    pixel_size_of,
+    split_indices,
+    uint8_normalization,
+)
 
 CLASSES = [
     {"name": "urban", "color": [0, 255, 255]},
@@ -150,6 +158,11 @@ class DeepGlobeDataset(PatchDataset):
         for n, (_, sat, _) in enumerate(chosen):
             with open_raster(sat) as src:
                 h, w = src.height, src.width
+                if n == 0:
+                    # The challenge's JPGs carry no georeferencing, so no pixel size (the paper
+                    # says 0.5 m; the files do not).
+                    self.pixel_size, self.pixel_units = pixel_size_of(src)
+                    self.dtype = src.dtype
             rows = range(0, h - self.patch_size + 1, self.patch_size)
             cols = range(0, w - self.patch_size + 1, self.patch_size)
             if not rows or not cols:
@@ -190,3 +203,8 @@ class DeepGlobeDataset(PatchDataset):
             "test_fraction": self.test_fraction,
             "ignore_unknown": self.ignore_index is not None,
         }
+
+    def data_description(self) -> dict[str, Any]:
+        # Measuring the range would decode every image: the data type's range, said so.
+        return data_record(self.pixel_size, self.pixel_units, self.dtype,
+                           dtype_range(self.dtype, 3), "dtype")

@@ -38,7 +38,10 @@ from .base import (
     IGNORE,
     PatchDataset,
     check_split,
+    data_record,
+    dtype_range,
     load_classes_file,
+    pixel_size_of,
     split_indices,
     uint8_normalization,
 )
@@ -106,6 +109,7 @@ class FolderDataset(PatchDataset):
         self.image_paths = images
         self.patches: list[tuple[int, int, int]] = []
         self.shapes = []
+        pixel_sizes, units, dtypes = [], set(), []
         count = None
         for n, path in enumerate(images):
             with open_raster(path) as src:
@@ -114,11 +118,30 @@ class FolderDataset(PatchDataset):
                 if bands is None and src.count != count:
                     raise GeodduError(f"{path}: {src.count} bands, but the first image has {count}")
                 self.shapes.append((src.height, src.width))
+                size, unit = pixel_size_of(src)
+                pixel_sizes.append(size)
+                units.add(unit)
+                if bands is None:
+                    dtypes.append(src.dtype)
+                else:
+                    with open_raster(path, bands=bands) as chosen:
+                        dtypes.append(chosen.dtype)
                 p = self.patch_size
                 self.patches += [
                     (n, r, c) for r in range(0, src.height, p) for c in range(0, src.width, p)
                 ]
         self.bands = list(bands) if bands else list(range(1, (count or 0) + 1))
+        # Every image has a pixel size, in one unit: their median per axis (one value when they
+        # agree); else none can be said.
+        if pixel_sizes and None not in pixel_sizes and len(units) == 1:
+            self.pixel_size = np.median(np.asarray(pixel_sizes), axis=0).tolist()
+            self.pixel_units = units.pop()
+        else:
+            self.pixel_size, self.pixel_units = None, None
+        self.dtype = np.result_type(*dtypes)
+        # Set by _normalization when it samples patches (not for 8-bit data, whose scale is
+        # known without reading).
+        self.sampled_range: list[list[float]] | None = None
         parts = split_indices(len(self.patches), seed, val_fraction, test_fraction)
         self.split_patches = {k: [self.patches[i] for i in v] for k, v in parts.items()}
         self.items = self.split_patches[split]
@@ -259,6 +282,8 @@ class FolderDataset(PatchDataset):
         pick = np.random.default_rng(self.seed).permutation(len(train))[:NORM_SAMPLES]
         sums = np.zeros(len(self.bands))
         sq = np.zeros(len(self.bands))
+        low = np.full(len(self.bands), np.inf)
+        high = np.full(len(self.bands), -np.inf)
         n = 0
         for i in sorted(pick):
             image, valid, _ = self.read_patch(train[i])
@@ -266,6 +291,10 @@ class FolderDataset(PatchDataset):
             sums += v.sum(1)
             sq += (v**2).sum(1)
             n += v.shape[1]
+            if v.shape[1]:
+                low, high = np.minimum(low, v.min(1)), np.maximum(high, v.max(1))
+        if n and np.isfinite(low).all() and np.isfinite(high).all():
+            self.sampled_range = [[float(a), float(b)] for a, b in zip(low, high, strict=True)]
         if n == 0:
             return {"mean": [0.0] * len(self.bands), "std": [1.0] * len(self.bands)}
         mean = sums / n
@@ -283,3 +312,10 @@ class FolderDataset(PatchDataset):
             "classes_file": self.classes_file,
             "bands": self.bands,
         }
+
+    def data_description(self) -> dict[str, Any]:
+        if self.sampled_range is not None:  # the patches the normalisation was measured on
+            return data_record(self.pixel_size, self.pixel_units, self.dtype,
+                               self.sampled_range, "sample")
+        return data_record(self.pixel_size, self.pixel_units, self.dtype,
+                           dtype_range(self.dtype, len(self.bands)), "dtype")

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import GeodduError
-from .base import PatchDataset, check_split, uint8_normalization
+from .base import PatchDataset, check_split, data_record, dtype_range, uint8_normalization
 
 SUBIMAGE = 32
 RADIUS = 4
@@ -154,3 +154,11 @@ class SyntheticDataset(PatchDataset):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "k": self.k, "seed": int(self.meta["seed"])}
+
+    def data_description(self) -> dict[str, Any]:
+        # Arrays, not rasters: no pixel size. The split is in memory, so its range is exact.
+        if not self.images.size:
+            return data_record(None, None, self.images.dtype, dtype_range(self.images.dtype, 1),
+                               "dtype")
+        value_range = [[float(self.images.min()), float(self.images.max())]]
+        return data_record(None, None, self.images.dtype, value_range, "all")

@@ -17,8 +17,6 @@ The torchrun executor (`execute_ranks.py`) runs the same plan and stages over ra
 from __future__ import annotations
 
 import copy
-import time
-from pathlib import Path
 from typing import Any
 
 from ..parallel.devices import resolve_devices
@@ -39,11 +37,10 @@ def execute(
     devices = resolve_devices(request.device, request.gpus)
     job = open_job(request)
     model, plan = job.model, job.plan
-    net = model.net
     replicas = [model if model.device == d else copy.deepcopy(model).to(d).eval() for d in devices]
     run = CellRunner(job.source, plan.partition, replicas, request.precision, progress, cancel)
     writers: dict[str, Any] = {}
-    try:
+    with job.running(writers):
         writers.update(open_writers(request, job.source, model))
         with BackgroundWriter(writers, len(model.classes)) as sink:
             communicated = None
@@ -67,23 +64,11 @@ def execute(
             )
         job.close()  # the scratch space goes before polygonising
         extra_outputs = finish_outputs(job, writers, progress, cancel)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    finally:
-        job.close()
     return SegmentResult(
-        output=Path(request.output),
-        width=job.source.width,
-        height=job.source.height,
-        subimages=len(plan.decode),
+        **job.result_fields(),
         skipped=run.skipped,
-        communicated=net.communicates,
         devices=[str(d) for d in devices],
-        seconds=time.perf_counter() - job.started,
         peak_rss_mb=peak_rss_mb(),
         encoder_runs=run.encoder_runs,
-        map_store_on_disk=job.map_store_on_disk,
         extra_outputs=extra_outputs,
     )

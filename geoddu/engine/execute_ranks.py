@@ -20,7 +20,6 @@ tensors go through NCCL.
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +115,7 @@ def execute_on_ranks(
     msg_bytes = message_bytes(plan.partition, num_classes, wants_probs)
     halo_sent = 0
     extra_outputs: list[Path] = []
-    try:
+    with job.running(writers):
         communicated = None
         if plan.communicates:
             encoded = job.store()
@@ -180,24 +179,12 @@ def execute_on_ranks(
             remote.flush()
             stats = _gather_stats(run, halo_sent, remote.bytes_sent, group)
             agree(None, group)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    finally:
-        job.close()
     return DistributedSegmentResult(
-        output=Path(request.output),
-        width=job.source.width,
-        height=job.source.height,
-        subimages=len(plan.decode),
+        **job.result_fields(),
         skipped=sum(s["skipped"] for s in stats),
-        communicated=plan.communicates,
         devices=[s["device"] for s in stats],
-        seconds=time.perf_counter() - job.started,
         peak_rss_mb=max(s["rss"] for s in stats),
         encoder_runs=sum(s["encoder_runs"] for s in stats),
-        map_store_on_disk=job.map_store_on_disk,
         extra_outputs=extra_outputs,
         ranks=world,
         halo_bytes_sent=[s["halo"] for s in stats],

@@ -10,7 +10,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ..io.atomic import commit_all
 from ..io.raster import RasterSource, open_raster
 from ..partition import Partition
 from ..predictor import SegmentationModel, load_model
+from .compat import warn_if_unlike
 from .mapstore import MapStore
 from .plan import SegmentPlan, plan_segment
 from .request import SegmentRequest
@@ -95,6 +97,31 @@ class Job:
             s.close()
         self.source.close()
 
+    @contextmanager
+    def running(self, writers: dict[str, Any]) -> Iterator[None]:
+        """An executor's body: on any failure every output is aborted (its temporary files
+        go); in any case the job is closed."""
+        try:
+            yield
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+        finally:
+            self.close()
+
+    def result_fields(self) -> dict[str, Any]:
+        """What every executor's result reports about the job itself."""
+        return {
+            "output": Path(self.request.output),
+            "width": self.source.width,
+            "height": self.source.height,
+            "subimages": len(self.plan.decode),
+            "communicated": self.plan.communicates,
+            "seconds": time.perf_counter() - self.started,
+            "map_store_on_disk": self.map_store_on_disk,
+        }
+
 
 def scratch_dir(scratch: str | os.PathLike | None) -> str:
     """The folder for the bottleneck store's scratch file: ``--scratch``, else the system's."""
@@ -166,6 +193,7 @@ def open_job(request: SegmentRequest, device: Any = None) -> Job:
     model.eval()
     source = open_source(request.src, request.bands, model)
     try:
+        warn_if_unlike(model.metadata, source, str(request.src))
         part = model.partition_for(source.height, source.width, request.subimage_size)
         net = model.net
         area = touched = None

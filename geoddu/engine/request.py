@@ -29,6 +29,8 @@ COMM_TILE_CELLS = 256
 # Each of the two bottleneck stores stays in RAM below this size and moves to a scratch file
 # above it: a fixed budget, so that peak memory does not grow with the scene.
 STORE_MAX_RAM_BYTES = 16 * 2**20
+# What --probabilities and --confidence are written as (geoddu.io.writer.probability_writer).
+PROBABILITY_DTYPES = ("float32", "uint8")
 
 PathLike = str | os.PathLike
 
@@ -55,6 +57,8 @@ class SegmentRequest:
     precision: str = "fp32"
     probabilities: str | None = None
     confidence: str | None = None
+    # float32, or uint8 (p as round(p * 254), nodata 255, GDAL scale 1/254): both of the above.
+    probabilities_dtype: str = "float32"
     cog: bool = False
     overwrite: bool = False
     aoi: str | None = None
@@ -89,6 +93,11 @@ class SegmentRequest:
         if self.precision not in PRECISIONS:
             raise GeodduError(
                 f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
+            )
+        if self.probabilities_dtype not in PROBABILITY_DTYPES:
+            raise GeodduError(
+                f"--probabilities-dtype: unknown {self.probabilities_dtype!r}; choose from "
+                f"{', '.join(PROBABILITY_DTYPES)}"
             )
         for name, flag in (("vector_min_area", "--min-area"), ("vector_simplify", "--simplify")):
             value = getattr(self, name)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from ..errors import GeodduError
 from ..io.raster import RasterSource
-from ..io.writer import ClassMapWriter, FloatRasterWriter
+from ..io.writer import ClassMapWriter, probability_writer
 from ..parallel.group import global_rank, wrap_comm_error
 from ..parallel.halo import cell_of
 from ..partition import Partition, Subimage
@@ -52,12 +52,20 @@ def open_writers(
             **geo,
         )
         if request.probabilities is not None:
-            writers["probabilities"] = FloatRasterWriter(
-                request.probabilities, band_descriptions=names, cog=request.cog, **geo
+            writers["probabilities"] = probability_writer(
+                request.probabilities,
+                dtype=request.probabilities_dtype,
+                band_descriptions=names,
+                cog=request.cog,
+                **geo,
             )
         if request.confidence is not None:
-            writers["confidence"] = FloatRasterWriter(
-                request.confidence, band_descriptions=["confidence"], cog=request.cog, **geo
+            writers["confidence"] = probability_writer(
+                request.confidence,
+                dtype=request.probabilities_dtype,
+                band_descriptions=["confidence"],
+                cog=request.cog,
+                **geo,
             )
     except BaseException:
         for w in writers.values():
@@ -69,7 +77,8 @@ def open_writers(
 
 class BackgroundWriter:
     """One thread owns the output datasets and writes windows as they come (GDAL handles are
-    not thread-safe); computing threads only enqueue."""
+    not thread-safe); computing threads only enqueue. Probabilities and confidence are handed
+    over as float32 whatever the output's dtype: a uint8 writer scales them itself."""
 
     def __init__(
         self, writers: dict[str, Any], num_classes: int, height: int = 0, width: int = 0

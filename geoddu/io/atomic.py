@@ -20,18 +20,22 @@ from geoddu.errors import GeodduError
 
 __all__ = [
     "TEMP_MARKER",
+    "PAM_SUFFIX",
     "AtomicOutput",
     "check_distinct_paths",
     "commit_all",
     "os_error_line",
     "remove_stale_temporaries",
+    "sidecar_of",
     "write_atomically",
 ]
 
 TEMP_MARKER = ".geoddu-tmp-"
 
+# GDAL's PAM sidecar (category names, raster attribute table...), moved along with its file.
+PAM_SUFFIX = ".aux.xml"
 # Sidecars GDAL may create next to a dataset; a discarded temp file must not leave them behind.
-_SIDECARS = ("", ".aux.xml", ".ovr", ".msk")
+_SIDECARS = ("", PAM_SUFFIX, ".ovr", ".msk")
 _PID = re.compile(r"^(\d+)(?:-|$)")
 
 
@@ -41,6 +45,11 @@ def os_error_line(exc: OSError, what: str) -> str:
         return f"no space left on device writing {what}"
     reason = exc.strerror or str(exc) or type(exc).__name__
     return f"{reason} writing {what}"
+
+
+def sidecar_of(path: str | os.PathLike[str]) -> Path:
+    """The PAM sidecar GDAL reads beside ``path`` (``NAME.aux.xml``)."""
+    return Path(os.fspath(path) + PAM_SUFFIX)
 
 
 def _alive(pid: int) -> bool:
@@ -164,7 +173,7 @@ class AtomicOutput:
             # The destination may have appeared while we were working (another run).
             if self.path.exists() and not self.overwrite:
                 raise GeodduError(f"{self.path} exists; pass --overwrite to replace it")
-            os.replace(self.temp, self.path)
+            self._replace_with_sidecar()
         except OSError as exc:
             self.discard()
             raise GeodduError(os_error_line(exc, str(self.path))) from exc
@@ -173,6 +182,34 @@ class AtomicOutput:
             raise
         self.done = True
         self._remove_temps()
+
+    def _replace_with_sidecar(self) -> None:
+        """Rename :attr:`temp` over the destination, its GDAL sidecar (``.aux.xml``: category
+        names, attribute table) first, so that the output never appears without it.
+
+        A sidecar left by a replaced output (or an orphan one) would describe the new file
+        wrongly: it is set aside, and put back if the main rename fails."""
+        sidecar = Path(str(self.temp) + PAM_SUFFIX)
+        dest_sidecar = sidecar_of(self.path)
+        backup = None
+        if dest_sidecar.is_file():
+            backup = self.scratch()
+            os.replace(dest_sidecar, backup)
+        moved = False
+        try:
+            if sidecar.is_file():
+                os.replace(sidecar, dest_sidecar)
+                moved = True
+            os.replace(self.temp, self.path)
+        except BaseException:
+            if moved:
+                dest_sidecar.unlink(missing_ok=True)
+            if backup is not None:
+                try:
+                    os.replace(backup, dest_sidecar)
+                except OSError:
+                    pass
+            raise
 
     def discard(self) -> None:
         """Delete every temporary file; the destination is left untouched. Idempotent."""
@@ -210,6 +247,7 @@ def commit_all(outputs: Iterable[AtomicOutput]) -> None:
                 out.discard()
         for out in done:
             out.path.unlink(missing_ok=True)
+            sidecar_of(out.path).unlink(missing_ok=True)
         raise
 
 

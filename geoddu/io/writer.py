@@ -14,6 +14,7 @@ import json
 import math
 import os
 import warnings
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ from rasterio.windows import Window
 
 from geoddu.errors import GeodduError, first_line
 
-from .atomic import TEMP_MARKER, AtomicOutput, commit_all
+from .atomic import TEMP_MARKER, AtomicOutput, commit_all, os_error_line, sidecar_of
 from .gdal_errors import gdal_checked, verify_readable
 
 __all__ = [
@@ -38,12 +39,56 @@ __all__ = [
     "AtomicOutput",
     "ClassMapWriter",
     "FloatRasterWriter",
+    "UInt8RasterWriter",
+    "class_map_pam_xml",
     "commit_all",
     "overview_factors",
+    "probability_writer",
 ]
 
 TILE = 512
 CLASS_NODATA = 255
+# uint8 probabilities: p is stored as round(p * 254), 255 is nodata; GDAL's scale says so.
+PROBABILITY_DTYPES = ("float32", "uint8")
+UINT8_NODATA = 255
+UINT8_STEPS = 254
+
+# GDAL's raster attribute table codes (gdal.h): GDALRATFieldType and GDALRATFieldUsage.
+_GFT_INTEGER, _GFT_STRING = 0, 2
+_GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = 2, 5, 6, 7, 8, 9
+RAT_COLUMNS = (
+    ("Value", _GFT_INTEGER, _GFU_MINMAX),
+    ("Class_Name", _GFT_STRING, _GFU_NAME),
+    ("Red", _GFT_INTEGER, _GFU_RED),
+    ("Green", _GFT_INTEGER, _GFU_GREEN),
+    ("Blue", _GFT_INTEGER, _GFU_BLUE),
+    ("Alpha", _GFT_INTEGER, _GFU_ALPHA),
+)
+
+
+def class_map_pam_xml(
+    class_names: Sequence[str], class_colors: Sequence[tuple[int, int, int]]
+) -> bytes:
+    """GDAL's PAM sidecar (``NAME.aux.xml``) for a class map: band 1's category names and a
+    thematic raster attribute table (value, name, red, green, blue, alpha), as GDAL itself
+    writes them. Value ``i`` is class ``i``; nodata (255) has neither a category nor a row."""
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")
+    for name in class_names:
+        ET.SubElement(categories, "Category").text = name
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    for index, (name, kind, usage) in enumerate(RAT_COLUMNS):
+        defn = ET.SubElement(rat, "FieldDefn", index=str(index))
+        ET.SubElement(defn, "Name").text = name
+        ET.SubElement(defn, "Type").text = str(kind)
+        ET.SubElement(defn, "Usage").text = str(usage)
+    for value, (name, color) in enumerate(zip(class_names, class_colors, strict=True)):
+        row = ET.SubElement(rat, "Row", index=str(value))
+        for field in (value, name, *color, 255):
+            ET.SubElement(row, "F").text = str(field)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
 
 
 @contextmanager
@@ -186,10 +231,14 @@ class _TiledWriter:
                             OVERVIEWS="AUTO",
                             RESAMPLING=self._resampling.name.upper(),
                         )
+                self._write_sidecar(self._out.temp)
                 verify_readable(self._out.temp, self.path)
         except BaseException:
             self._discard()
             raise
+
+    def _write_sidecar(self, temp: Path) -> None:
+        """Write what GDAL keeps beside the file (its PAM ``.aux.xml``); none by default."""
 
     @property
     def finished_path(self) -> Path:
@@ -244,7 +293,9 @@ class ClassMapWriter(_TiledWriter):
 
     Class ``i`` is drawn in ``class_colors[i]``; 255 (no prediction) is transparent. Class
     names are stored as dataset tags ``CLASS_NAMES`` (a JSON list) and ``CLASS_0``,
-    ``CLASS_1``... Overviews use mode resampling so they stay valid classes.
+    ``CLASS_1``..., and in GDAL's PAM sidecar ``NAME.aux.xml`` as band 1's category names and a
+    thematic raster attribute table (what QGIS and ArcGIS show as the legend). Overviews use
+    mode resampling so they stay valid classes.
     """
 
     _dtype = "uint8"
@@ -303,6 +354,14 @@ class ClassMapWriter(_TiledWriter):
 
     def __enter__(self) -> ClassMapWriter:
         return self
+
+    def _write_sidecar(self, temp: Path) -> None:
+        # GeoTIFF has no place for category names or an attribute table: GDAL keeps them in
+        # the PAM sidecar, which the commit renames along with the file.
+        try:
+            sidecar_of(temp).write_bytes(class_map_pam_xml(self.class_names, self.class_colors))
+        except OSError as exc:
+            raise GeodduError(os_error_line(exc, str(self.path))) from exc
 
     def write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
         """Write class indices (h, w) at (row_off, col_off); parts off the image are dropped."""
@@ -373,3 +432,54 @@ class FloatRasterWriter(_TiledWriter):
         if array.ndim != 3 or array.shape[0] != self.count:
             raise ValueError(f"expected a ({self.count}, h, w) window, got shape {array.shape}")
         self._write(array, row_off, col_off)
+
+
+class UInt8RasterWriter(FloatRasterWriter):
+    """Probabilities in 0..1 as uint8, 4x smaller than float32: ``p`` is stored as
+    ``round(p * 254)``, NaN as 255 (nodata). Every band carries GDAL's scale ``1/254`` (offset
+    0), so GDAL-aware tools read probabilities back (``value * scale + offset``).
+    """
+
+    _dtype = "uint8"
+    _nodata = UINT8_NODATA
+    _predictor = 2
+    _resampling = Resampling.average
+    scale = 1.0 / UINT8_STEPS
+
+    def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        try:
+            self._ds.scales = (self.scale,) * self.count
+            self._ds.offsets = (0.0,) * self.count
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> UInt8RasterWriter:
+        return self
+
+    def write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
+        """Write probabilities (bands, h, w) (float, NaN for nodata) at (row_off, col_off)."""
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim == 2 and self.count == 1:
+            array = array[np.newaxis]
+        if array.ndim != 3 or array.shape[0] != self.count:
+            raise ValueError(f"expected a ({self.count}, h, w) window, got shape {array.shape}")
+        nodata = np.isnan(array)
+        scaled = np.rint(np.clip(np.nan_to_num(array), 0.0, 1.0) * UINT8_STEPS)
+        out = scaled.astype(np.uint8)
+        out[nodata] = UINT8_NODATA
+        self._write(out, row_off, col_off)
+
+
+def probability_writer(
+    path: str | os.PathLike[str], *, dtype: str = "float32", **kwargs: Any
+) -> FloatRasterWriter:
+    """The writer for probabilities or confidence in ``dtype`` (``float32`` or ``uint8``)."""
+    if dtype == "float32":
+        return FloatRasterWriter(path, **kwargs)
+    if dtype == "uint8":
+        return UInt8RasterWriter(path, **kwargs)
+    raise GeodduError(
+        f"unknown probabilities dtype {dtype!r}; choose from {', '.join(PROBABILITY_DTYPES)}"
+    )

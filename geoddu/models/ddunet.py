@@ -10,28 +10,11 @@ import torch
 from torch import nn
 
 from ..errors import GeodduError
+from ..model_config import DEFAULT_CONFIG, ENCODERS
 from ..partition import Partition
 from .communication import CommunicationNetwork
 from .resnet import RESNET_ENCODERS, ResNetEncoder
 from .unet import UNetDecoder, UNetEncoder
-
-ENCODERS = ("unet", *RESNET_ENCODERS)
-
-# The keywords every front uses; the names follow segmentation-models-pytorch / torchgeo.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "encoder": "unet",
-    "in_channels": 3,
-    "num_classes": 3,
-    "depth": 4,
-    "base_channels": 16,
-    "comm_features": 64,
-    "communicate": True,
-    "comm_layers": 3,
-    "comm_kernel": 5,
-    "comm_dilation": 1,
-    "up_bias": True,
-    "dropout": 0.1,
-}
 
 
 class DDUNet(nn.Module):

@@ -123,6 +123,9 @@ class Trainer:
             bands=train_set.bands,
             normalization=self.normalization,
             subimage_size=cell_size(self.partition),
+            # What the model saw (pixel size, data type, value range), so that segment can
+            # say when a scene is unlike it; None for datasets that cannot tell.
+            data=describe_data(train_set),
         )
         self.amp = self.device.type == "cuda" and config.amp is not False
         params = [p for p in model.parameters() if p.requires_grad]
@@ -403,6 +406,12 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
             m.p = p
     if hasattr(model, "config"):
         model.config["dropout"] = p
+
+
+def describe_data(dataset: Any) -> dict[str, Any] | None:
+    """The dataset's "data" record for the checkpoint (PatchDataset.data_description)."""
+    describe = getattr(dataset, "data_description", None)
+    return describe() if callable(describe) else None
 
 
 def _numpy_state() -> dict[str, Any]:

@@ -266,8 +266,10 @@ def test_odd_file_names_cancel_then_run(plugin, odd_inputs, mode, feedback, tmp_
     for name, path in outputs.items():
         assert result[name] == path and os.path.isfile(path), name
     _assert_class_map(outputs["OUTPUT"])
+    # The class map comes with its GDAL sidecar (category names, attribute table).
     assert sorted(os.listdir(os.path.dirname(outputs["OUTPUT"]))) == sorted(
-        os.path.basename(p) for p in outputs.values())
+        [*(os.path.basename(p) for p in outputs.values()),
+         os.path.basename(outputs["OUTPUT"]) + ".aux.xml"])
 
 
 def test_odd_file_names_for_aoi_and_polygons(plugin, odd_inputs, mode, feedback, tmp_path):

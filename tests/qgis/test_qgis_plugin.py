@@ -104,7 +104,8 @@ def test_provider_and_algorithm_are_registered(plugin):
     registry = QgsApplication.processingRegistry()
     provider = registry.providerById("geoddu")
     assert provider is not None
-    assert [a.id() for a in provider.algorithms()] == ["geoddu:segment"]
+    assert sorted(a.id() for a in provider.algorithms()) == [
+        "geoddu:segment", "geoddu:train", "geoddu:vectorize"]
     alg = registry.algorithmById("geoddu:segment")
     assert alg.displayName() == "Segment raster (DDU-Net)"
     names = [p.name() for p in alg.parameterDefinitions()]

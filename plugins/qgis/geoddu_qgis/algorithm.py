@@ -28,6 +28,10 @@ from .discovery import find_engine
 from .icons import plugin_icon
 from .styling import ClassMapStyler, ClassPolygonStyler, read_classes
 
+#: The Processing group of every geoddu algorithm.
+GROUP, GROUP_ID = "DDU-Net", "ddunet"
+#: The project's repository (metadata.txt names the same); the docs are its docs/ folder.
+REPOSITORY = "https://github.com/geoddu/geoddu"
 DEVICES = ["cpu", "cuda"]
 PRECISIONS = ["fp32", "bf16", "fp16"]
 #: Optional raster outputs: (request field, parameter).
@@ -69,30 +73,56 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     def icon(self):
         return plugin_icon()
 
+    def group(self):
+        return self.tr(GROUP)
+
+    def groupId(self):  # noqa: N802
+        return GROUP_ID
+
+    def helpUrl(self):  # noqa: N802
+        return docs_url("segment-raster-ddu-net")
+
     def shortHelpString(self):  # noqa: N802
+        # Plain text: the algorithm dialog shows each line as a paragraph, and
+        # `qgis_process help geoddu:segment` prints it as it is.
         return self.tr(
             "Segments a raster, however large, into a land-cover class map with a geoddu "
             "(DDU-Net) checkpoint. The image is cut into subimages that exchange features, so "
-            "the result has no tile seams.\n\n"
-            "<b>Input raster</b>: the image (any raster file GDAL reads).\n"
-            "<b>Checkpoint</b>: a .pt file written by geoddu (train or init).\n"
-            "<b>Bands</b>: the input bands to use, in the model's order (none: the "
+            "the result has no tile seams.\n"
+            "\n"
+            "Input raster (INPUT): the image, any raster file GDAL reads.\n"
+            "Checkpoint (MODEL): a .pt file written by geoddu (Train model, geoddu train, or "
+            "geoddu init).\n"
+            "Bands (BANDS): the input bands to use, in the model's order (none: the "
             "checkpoint's).\n"
-            "<b>Device</b>: cpu, or cuda for an NVIDIA GPU. <b>GPUs</b>: spread the subimages "
-            "over this many CUDA devices (0: just the device).\n"
-            "<b>Precision</b>: fp32, or bf16/fp16 mixed precision (fp16 needs CUDA).\n"
-            "<b>Subimage size</b>: pixels per subimage side (0: the checkpoint's).\n"
-            "<b>Class map</b>: a GeoTIFF (uint8, nodata 255) with the input's CRS and "
+            "Device (DEVICE): cpu, or cuda for an NVIDIA GPU.\n"
+            "GPUs (GPUS, advanced): spread the subimages over this many CUDA devices (0: just "
+            "the device).\n"
+            "Precision (PRECISION, advanced): fp32, or bf16/fp16 mixed precision (fp16 needs "
+            "CUDA).\n"
+            "Subimage size (SUBIMAGE_SIZE, advanced): pixels per subimage side (0: the "
+            "checkpoint's).\n"
+            "Area of interest (AOI, optional): a polygon layer, in any CRS; only the pixels "
+            "inside its polygons are segmented, the rest of the class map is nodata (255).\n"
+            "Class map (OUTPUT): a GeoTIFF (uint8, nodata 255) with the input's CRS and "
             "transform; it is added to the project with the checkpoint's class colours and "
             "names.\n"
-            "<b>Probabilities</b>, <b>Confidence</b> (optional): float32 GeoTIFFs with one "
-            "band per class, and the highest class probability.\n"
-            "<b>Polygons</b> (optional): the class map as polygons (GeoPackage, GeoJSON, "
-            "FlatGeobuf or Shapefile), one per connected region, with class_id and class_name; "
-            "regions smaller than the minimum area are merged into a neighbour first, and "
-            "borders can be simplified without gaps or overlaps.\n\n"
-            "The engine is geoddu imported in QGIS's Python, a configured Python environment, or "
-            "the geoddu command (Settings > Options > Processing > Providers > geoddu)."
+            "Class probabilities (PROBABILITIES) and Confidence (CONFIDENCE), optional: "
+            "float32 GeoTIFFs with one band per class, and the highest class probability.\n"
+            "Polygons (POLYGONS, optional): the class map as polygons (GeoPackage, GeoJSON, "
+            "FlatGeobuf or Shapefile), one per connected region, with class_id and "
+            "class_name.\n"
+            "Polygons: merge regions smaller than (MIN_AREA, advanced): square map units; "
+            "smaller regions are merged into their largest neighbour first (0: none).\n"
+            "Polygons: simplify borders by (SIMPLIFY, advanced): map units; shared borders "
+            "are simplified once, without gaps or overlaps (0: none).\n"
+            "\n"
+            "Outputs: the class map (and the optional outputs asked for), and ENGINE, the "
+            "engine set-up that ran (import, env or cli). Cancelling stops between subimages "
+            "and leaves no output file.\n"
+            "The engine is geoddu imported in QGIS's Python, a configured Python environment, "
+            "or the geoddu command (Settings > Options > Processing > Providers > geoddu, or "
+            "Plugins > geoddu > Set up engine)."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -279,6 +309,11 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         if polygons:
             results[self.POLYGONS] = polygons
         return results
+
+
+def docs_url(anchor: str = "") -> str:
+    """The plugin's documentation page (docs/qgis.md in the repository), at ``anchor``."""
+    return f"{REPOSITORY}/blob/main/docs/qgis.md" + (f"#{anchor}" if anchor else "")
 
 
 def make_folders(paths) -> list[str]:

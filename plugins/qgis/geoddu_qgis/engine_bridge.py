@@ -1,8 +1,9 @@
 """Drive the geoddu engine, whatever way it is installed: one :class:`Engine` interface.
 
 This module is plain Python (standard library only, no QGIS import) so that it can be read and
-tested on its own. The Processing algorithm finds an engine (:func:`.discovery.find_engine`),
-then calls ``engine.segment(request)`` and, for polygons, ``engine.vectorize(...)``.
+tested on its own. The Processing algorithms find an engine (:func:`.discovery.find_engine`),
+then call ``engine.segment(request)``, ``engine.vectorize(...)`` (polygons) or
+``engine.train(request)`` (a training run, see :data:`TRAIN_FIELDS`).
 
 A run is described once, as a plain dict of request fields: the keys are the field names of
 ``geoddu.engine.request.SegmentRequest`` (src, output, model, bands, subimage_size, device,
@@ -28,6 +29,15 @@ import traceback
 from collections.abc import Callable
 
 from .output_guard import OutputGuard
+from .training_run import (  # noqa: F401 - LAST and train_summary are used by the algorithm
+    LAST,
+    TRAIN_FIELDS,
+    EpochFn,
+    number,
+    parse_epoch_line,
+    train_args,
+    train_summary,
+)
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
@@ -138,6 +148,22 @@ class Engine:
         overwritten); same errors as :meth:`segment`."""
         raise NotImplementedError
 
+    def train(self, request: dict, *, progress: ProgressFn | None = None,
+              epoch: EpochFn | None = None, cancel: CancelFn | None = None,
+              log: LogFn | None = None) -> dict:
+        """Run the training ``request`` (a dict of :data:`TRAIN_FIELDS`): what ``geoddu train
+        --dataset folder`` does. Returns :func:`train_summary` of its run folder.
+
+        ``progress("train", done, total)`` follows the run (batches in-process, epochs through
+        the command); ``epoch(row)`` gets each finished epoch: ``epoch``, ``epochs``,
+        ``train_loss``, ``val_loss``, ``val_miou`` and ``best``. Raises
+        :class:`EngineCancelled` when ``cancel()`` turned True (checked between batches: the
+        checkpoints of the epochs done stay, RUN_DIR/last.pt resumes the run) and
+        :class:`EngineError` on any failure. Nothing in the run folder is removed: the trainer
+        replaces its checkpoints atomically, so it never holds a half-written one.
+        """
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
 
@@ -183,6 +209,72 @@ class InProcessEngine(Engine):
         self._call(lambda: function(src, dst, overwrite=True, **options), [dst])
         return dst
 
+    def train(self, request, *, progress=None, epoch=None, cancel=None, log=None):
+        _checked_train_args(request)  # the same checks as through the command
+        package = self.module.__name__
+        state = {"epochs": 0, "batches": 1, "start": 0}
+
+        def run():
+            trainer = importlib.import_module(package + ".train")
+            cancelled = importlib.import_module(package + ".errors").Cancelled
+
+            def check() -> None:
+                if cancel is not None and cancel():
+                    raise cancelled("cancelled")
+
+            def on_start(info):
+                state.update(epochs=int(info["epochs"]), batches=max(int(info["batches"]), 1),
+                             start=int(info["start_epoch"]))
+                if progress is not None:
+                    progress("train", state["start"] * state["batches"],
+                             state["epochs"] * state["batches"])
+                check()
+
+            def on_batch(number, b, n, loss, lr):
+                if progress is not None:
+                    progress("train", (number - 1) * state["batches"] + b,
+                             state["epochs"] * state["batches"])
+                check()
+
+            def on_validate(done, total):
+                check()
+
+            def on_epoch(row):
+                if epoch is not None:
+                    epoch({"epoch": row["epoch"], "epochs": state["epochs"],
+                           "train_loss": number(row.get("train_loss")),
+                           "val_loss": number(row.get("val_loss")),
+                           "val_miou": number(row.get("val_miou")),
+                           "best": bool(row.get("best"))})
+
+            callbacks = trainer.Callbacks(on_start=on_start, on_batch=on_batch,
+                                          on_validate=on_validate, on_epoch=on_epoch)
+            if request.get("resume"):
+                trainer.resume_training(
+                    request["run_dir"], data=request.get("data"), epochs=request.get("epochs"),
+                    device=request.get("device"), callbacks=callbacks)
+                return
+            dataset = request.get("dataset") or "folder"
+            # What `geoddu train` (cli/train.py) does with the same options.
+            config = trainer.preset(
+                dataset, subimages=trainer.parse_grid(request.get("subimages")),
+                **{key: request.get(key) for key in ("epochs", "batch_size", "lr", "seed",
+                                                     "device")})
+            model_options = {key: request[key] for key in ("base_channels",)
+                             if request.get(key) is not None}
+            dataset_options = {key: request.get(key) for key in
+                               ("patch_size", "seed", "val_fraction", "classes_file",
+                                "class_column")}
+            dataset_options["seed"] = dataset_options["seed"] or 0
+            trainer.start_training(
+                dataset, request["data"], request["run_dir"], config, arch=request.get("arch"),
+                model_options=model_options,
+                dataset_options={k: v for k, v in dataset_options.items() if v is not None},
+                overwrite=bool(request.get("overwrite")), callbacks=callbacks)
+
+        self._call(run, [])
+        return train_summary(request["run_dir"])
+
     def _call(self, run, outputs):
         """Call ``run()``; on any failure remove what it left at (or beside) ``outputs``."""
         errors = importlib.import_module(self.module.__name__ + ".errors")
@@ -202,7 +294,8 @@ class InProcessEngine(Engine):
             except BaseException:  # KeyboardInterrupt, SystemExit: clean up, then go on
                 guard.discard()
                 raise
-            check_written(guard, outputs[0])
+            if outputs:
+                check_written(guard, outputs[0])
         except EngineError:
             guard.discard()
             raise
@@ -253,12 +346,35 @@ class CliEngine(Engine):
                 raise EngineError(NO_POLYGONS, exc.details) from None
             raise
 
-    def _run(self, args, outputs, progress, cancel, log, stdin_text=None) -> str:
+    def train(self, request, *, progress=None, epoch=None, cancel=None, log=None):
+        # `geoddu train` has no JSON progress: its plain epoch lines (printed when not --quiet)
+        # are read instead, and the run advances one step per epoch. COLUMNS keeps rich from
+        # wrapping them.
+        args = [*self.command, "train", *_checked_train_args(request)]
+
+        def on_line(line: str) -> bool:
+            row = parse_epoch_line(line)
+            if row is None:
+                return False
+            if progress is not None:
+                progress("train", row["epoch"], row["epochs"])
+            if epoch is not None:
+                epoch(row)
+            return True
+
+        self._run(args, [], progress, cancel, log, on_line=on_line,
+                  env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+        return train_summary(request["run_dir"])
+
+    def _run(self, args, outputs, progress, cancel, log, stdin_text=None, env=None,
+             on_line=None) -> str | None:
         """Run one geoddu command (``stdin_text`` on its stdin); relay its JSON progress; map
         failures to EngineError.
 
         A failed or cancelled run leaves nothing at ``outputs``: what the command wrote there,
-        and the temporary files it left beside them, are removed.
+        and the temporary files it left beside them, are removed. ``on_line(line)`` sees each
+        plain (non-JSON) line of stderr first; True: it was handled (not logged). ``env``: the
+        command's environment (default: this process's).
         """
         guard = OutputGuard(outputs)
         popen_kw = {}
@@ -272,7 +388,7 @@ class CliEngine(Engine):
             stdin = subprocess.DEVNULL if stdin_text is None else subprocess.PIPE
             proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                    errors="replace", shell=False, **popen_kw)
+                                    errors="replace", shell=False, env=env, **popen_kw)
         except OSError as exc:
             raise EngineError(f"cannot run {self.command[0]}: {exc.strerror or exc}") from None
 
@@ -305,6 +421,9 @@ class CliEngine(Engine):
                 line = line.rstrip("\r\n")
                 event = _parse_event(line) if name == "stderr" else None
                 if event is None:
+                    if on_line is not None and name == "stderr" and not cancelled \
+                            and on_line(line):
+                        continue
                     if line.strip():
                         tail = (tail + [line])[-20:]
                         if log is not None:
@@ -342,6 +461,8 @@ class CliEngine(Engine):
                        or (f"geoddu was stopped by signal {-rc}" if rc < 0
                            else f"geoddu exited with status {rc}"))
             raise EngineError(message, "\n".join(tail))
+        if not outputs:
+            return output
         try:
             check_written(guard, outputs[0])
         except EngineError:
@@ -400,6 +521,13 @@ def _send(proc: subprocess.Popen, text: str) -> None:
             proc.stdin.close()
         except OSError:
             pass
+
+
+def _checked_train_args(request: dict) -> list[str]:
+    try:
+        return train_args(request)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
 
 
 def one_line(message: str) -> str:

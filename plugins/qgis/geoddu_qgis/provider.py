@@ -5,6 +5,8 @@ from qgis.core import QgsProcessingProvider
 from . import settings
 from .algorithm import SegmentAlgorithm
 from .icons import plugin_icon
+from .train_algorithm import TrainAlgorithm
+from .vectorize_algorithm import VectorizeAlgorithm
 
 
 class GeodduProvider(QgsProcessingProvider):
@@ -15,7 +17,7 @@ class GeodduProvider(QgsProcessingProvider):
         return "geoddu"
 
     def longName(self):  # noqa: N802 (Qt naming)
-        return "geoddu: DDU-Net segmentation of large rasters"
+        return "geoddu: DDU-Net training, segmentation and vectorization of large rasters"
 
     def icon(self):
         return plugin_icon()
@@ -29,7 +31,8 @@ class GeodduProvider(QgsProcessingProvider):
         settings.unregister()
 
     def loadAlgorithms(self):  # noqa: N802
-        self.addAlgorithm(SegmentAlgorithm())
+        for algorithm in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm()):
+            self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802
         return ["tif"]

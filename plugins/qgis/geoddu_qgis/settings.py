@@ -42,6 +42,21 @@ def engine_settings() -> dict:
     }
 
 
+def use_python_env(path: str) -> None:
+    """Point the provider at the Python environment ``path`` (set-up ``env``), as a user would in
+    the options dialog: what *Set up engine* does once its environment is ready."""
+    values = {ENGINE_MODE: discovery.MODES.index("env"), PYTHON_ENV: str(path)}
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+    except ImportError:
+        ProcessingConfig = None  # noqa: N806
+    for name, value in values.items():
+        if ProcessingConfig is not None and name in ProcessingConfig.settings:
+            ProcessingConfig.setSettingValue(name, value)  # saves it too
+        else:
+            QgsSettings().setValue(_key(name), value)
+
+
 def register() -> None:
     """Add the settings to Processing's options dialog (no-op without the processing plugin)."""
     try:

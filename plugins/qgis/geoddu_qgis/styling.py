@@ -1,8 +1,9 @@
 """Show a geoddu class map with its classes' colours and names (a paletted renderer).
 
-The engine writes both into the output GeoTIFF: a colour table on band 1 and the metadata tag
-``CLASS_NAMES`` (a JSON list of names). They are read back here with GDAL, so this works whichever
-way the engine ran (in-process or as a subprocess).
+The engine writes both into the output GeoTIFF: a colour table on band 1, the band's GDAL category
+names (with a raster attribute table, in the PAM sidecar ``NAME.aux.xml``) and the metadata tag
+``CLASS_NAMES`` (a JSON list of names, also in older outputs). They are read back here with GDAL,
+category names first, so this works whichever way the engine ran (in-process or as a subprocess).
 """
 
 from __future__ import annotations
@@ -28,14 +29,12 @@ def read_classes(path: str) -> list[dict]:
     if ds is None:
         return []
     try:
+        # The tag first: GDAL 3.6's GeoTIFF driver loads the PAM sidecar lazily, and asking
+        # only for category names does not trigger it; reading metadata does.
+        tag_names = _tag_names(ds)
         band = ds.GetRasterBand(1)
         table = band.GetColorTable()
-        try:
-            names = json.loads(ds.GetMetadataItem("CLASS_NAMES") or "[]")
-        except ValueError:
-            names = []
-        if not isinstance(names, list):
-            names = []
+        names = _category_names(band) or tag_names
         count = len(names)
         if not names and table is not None:
             # No names: GeoTIFF colour tables have 256 entries; keep up to the last one that is
@@ -53,6 +52,24 @@ def read_classes(path: str) -> list[dict]:
         return classes
     finally:
         ds = None
+
+
+def _category_names(band) -> list[str]:
+    """GDAL's category names of the band (geoddu writes them in the PAM sidecar
+    ``NAME.aux.xml``; other tools read them too), without trailing empty ones (nodata)."""
+    names = list(band.GetCategoryNames() or [])
+    while names and not names[-1]:
+        names.pop()
+    return names[:NODATA]
+
+
+def _tag_names(ds) -> list[str]:
+    """The ``CLASS_NAMES`` tag (a JSON list) of class maps written before category names."""
+    try:
+        names = json.loads(ds.GetMetadataItem("CLASS_NAMES") or "[]")
+    except ValueError:
+        return []
+    return names if isinstance(names, list) else []
 
 
 def paletted_renderer(layer, classes: list[dict]) -> QgsPalettedRasterRenderer:

@@ -1,0 +1,357 @@
+"""geoddu:train in a real QGIS: a raster and labelled polygons written here, a short training
+with a tiny DDU-Net, and geoddu:segment with the checkpoint it wrote.
+
+The raster has two clearly different halves (green "forest" on the left, red "urban" on the
+right); a handful of polygons label parts of each. Through both engine set-ups (``env``: the
+trainer's Python API in-process; ``cli``: ``geoddu train`` as a subprocess), in a model chained
+to geoddu:segment, with a label raster, cancelled and resumed, and from ``qgis_process``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from qgis_testdata import EPSG, PLUGIN_PARENT, missing
+
+SIZE = 96
+X0, Y0, PIXEL = 500000.0, 4600000.0, 10.0
+#: A tiny, quick model and run (a few seconds on a CPU): DDU-Net(2,8,Y) with base 4.
+TINY = {"ARCH": 1, "BASE_CHANNELS": 4, "EPOCHS": 2, "PATCH_SIZE": 32,
+        "SUBIMAGES": 2, "BATCH_SIZE": 2, "LEARNING_RATE": 0.03}
+#: The label layer's categories: what the checkpoint's classes must be named and coloured.
+CATEGORIES = [("forest", "Forest", (20, 140, 40)), ("urban", "Urban", (220, 30, 30))]
+
+
+def _feedback_class():
+    from qgis.core import QgsProcessingFeedback
+
+    class RecordingFeedback(QgsProcessingFeedback):
+        """Records progress and messages; cancels itself at the first message matching
+        ``cancel_at``."""
+
+        def __init__(self, cancel_at: str | None = None):
+            super().__init__()
+            self.progress_values: list[float] = []
+            self.messages: list[str] = []
+            self.cancel_at = cancel_at
+            self.progressChanged.connect(self.progress_values.append)
+
+        def pushInfo(self, info):  # noqa: N802
+            self.messages.append(info)
+            if self.cancel_at and re.search(self.cancel_at, info):
+                self.cancel()
+
+        def setProgressText(self, text):  # noqa: N802
+            self.messages.append(text)
+
+    return RecordingFeedback
+
+
+@pytest.fixture
+def feedback_cls(qgis_app):
+    return _feedback_class()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, qgis_app) -> dict:
+    """A 3 x 96 x 96 uint8 GeoTIFF (left half green, right half red, with noise), a label
+    raster of the same grid (0 forest, 1 urban, 255 nodata) and polygon labels."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    folder = tmp_path_factory.mktemp("train-data")
+    rng = np.random.default_rng(1)
+    image = folder / "scene.tif"
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(EPSG)
+    transform = (X0, PIXEL, 0.0, Y0, 0.0, -PIXEL)
+    ds = gdal.GetDriverByName("GTiff").Create(str(image), SIZE, SIZE, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(transform)
+    ds.SetProjection(srs.ExportToWkt())
+    half = SIZE // 2
+    for band, (left, right) in enumerate(((30, 200), (140, 50), (40, 40)), 1):
+        values = np.empty((SIZE, SIZE), np.int64)
+        values[:, :half], values[:, half:] = left, right
+        values += rng.integers(-15, 16, (SIZE, SIZE))
+        ds.GetRasterBand(band).WriteArray(values.clip(0, 255).astype(np.uint8))
+    ds = None
+
+    labels = folder / "labels.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(labels), SIZE, SIZE, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform(transform)
+    ds.SetProjection(srs.ExportToWkt())
+    values = np.full((SIZE, SIZE), 255, np.uint8)
+    values[4:92, 4:44], values[4:92, 52:92] = 0, 1
+    band = ds.GetRasterBand(1)
+    band.WriteArray(values)
+    band.SetNoDataValue(255)
+    ds = None
+    return {"image": str(image), "label_raster": str(labels), "folder": folder}
+
+
+def _polygons():
+    """Four labelled polygons (two per half) in a memory layer styled by category."""
+    from qgis.core import (
+        QgsCategorizedSymbolRenderer,
+        QgsFeature,
+        QgsField,
+        QgsFillSymbol,
+        QgsGeometry,
+        QgsRectangle,
+        QgsRendererCategory,
+        QgsVectorLayer,
+    )
+    from qgis.PyQt.QtCore import QVariant
+
+    layer = QgsVectorLayer(f"Polygon?crs=EPSG:{EPSG}", "labels", "memory")
+    layer.dataProvider().addAttributes([QgsField("lc", QVariant.String)])
+    layer.updateFields()
+
+    def box(col0, row0, col1, row1, value):
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(
+            X0 + col0 * PIXEL, Y0 - row1 * PIXEL, X0 + col1 * PIXEL, Y0 - row0 * PIXEL)))
+        feature.setAttributes([value])
+        return feature
+
+    unlabelled = QgsFeature(layer.fields())  # no class: left out of the training data
+    unlabelled.setGeometry(QgsGeometry.fromRect(QgsRectangle(X0, Y0 - 50, X0 + 50, Y0)))
+    layer.dataProvider().addFeatures([
+        box(2, 2, 44, 46, "forest"), box(2, 50, 44, 94, "forest"),
+        box(52, 2, 94, 46, "urban"), box(52, 50, 94, 94, "urban"), unlabelled])
+    categories = [QgsRendererCategory(value, QgsFillSymbol.createSimple(
+        {"color": "{},{},{},255".format(*color)}), label) for value, label, color in CATEGORIES]
+    layer.setRenderer(QgsCategorizedSymbolRenderer("lc", categories))
+    return layer
+
+
+def _segment(image, model, dst, feedback):
+    import processing
+
+    return processing.run("geoddu:segment", {"INPUT": image, "MODEL": model, "OUTPUT": dst},
+                          feedback=feedback)
+
+
+def _class_map(path):
+    from osgeo import gdal
+
+    ds = gdal.Open(path)
+    band = ds.GetRasterBand(1)
+    table = band.GetColorTable()
+    info = {"values": band.ReadAsArray(), "names": json.loads(ds.GetMetadataItem("CLASS_NAMES")),
+            "colors": [list(table.GetColorEntry(i)[:3]) for i in range(2)]}
+    ds = None
+    return info
+
+
+@pytest.fixture(params=["env", "cli"])
+def mode(request, engine_mode):
+    engine_mode(request.param,
+                request.getfixturevalue("python_env") if request.param == "env" else None)
+    return request.param
+
+
+def test_train_then_segment(plugin, scene, mode, feedback_cls, tmp_path):
+    import processing
+
+    feedback = feedback_cls()
+    ckpt = str(tmp_path / "out" / "model.pt")  # its folder is made
+    labels = _polygons()
+    result = processing.run("geoddu:train", {
+        "INPUTS": [scene["image"]], "LABELS": labels, "CLASS_FIELD": "lc", **TINY,
+        "OUTPUT": ckpt}, feedback=feedback)
+
+    run_dir = str(tmp_path / "out" / "model_run")
+    assert result["OUTPUT"] == ckpt and os.path.isfile(ckpt)
+    assert result["RUN_FOLDER"] == run_dir
+    assert result["ENGINE"] == mode
+    assert result["EPOCHS_RUN"] == 2 and result["BEST_EPOCH"] in (1, 2)
+    assert 0.0 <= result["BEST_VAL_MIOU"] <= 1.0
+    for name in ("best.pt", "last.pt", "history.json"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    with open(os.path.join(run_dir, "best.pt"), "rb") as a, open(ckpt, "rb") as b:
+        assert a.read() == b.read()  # the run's best.pt, copied
+    assert not [n for n in os.listdir(tmp_path / "out") if "geoddu-tmp" in n]
+    staged = json.loads((tmp_path / "out" / "model_run" / "training-data" /
+                         "classes.json").read_text())
+    assert staged["classes"] == [{"name": label, "value": value, "color": list(color)}
+                                 for value, label, color in CATEGORIES]
+
+    # Progress: epoch lines with loss and validation mIoU, a bar that ends at 100.
+    epochs = [m for m in feedback.messages if m.startswith("epoch ")]
+    assert [m.split(":")[0] for m in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert all("train loss" in m and "val mIoU" in m for m in epochs)
+    values = feedback.progress_values
+    assert values and values == sorted(values) and values[-1] == pytest.approx(100)
+
+    # The checkpoint segments: a class map with the label layer's class names and colours,
+    # the green half mostly forest and the red half mostly urban.
+    dst = str(tmp_path / "classes.tif")
+    _segment(scene["image"], ckpt, dst, feedback_cls())
+    out = _class_map(dst)
+    assert out["names"] == [label for _, label, _ in CATEGORIES]
+    assert out["colors"] == [list(color) for _, _, color in CATEGORIES]
+    values = out["values"]
+    assert set(values.ravel().tolist()) <= {0, 1}
+    half = SIZE // 2
+    forest, urban = (values[:, :half] == 0).mean(), (values[:, half:] == 1).mean()
+    assert forest > 0.5 and urban > 0.5, (forest, urban)
+    del labels
+
+
+def test_label_raster_in_a_model_chained_to_segment(plugin, scene, engine_mode, python_env,
+                                                     tmp_path):
+    """Train (labels from a raster) and segment with the trained checkpoint, as two steps
+    of one Processing model: what the graphical modeler builds."""
+    import processing
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+    )
+
+    engine_mode("env", python_env)
+    model = QgsProcessingModelAlgorithm("train and segment", "tests")
+    for name in ("scene", "labels"):
+        model.addModelParameter(QgsProcessingParameterRasterLayer(name, name),
+                                QgsProcessingModelParameter(name))
+    train = QgsProcessingModelChildAlgorithm("geoddu:train")
+    train.setChildId("train")
+    train.addParameterSources(
+        "INPUTS", [QgsProcessingModelChildParameterSource.fromModelParameter("scene")])
+    train.addParameterSources(
+        "LABEL_RASTER", [QgsProcessingModelChildParameterSource.fromModelParameter("labels")])
+    for name, value in TINY.items():
+        train.addParameterSources(name, [QgsProcessingModelChildParameterSource.fromStaticValue(
+            value)])
+    segment = QgsProcessingModelChildAlgorithm("geoddu:segment")
+    segment.setChildId("segment")
+    segment.addParameterSources(
+        "INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("scene")])
+    segment.addParameterSources(
+        "MODEL", [QgsProcessingModelChildParameterSource.fromChildOutput("train", "OUTPUT")])
+    output = QgsProcessingModelOutput("landcover", "Land cover")
+    output.setChildId("segment")
+    output.setChildOutputName("OUTPUT")
+    segment.setModelOutputs({"landcover": output})
+    model.addChildAlgorithm(train)
+    model.addChildAlgorithm(segment)
+
+    dst = str(tmp_path / "landcover.tif")
+    result = processing.run(model, {"scene": scene["image"], "labels": scene["label_raster"],
+                                    "segment:landcover": dst})
+    assert result["segment:landcover"] == dst
+    out = _class_map(dst)
+    assert out["names"] == ["class 0", "class 1"]  # the label raster has no category names
+    assert set(out["values"].ravel().tolist()) <= {0, 1}
+
+
+def test_cancel_keeps_a_resumable_run_and_resume_finishes_it(plugin, scene, engine_mode,
+                                                             python_env, feedback_cls,
+                                                             tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    engine_mode("env", python_env)
+    ckpt, run_dir = str(tmp_path / "model.pt"), str(tmp_path / "run")
+    params = {"INPUTS": [scene["image"]], "LABEL_RASTER": scene["label_raster"], **TINY,
+              "EPOCHS": 3, "RUN_FOLDER": run_dir, "OUTPUT": ckpt}
+    feedback = feedback_cls(cancel_at=r"^epoch 1/3")
+    with pytest.raises(QgsProcessingException, match="cancelled after epoch 1") as info:
+        processing.run("geoddu:train", params, feedback=feedback)
+    assert "\n" not in str(info.value).strip() and "last.pt" in str(info.value)
+    assert not os.path.exists(ckpt)  # no checkpoint, not even a partial one
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+    assert {"last.pt", "best.pt", "history.json"} <= set(os.listdir(run_dir))
+    with open(os.path.join(run_dir, "history.json")) as stream:
+        assert [row["epoch"] for row in json.load(stream)] == [1]
+
+    feedback = feedback_cls()
+    result = processing.run("geoddu:train", {**params, "RESUME": True}, feedback=feedback)
+    assert result["EPOCHS_RUN"] == 3 and os.path.isfile(ckpt)
+    assert [m.split(":")[0] for m in feedback.messages if m.startswith("epoch ")] == [
+        "epoch 2/3", "epoch 3/3"]
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(plugin, scene, engine_mode, geoddu_cli,
+                                                  feedback_cls, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    engine_mode("cli")
+    base = {"INPUTS": [scene["image"]], **TINY, "OUTPUT": str(tmp_path / "x" / "model.pt")}
+    with pytest.raises(QgsProcessingException, match="polygons .* or as a label raster"):
+        processing.run("geoddu:train", base, feedback=feedback_cls())
+    # A patch larger than the image: one patch, no validation split; the engine says so.
+    with pytest.raises(QgsProcessingException) as info:
+        processing.run("geoddu:train", {**base, "LABEL_RASTER": scene["label_raster"],
+                                        "PATCH_SIZE": 512}, feedback=feedback_cls())
+    assert "\n" not in str(info.value).strip() and "split is empty" in str(info.value)
+    assert os.listdir(tmp_path) == []  # no run folder, no staged data, no output folder
+
+
+def test_every_algorithm_documents_its_parameters(plugin):
+    """A group, a help URL into the repository metadata.txt names, and a plain-text help
+    (what qgis_process help prints) that names every parameter."""
+    from qgis.core import QgsApplication
+
+    meta = configparser.ConfigParser()
+    meta.read(PLUGIN_PARENT / "geoddu_qgis" / "metadata.txt")
+    repository = meta["general"]["repository"]
+    provider = QgsApplication.processingRegistry().providerById("geoddu")
+    ids = sorted(a.id() for a in provider.algorithms())
+    assert ids == ["geoddu:segment", "geoddu:train", "geoddu:vectorize"]
+    for alg in provider.algorithms():
+        assert alg.group() == "DDU-Net" and alg.groupId() == "ddunet"
+        assert alg.helpUrl().startswith(repository + "/blob/main/docs/qgis.md#")
+        text = alg.shortHelpString()
+        assert "<" not in text, alg.id()
+        for param in alg.parameterDefinitions():
+            assert f"({param.name()}" in text, (alg.id(), param.name())
+
+
+def test_qgis_process_trains_and_prints_plain_help(plugin, scene, python_env, tmp_path):
+    exe = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
+    if not os.path.exists(exe):
+        missing("qgis_process.bin not found (Debian package qgis)")
+    from geoddu_qgis.discovery import env_site_packages
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GEODDU_") and k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(
+        entry for entry in env.get("PATH", "").split(os.pathsep)
+        if entry and not os.path.isfile(os.path.join(entry, os.pardir, "pyvenv.cfg")))
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    env.update(HOME=str(home), QGIS_PLUGINPATH=str(PLUGIN_PARENT), QT_QPA_PLATFORM="offscreen",
+               XDG_RUNTIME_DIR=str(home), GEODDU_ENGINE="import",
+               PYTHONPATH=env_site_packages(python_env) or "")
+
+    def qgis_process(*args):
+        return subprocess.run([exe, *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    done = qgis_process("plugins", "enable", "geoddu_qgis")
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = qgis_process("help", "geoddu:train")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Class field (CLASS_FIELD)" in done.stdout and "<b>" not in done.stdout
+
+    ckpt = str(tmp_path / "qp-model.pt")
+    params = {**TINY, "EPOCHS": 1, "INPUTS": scene["image"],
+              "LABEL_RASTER": scene["label_raster"], "OUTPUT": ckpt}
+    args = ["--json", "run", "geoddu:train", "--", *(f"{k}={v}" for k, v in params.items())]
+    done = qgis_process(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(done.stdout[done.stdout.index("{"):])["results"]
+    assert results["OUTPUT"] == ckpt and results["ENGINE"] == "import"
+    assert results["EPOCHS_RUN"] == 1 and os.path.isfile(ckpt)
