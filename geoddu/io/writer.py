@@ -424,13 +424,18 @@ class FloatRasterWriter(_TiledWriter):
     def __enter__(self) -> FloatRasterWriter:
         return self
 
-    def write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
-        """Write (bands, h, w) at (row_off, col_off); a single band may be given as (h, w)."""
+    def _bands(self, array: np.ndarray) -> np.ndarray:
+        """A float32 (bands, h, w) window; a single band may come as (h, w)."""
         array = np.asarray(array, dtype=np.float32)
         if array.ndim == 2 and self.count == 1:
             array = array[np.newaxis]
         if array.ndim != 3 or array.shape[0] != self.count:
             raise ValueError(f"expected a ({self.count}, h, w) window, got shape {array.shape}")
+        return array
+
+    def write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
+        """Write (bands, h, w) at (row_off, col_off); a single band may be given as (h, w)."""
+        array = self._bands(array)
         self._write(array, row_off, col_off)
 
 
@@ -460,11 +465,7 @@ class UInt8RasterWriter(FloatRasterWriter):
 
     def write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
         """Write probabilities (bands, h, w) (float, NaN for nodata) at (row_off, col_off)."""
-        array = np.asarray(array, dtype=np.float32)
-        if array.ndim == 2 and self.count == 1:
-            array = array[np.newaxis]
-        if array.ndim != 3 or array.shape[0] != self.count:
-            raise ValueError(f"expected a ({self.count}, h, w) window, got shape {array.shape}")
+        array = self._bands(array)
         nodata = np.isnan(array)
         scaled = np.rint(np.clip(np.nan_to_num(array), 0.0, 1.0) * UINT8_STEPS)
         out = scaled.astype(np.uint8)

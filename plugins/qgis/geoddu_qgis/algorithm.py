@@ -7,7 +7,6 @@ import traceback
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
@@ -21,15 +20,13 @@ from qgis.core import (
     QgsProcessingParameterVectorLayer,
     QgsProviderRegistry,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
 from . import engine_bridge, settings
+from .algorithm_base import GeodduAlgorithm
 from .discovery import find_engine
-from .icons import plugin_icon
 from .styling import ClassMapStyler, ClassPolygonStyler, read_classes
 
 #: The Processing group of every geoddu algorithm.
-GROUP, GROUP_ID = "DDU-Net", "ddunet"
 #: The project's repository (metadata.txt names the same); the docs are its docs/ folder.
 REPOSITORY = "https://github.com/geoddu/geoddu"
 DEVICES = ["cpu", "cuda"]
@@ -38,7 +35,7 @@ PRECISIONS = ["fp32", "bf16", "fp16"]
 EXTRA_RASTERS = (("probabilities", "PROBABILITIES"), ("confidence", "CONFIDENCE"))
 
 
-class SegmentAlgorithm(QgsProcessingAlgorithm):
+class SegmentAlgorithm(GeodduAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
     BANDS = "BANDS"
@@ -55,12 +52,6 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     SIMPLIFY = "SIMPLIFY"
     ENGINE = "ENGINE"
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("SegmentAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802 (Qt naming)
-        return SegmentAlgorithm()
-
     def name(self):
         return "segment"
 
@@ -69,15 +60,6 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
 
     def shortDescription(self):  # noqa: N802
         return self.tr("Segments a raster into a class map with a DDU-Net checkpoint.")
-
-    def icon(self):
-        return plugin_icon()
-
-    def group(self):
-        return self.tr(GROUP)
-
-    def groupId(self):  # noqa: N802
-        return GROUP_ID
 
     def helpUrl(self):  # noqa: N802
         return docs_url("segment-raster-ddu-net")

@@ -16,7 +16,6 @@ import traceback
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -33,20 +32,17 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsRasterLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
 from . import engine_bridge, settings
 from .algorithm import (
     DEVICES,
-    GROUP,
-    GROUP_ID,
     docs_url,
     make_folders,
     raster_path,
     remove_folders,
 )
+from .algorithm_base import GeodduAlgorithm
 from .discovery import find_engine
-from .icons import plugin_icon
 from .training_data import (
     CLASS_COLUMN,
     STAGED,
@@ -74,7 +70,7 @@ ARCHITECTURES = [
 ]
 
 
-class TrainAlgorithm(QgsProcessingAlgorithm):
+class TrainAlgorithm(GeodduAlgorithm):
     INPUTS = "INPUTS"
     LABELS = "LABELS"
     CLASS_FIELD = "CLASS_FIELD"
@@ -97,23 +93,11 @@ class TrainAlgorithm(QgsProcessingAlgorithm):
     BEST_EPOCH = "BEST_EPOCH"
     BEST_VAL_MIOU = "BEST_VAL_MIOU"
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("TrainAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802 (Qt naming)
-        return TrainAlgorithm()
-
     def name(self):
         return "train"
 
     def displayName(self):  # noqa: N802
         return self.tr("Train model (DDU-Net)")
-
-    def group(self):
-        return self.tr(GROUP)
-
-    def groupId(self):  # noqa: N802
-        return GROUP_ID
 
     def shortDescription(self):  # noqa: N802
         return self.tr("Trains a DDU-Net checkpoint on rasters and labelled polygons or a label "
@@ -121,9 +105,6 @@ class TrainAlgorithm(QgsProcessingAlgorithm):
 
     def helpUrl(self):  # noqa: N802
         return docs_url("train-model-ddu-net")
-
-    def icon(self):
-        return plugin_icon()
 
     def shortHelpString(self):  # noqa: N802
         # Plain text: one paragraph per line in the dialog, printed as is by qgis_process help.

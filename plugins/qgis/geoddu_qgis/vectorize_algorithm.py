@@ -7,35 +7,27 @@ import traceback
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
 from . import engine_bridge, settings
-from .algorithm import GROUP, GROUP_ID, docs_url, existing_file, make_folders, raster_path
+from .algorithm import docs_url, existing_file, make_folders, raster_path
 from .algorithm import remove_folders as remove_made_folders
+from .algorithm_base import GeodduAlgorithm
 from .discovery import find_engine
-from .icons import plugin_icon
 from .styling import ClassPolygonStyler, read_classes
 
 
-class VectorizeAlgorithm(QgsProcessingAlgorithm):
+class VectorizeAlgorithm(GeodduAlgorithm):
     INPUT = "INPUT"
     MIN_AREA = "MIN_AREA"
     SIMPLIFY = "SIMPLIFY"
     OUTPUT = "OUTPUT"
     ENGINE = "ENGINE"
-
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("VectorizeAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802 (Qt naming)
-        return VectorizeAlgorithm()
 
     def name(self):
         return "vectorize"
@@ -43,20 +35,11 @@ class VectorizeAlgorithm(QgsProcessingAlgorithm):
     def displayName(self):  # noqa: N802
         return self.tr("Vectorize class map")
 
-    def group(self):
-        return self.tr(GROUP)
-
-    def groupId(self):  # noqa: N802
-        return GROUP_ID
-
     def shortDescription(self):  # noqa: N802
         return self.tr("Turns a class map into one polygon per connected region.")
 
     def helpUrl(self):  # noqa: N802
         return docs_url("vectorize-class-map")
-
-    def icon(self):
-        return plugin_icon()
 
     def shortHelpString(self):  # noqa: N802
         # Plain text: one paragraph per line in the dialog, printed as is by qgis_process help.
