@@ -18,11 +18,10 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
     QgsProcessingParameterVectorLayer,
-    QgsProviderRegistry,
 )
 
 from . import engine_bridge, settings
-from .algorithm_base import GeodduAlgorithm
+from .algorithm_base import GeodduAlgorithm, existing_file
 from .discovery import find_engine
 from .styling import ClassMapStyler, ClassPolygonStyler, read_classes
 
@@ -183,14 +182,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
         A plain dict, not a ``SegmentRequest``: geoddu may not be importable in QGIS's Python
         (the ``cli`` route), where the dict goes to the geoddu command as JSON.
         """
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is not None:
-            src = raster_path(layer)
-        else:
-            # Not a layer QGIS opens: the engine may read it, or says why not.
-            src = existing_file(parameters.get(self.INPUT))
-            if src is None:
-                raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        src = self.input_raster(parameters, context)
         device = self.parameterAsEnumString(parameters, self.DEVICE, context) or DEVICES[0]
         gpus = self.parameterAsInt(parameters, self.GPUS, context) or None
         if gpus:
@@ -342,22 +334,3 @@ def remove_raster(path: str) -> None:
             os.remove(candidate)
         except OSError:
             pass
-
-
-def existing_file(value) -> str | None:
-    """``value`` if it is the path of an existing file, else None."""
-    if isinstance(value, str) and value and os.path.isfile(value):
-        return value
-    return None
-
-
-def raster_path(layer) -> str:
-    """The file behind a GDAL raster layer (without any ``|option`` suffix)."""
-    source = layer.source()
-    if layer.providerType() == "gdal":
-        parts = QgsProviderRegistry.instance().decodeUri("gdal", source)
-        return parts.get("path") or source
-    raise QgsProcessingException(
-        f"geoddu reads raster files through GDAL; layer {layer.name()!r} comes from the "
-        f"{layer.providerType()!r} provider. Save it as a GeoTIFF first."
-    )

@@ -38,10 +38,9 @@ from .algorithm import (
     DEVICES,
     docs_url,
     make_folders,
-    raster_path,
     remove_folders,
 )
-from .algorithm_base import GeodduAlgorithm
+from .algorithm_base import GeodduAlgorithm, raster_path
 from .discovery import find_engine
 from .training_data import (
     CLASS_COLUMN,

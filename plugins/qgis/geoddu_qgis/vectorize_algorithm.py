@@ -15,7 +15,7 @@ from qgis.core import (
 )
 
 from . import engine_bridge, settings
-from .algorithm import docs_url, existing_file, make_folders, raster_path
+from .algorithm import docs_url, make_folders
 from .algorithm import remove_folders as remove_made_folders
 from .algorithm_base import GeodduAlgorithm
 from .discovery import find_engine
@@ -79,13 +79,7 @@ class VectorizeAlgorithm(GeodduAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.ENGINE, self.tr("Engine used")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is not None:
-            src = raster_path(layer)
-        else:
-            src = existing_file(parameters.get(self.INPUT))
-            if src is None:
-                raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        src = self.input_raster(parameters, context)
         dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context) or None
         simplify = self.parameterAsDouble(parameters, self.SIMPLIFY, context) or None
