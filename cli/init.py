@@ -9,11 +9,18 @@ from click.core import ParameterSource
 
 from geoddu.errors import GeodduError
 
-from .options import model_config, model_options, overwrite_option, parse_bands
+from .options import (
+    encoder_weights_options,
+    model_config,
+    model_options,
+    overwrite_option,
+    parse_bands,
+)
 
 
 @click.command(short_help="Write an untrained checkpoint.")
 @model_options
+@encoder_weights_options
 @click.option(
     "-o",
     "--output",
@@ -44,17 +51,21 @@ from .options import model_config, model_options, overwrite_option, parse_bands
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight initialisation seed.")
 @overwrite_option
-def init(output, classes_file, subimage_size, bands, seed, overwrite, **kwargs) -> None:
+def init(output, classes_file, subimage_size, bands, seed, overwrite, encoder_weights, adapt_bands,
+         **kwargs) -> None:
     """Write an untrained DDU-Net checkpoint in the same format training writes: architecture,
     class names and colours, bands, normalisation (8-bit -> [0, 1]), subimage size and version.
 
     Use it to try a pipeline end to end before any training, or as `geoddu train --model`.
+    With --encoder-weights its ResNet encoder is pretrained; 3-band weights are taken for
+    ImageNet's and the checkpoint normalises with ImageNet's statistics.
     """
     import torch
 
     from geoddu.checkpoint import build_metadata, save_checkpoint
     from geoddu.data.base import load_classes_file
     from geoddu.models import create_model
+    from geoddu.models.encoder_weights import imagenet_normalization, load_encoder_weights
 
     ctx = click.get_current_context()
     cfg = model_config(kwargs)
@@ -76,9 +87,17 @@ def init(output, classes_file, subimage_size, bands, seed, overwrite, **kwargs) 
         cfg["num_classes"] = len(classes)
     if Path(output).exists() and not overwrite:
         raise GeodduError(f"{output} exists; pass --overwrite to replace it")
+    if adapt_bands and not encoder_weights:
+        raise GeodduError("--adapt-bands adapts --encoder-weights; give those too")
     torch.manual_seed(seed)
     model = create_model(**cfg)
-    meta = build_metadata(model.config, classes=classes, bands=bands, subimage_size=subimage_size)
+    normalization = None  # 8-bit -> [0, 1]
+    if encoder_weights:
+        pretrained = load_encoder_weights(model, encoder_weights, adapt_bands=adapt_bands)
+        if pretrained.bands == 3:
+            normalization = imagenet_normalization(cfg["in_channels"])
+    meta = build_metadata(model.config, classes=classes, bands=bands, subimage_size=subimage_size,
+                          normalization=normalization)
     save_checkpoint(output, model, meta)
     click.echo(f"wrote {output}")
 

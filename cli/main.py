@@ -12,7 +12,19 @@ from geoddu import __version__
 from geoddu.errors import GeodduError, GeodduWarning, first_line
 from geoddu.io.atomic import os_error_line
 
-from . import demo, evaluate, info, init, native_stderr, segment, synth, train, vectorize
+from . import (
+    convert,
+    demo,
+    evaluate,
+    export,
+    info,
+    init,
+    native_stderr,
+    segment,
+    synth,
+    train,
+    vectorize,
+)
 
 
 class Terminated(KeyboardInterrupt):
@@ -94,9 +106,11 @@ def cli() -> None:
 
 cli.add_command(info.info)
 cli.add_command(init.init)
+cli.add_command(convert.convert)
 cli.add_command(segment.segment)
 cli.add_command(vectorize.vectorize)
 cli.add_command(synth.synth)
 cli.add_command(train.train)
 cli.add_command(evaluate.evaluate)
+cli.add_command(export.export)
 cli.add_command(demo.demo)

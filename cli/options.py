@@ -77,6 +77,24 @@ def model_options(f: F) -> F:
     return f
 
 
+def encoder_weights_options(f: F) -> F:
+    """Pretrained ResNet weights from a local file (docs/models.md lists published ones)."""
+    f = click.option(
+        "--adapt-bands",
+        is_flag=True,
+        help="Spread 3-band (RGB) --encoder-weights over the model's bands: the RGB kernels "
+        "repeated and scaled by 3/bands (timm's and torchgeo's rule).",
+    )(f)
+    return click.option(
+        "--encoder-weights",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        metavar="FILE",
+        help="Local torchvision, timm or torchgeo ResNet state dict for --encoder "
+        "resnet18/resnet50, for as many bands as the model (or 3 with --adapt-bands).",
+    )(f)
+
+
 # The DDUNet keywords that `model_options` puts on a command (DEFAULT_CONFIG has the rest).
 MODEL_OPTION_KEYS = (
     "encoder",

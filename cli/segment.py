@@ -100,7 +100,18 @@ from .options import bands_option, overwrite_option, quiet_option, timeout_optio
     default=None,
     metavar="DIR",
     help="Folder for the bottleneck store of large scenes (F/stride² float32 per pixel, "
-    "checked for free space before any work). Default: the system's temporary folder.",
+    "checked for free space before any work; two-pass runs only). Default: the system's "
+    "temporary folder.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["auto", "one-pass", "two-pass"]),
+    default="auto",
+    show_default=True,
+    help="one-pass: every subimage encoded once, strips of up to 8 subimage columns keep "
+    "their skip connections until their row is decoded (at most 1 GB of them). two-pass: "
+    "encode everything, then encode again to decode; less memory, more work. auto: one "
+    "pass where it fits and costs less. Never changes the result; the summary says which ran.",
 )
 @click.option(
     "--aoi",
@@ -163,6 +174,7 @@ def segment(
     probabilities_dtype,
     cog,
     scratch,
+    schedule,
     aoi,
     aoi_layer,
     aoi_where,
@@ -241,6 +253,7 @@ def segment(
             cog=cog,
             overwrite=overwrite,
             scratch=scratch,
+            schedule=schedule,
             aoi=aoi,
             aoi_layer=aoi_layer,
             aoi_where=aoi_where,

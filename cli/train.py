@@ -16,6 +16,7 @@ from geoddu.data import DATASETS
 from .launch import command_args, run_local_ranks, strip_options
 from .options import (
     MODEL_OPTION_KEYS,
+    encoder_weights_options,
     model_options,
     overwrite_option,
     parse_bands,
@@ -45,8 +46,7 @@ SYNTHETIC_BASE = 4
 @model_options
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Dropout rate [0.1].")
-@click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Local torchvision ResNet state dict for --encoder resnet18/resnet50.")
+@encoder_weights_options
 @click.option("--freeze-encoder/--train-encoder", default=None,
               help="Keep the pretrained encoder fixed (Sec. V-B) [frozen with --encoder-weights].")
 @click.option("--epochs", type=click.IntRange(1), default=None,
@@ -259,6 +259,7 @@ def _train(ctx: click.Context, p: dict, mesh) -> None:
         result = start_training(
             dataset, data, run_dir, config, arch=arch, model_options=explicit,
             init_checkpoint=p["init_model"], encoder_weights=p["encoder_weights"],
+            adapt_bands=p["adapt_bands"],
             freeze_encoder=p["freeze_encoder"], dataset_options=dataset_options,
             overwrite=p["overwrite"], callbacks=callbacks, mesh=mesh,
         )
@@ -284,6 +285,7 @@ RESUME_STORED = {
     "init_model": ("training", "init_checkpoint"),
     "arch": ("training", "arch"),
     "encoder_weights": ("training", "encoder_weights"),
+    "adapt_bands": ("training", "adapt_bands"),
     "freeze_encoder": ("training", "freeze_encoder"),
     **{k: ("dataset", k) for k in ("patch_size", "val_fraction", "test_fraction",
                                    "classes_file", "class_column")},

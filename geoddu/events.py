@@ -25,9 +25,9 @@ __all__ = [
 SEGMENT_STAGES = ("encode", "communicate", "decode")
 VECTOR_STAGES = ("sieve", "polygonize", "simplify", "write")
 STAGE_LABELS = {
-    "encode": "pass 1: encode",
+    "encode": "encode",
     "communicate": "communicate",
-    "decode": "pass 2: decode + write",
+    "decode": "decode + write",
     "sieve": "sieve",
     "polygonize": "polygonize",
     "simplify": "simplify",

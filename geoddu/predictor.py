@@ -202,6 +202,8 @@ def _freeze_for_cpu(model: SegmentationModel) -> None:
             # so the tracer's warning about list outputs does not apply.
             warnings.simplefilter("ignore")
             skips, bottleneck = net.encoder(x)
+            # What a one-pass strip keeps per live subimage (geoddu.engine.stages.skip_bytes).
+            model.skip_layout = (size, sum(t.numel() for t in [*skips, bottleneck]))
             # check_trace re-runs each module and compares through torch's DTensor-aware
             # assert_close, whose imports alone cost about 0.9 s per process; the traced
             # graphs are checked by the tests (segment equals the whole-scene forward).

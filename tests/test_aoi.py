@@ -48,10 +48,12 @@ def test_aoi_in_another_crs(tmp_path, big_scene, checkpoint):
     np.testing.assert_array_equal(clipped[inside], whole[inside])
     assert (clipped[~inside] == 255).all()
     # Work: the touched 32 px subimages (rows 3-4, cols 4-5 -> 2 x 2 = 4; the reprojected
-    # polygon may graze one more row/column) in pass 2, plus a one-cell ring in pass 1.
+    # polygon may graze one more row/column), plus a one-cell ring for the communication.
     assert part.subimages <= 9
-    assert part.encoder_runs <= part.subimages + (3 + 2) * (3 + 2)
-    assert full.encoder_runs == 2 * 80
+    assert part.encoder_runs <= (3 + 2) * (3 + 2)
+    # The full scene, 8 x 10 subimages, in one pass: strips of 8 columns and 2 columns, the
+    # first strip's right context column (8 cells) encoded twice.
+    assert full.schedule == "one pass" and full.encoder_runs == 80 + 8
 
 
 def test_aoi_errors(tmp_path, big_scene, checkpoint):

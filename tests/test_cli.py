@@ -308,8 +308,8 @@ def test_segment_and_vectorize_progress_is_one_line_per_event_in_a_pipe(tmp_path
     r = run("segment", scene, "-o", out, "-m", checkpoint)
     assert r.returncode == 0, r.stderr
     lines = _plain_progress(r.stderr)
-    assert lines[0].startswith("pass 1: encode: started, 1/") and "subimages" in lines[0]
-    assert re.match(r"pass 2: decode \+ write: (\d+)/\1 subimages, done in ", lines[-1])
+    assert lines[0].startswith("encode: started, 1/") and "subimages" in lines[0]
+    assert re.match(r"decode \+ write: (\d+)/\1 subimages, done in ", lines[-1])
     r = run("vectorize", out, "-o", tmp_path / "v.gpkg", "--simplify", "1")
     assert r.returncode == 0, r.stderr
     lines = _plain_progress(r.stderr)
@@ -330,10 +330,10 @@ def test_plain_progress_lines_come_at_a_modest_rate(monkeypatch, capsys):
         reporter("encode", done, 61)
     reporter.close()
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "pass 1: encode: started, 1/61 subimages, 0:00:00 elapsed"
-    assert lines[1] == ("pass 1: encode: 11/61 subimages, 1.1 subimages/s, 0:00:10 elapsed, "
+    assert lines[0] == "encode: started, 1/61 subimages, 0:00:00 elapsed"
+    assert lines[1] == ("encode: 11/61 subimages, 1.1 subimages/s, 0:00:10 elapsed, "
                         "0:00:45 remaining")
-    assert lines[-1] == "pass 1: encode: 61/61 subimages, done in 0:01:00 (1.0 subimages/s)"
+    assert lines[-1] == "encode: 61/61 subimages, done in 0:01:00 (1.0 subimages/s)"
     assert len(lines) == 7  # start, every 10 s, end
 
 

@@ -48,3 +48,38 @@ def test_ranks_share_the_plan_without_overlap_or_gap():
         assert s.halo is not None  # what the rank exchanges with its neighbours
     # The assignment is Partition.assign's, contiguous row-major blocks.
     assert [len(b) for b in PART.assign(3)] == [12, 12, 11]
+
+
+def test_one_pass_strips_and_their_cost():
+    plan = _plan()
+    assert plan.reach == 1
+    # 7 columns in strips of 3 on one device: 3 + 3 + 1, each strip after the first takes its
+    # left context from the one before, so only right context columns (3 and 6) run twice.
+    (block,) = plan.strips(3)
+    assert [s.cols for s in block] == [(0, 3), (3, 6), (6, 7)]
+    assert [s.context for s in block] == [(0, 4), (2, 7), (5, 7)]
+    assert [list(s.encoded_cols()) for s in block] == [[0, 1, 2, 3], [3, 4, 5, 6], [6]]
+    assert plan.one_pass_encoder_runs([block]) == 35 + 2 * 5
+    # On two devices the second device's first strip encodes its left context itself.
+    blocks = plan.strips(3, devices=2)
+    assert [[s.cols for s in b] for b in blocks] == [[(0, 3)], [(3, 6), (6, 7)]]
+    assert not blocks[1][0].left_cached and list(blocks[1][0].encoded_cols()) == [2, 3, 4, 5, 6]
+
+
+def test_the_schedule_follows_the_budget():
+    plan = _plan()
+    one = plan.schedule(1, cell_bytes=100, budget=10_000, strip_cells=8)
+    assert (one.kind, one.width, one.encoder_runs, one.label) == ("one-pass", 7, 35, "one pass")
+    # The budget holds two rows of two cells: strips of 2, cheaper than encoding twice.
+    narrow = plan.schedule(1, cell_bytes=100, budget=400, strip_cells=8)
+    assert (narrow.kind, narrow.width) == ("one-pass", 2)
+    assert narrow.encoder_runs == 35 + 3 * 5
+    # Not even one column fits: two passes, unless one pass is asked for.
+    assert plan.schedule(1, cell_bytes=100, budget=100, strip_cells=8).kind == "two-pass"
+    assert plan.schedule(1, 100, 100, 8, kind="one-pass").width == 1
+    assert plan.schedule(1, 100, 10_000, 8, kind="two-pass").encoder_runs == 70
+    # Many devices on a narrow grid: strips of one column would encode most cells three
+    # times, so two passes are cheaper.
+    assert plan.schedule(7, cell_bytes=100, budget=10_000, strip_cells=8).kind == "two-pass"
+    # Without communication the subimages are independent: one pass, nothing twice.
+    assert _plan(communicates=False).schedule(1, 0, 0, 8).encoder_runs == 35

@@ -32,7 +32,8 @@ def test_streaming_equals_whole_scene_model(tmp_path, scene, checkpoint):
     with rasterio.open(scene) as src:
         image = src.read()
     ref_classes, ref_probs = _reference(checkpoint, image)
-    # Tiny map store budget and tiles: the disk store and the halo'd communication tiles run.
+    # Two passes with a tiny map store budget and tiles: the disk store and the halo'd
+    # communication tiles run.
     result = geoddu.segment(
         scene,
         tmp_path / "out.tif",
@@ -41,6 +42,7 @@ def test_streaming_equals_whole_scene_model(tmp_path, scene, checkpoint):
         confidence=tmp_path / "c.tif",
         store_max_ram_bytes=0,
         comm_tile_cells=16,
+        schedule="two-pass",
     )
     assert result.communicated and result.map_store_on_disk
     assert result.subimages == 5 * 7 and result.encoder_runs == 2 * 35
@@ -53,6 +55,45 @@ def test_streaming_equals_whole_scene_model(tmp_path, scene, checkpoint):
     assert np.abs(probs - ref_probs).max() <= 1e-4
     with rasterio.open(tmp_path / "c.tif") as c:
         np.testing.assert_allclose(c.read(1), ref_probs.max(0), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # one strip as wide as the grid (7 columns)
+        {"strip_cells": 3},  # strips of 3, 3 and 1 columns: left context handed over
+        {"strip_cells": 1},  # every column a strip
+        {"strip_cells": 2, "device": "cpu,cpu,cpu"},  # strips over three devices
+        {"skip_budget_bytes": 1},  # no strip fits: two passes
+    ],
+)
+def test_one_pass_equals_the_whole_scene_model(tmp_path, checkpoint, options):
+    """Each subimage encoded once, its row decoded as soon as the halo below is encoded:
+    the same classes and probabilities as the model on the whole scene, nodata included."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(1, 255, (3, 150, 205), dtype=np.uint8)
+    image[:, 32:64, 64:96] = 0  # one subimage all nodata: zeros in the mosaic, 255 out
+    image[:, 100:150, 0:40] = 0  # nodata across subimage borders
+    scene = write_geotiff(tmp_path / "nd.tif", image, nodata=0)
+    with rasterio.open(scene) as src:
+        ok = src.dataset_mask() > 0
+        ref_classes, ref_probs = _reference(checkpoint, src.read(), ok)
+    result = geoddu.segment(
+        scene, tmp_path / "out.tif", checkpoint, probabilities=tmp_path / "p.tif", **options
+    )
+    expected = "two passes" if options.get("skip_budget_bytes") else "one pass"
+    assert result.schedule == expected and f"in {expected}" in result.summary()
+    if expected == "one pass":
+        # Columns re-encoded as right context: one per strip boundary on the same device.
+        strips = -(-7 // options.get("strip_cells", 8))
+        assert result.encoder_runs <= 35 - 1 + 5 * (strips - 1) * (
+            2 if "device" in options else 1
+        )
+    np.testing.assert_array_equal(_read(tmp_path / "out.tif")[0], ref_classes)
+    with rasterio.open(tmp_path / "p.tif") as p:
+        probs = p.read()
+    assert np.isnan(probs[:, ~ok]).all() and (ref_classes[~ok] == 255).all()
+    assert np.abs(probs[:, ok] - ref_probs[:, ok]).max() <= 1e-4
 
 
 def test_several_devices_give_the_same_map(tmp_path, scene, checkpoint):

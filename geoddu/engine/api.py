@@ -27,8 +27,8 @@ def segment(
     `model` is a checkpoint path or a model from `geoddu.load_model`. `options` are the fields
     of :class:`geoddu.engine.request.SegmentRequest` (bands, subimage_size, device, gpus,
     precision, probabilities, confidence, cog, overwrite, aoi, aoi_layer, aoi_where, vector,
-    vector_min_area, vector_simplify, scratch, store_max_ram_bytes, comm_tile_cells), checked
-    when the request is built.
+    vector_min_area, vector_simplify, scratch, store_max_ram_bytes, comm_tile_cells, schedule,
+    strip_cells, skip_budget_bytes), checked when the request is built.
 
     `progress(stage, done, total)` is called from the calling thread after each subimage (stages
     "encode", "communicate", "decode"); `cancel()` is polled between subimages and makes the run

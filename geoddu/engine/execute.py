@@ -1,6 +1,9 @@
 """The local executor: one segment job in this process, on one or several devices.
 
-The whole scene is treated as one DDU-Net in bounded memory:
+The whole scene is treated as one DDU-Net in bounded memory. Where a strip's skip connections
+fit the budget, in one pass (`geoddu/engine/strips.py`): each device takes strips of columns
+top to bottom, encoding each subimage once and decoding each row as soon as the communication
+network's halo below it is encoded. Otherwise, in two passes:
 
 1. encode: every planned subimage window is read and encoded; only its last F bottleneck maps
    are kept (a MapStore: RAM while small, a scratch file once large);
@@ -35,33 +38,38 @@ def execute(
 ) -> SegmentResult:
     """Run `request` here. Nothing is at any output path unless every output is complete."""
     devices = resolve_devices(request.device, request.gpus)
-    job = open_job(request)
-    model, plan = job.model, job.plan
+    job = open_job(request, devices=len(devices))
+    model, plan, schedule = job.model, job.plan, job.schedule
     replicas = [model if model.device == d else copy.deepcopy(model).to(d).eval() for d in devices]
     run = CellRunner(job.source, plan.partition, replicas, request.precision, progress, cancel)
     writers: dict[str, Any] = {}
     with job.running(writers):
         writers.update(open_writers(request, job.source, model))
         with BackgroundWriter(writers, len(model.classes)) as sink:
-            communicated = None
-            if plan.communicates:
-                encoded = job.store()
+            if plan.communicates and schedule.kind == "one-pass":
+                run.over_strips(plan, schedule, sink, job.area)
+            else:
+                communicated = None
+                if plan.communicates:
+                    encoded = job.store()
+                    run.over_cells(
+                        "encode",
+                        lambda ctx, c, raw, ok: encode_cell(ctx, c, raw, ok, encoded),
+                        list(plan.encode),
+                    )
+                    communicated = job.store()
+                    communicate_tiles(
+                        run, replicas[0], request.precision, plan.tiles, plan.partition.grid,
+                        plan.cell, encoded.get, communicated.put,
+                    )
+                    encoded.close()
                 run.over_cells(
-                    "encode",
-                    lambda ctx, c, raw, ok: encode_cell(ctx, c, raw, ok, encoded),
-                    list(plan.encode),
+                    "decode",
+                    lambda ctx, c, raw, ok: decode_cell(
+                        ctx, c, raw, ok, communicated, sink, job.area
+                    ),
+                    list(plan.decode),
                 )
-                communicated = job.store()
-                communicate_tiles(
-                    run, replicas[0], request.precision, plan.tiles, plan.partition.grid,
-                    plan.cell, encoded.get, communicated.put,
-                )
-                encoded.close()
-            run.over_cells(
-                "decode",
-                lambda ctx, c, raw, ok: decode_cell(ctx, c, raw, ok, communicated, sink, job.area),
-                list(plan.decode),
-            )
         job.close()  # the scratch space goes before polygonising
         extra_outputs = finish_outputs(job, writers, progress, cancel)
     return SegmentResult(
@@ -70,5 +78,6 @@ def execute(
         devices=[str(d) for d in devices],
         peak_rss_mb=peak_rss_mb(),
         encoder_runs=run.encoder_runs,
+        schedule=schedule.label,
         extra_outputs=extra_outputs,
     )

@@ -53,7 +53,11 @@ class DistributedSegmentResult(SegmentResult):
     rank_peak_rss_mb: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
-        mode = "with communication" if self.communicated else "independent subimages (C=N)"
+        mode = (
+            "with communication, in two passes"
+            if self.communicated
+            else "independent subimages (C=N)"
+        )
         kinds = collections.Counter(self.devices)
         devices = ", ".join(f"{k} x{n}" for k, n in kinds.items())
         worst = int(np.argmax(self.rank_peak_rss_mb)) if self.rank_peak_rss_mb else 0
@@ -72,6 +76,11 @@ def _open_on_every_rank(request: SegmentRequest, rank: int, group: Any) -> tuple
     try:
         if request.gpus is not None:
             raise GeodduError("--gpus does not apply under torchrun: one device per rank")
+        if request.schedule == "one-pass":
+            # A rank's strip would need its neighbours' rows as they are encoded; ranks
+            # exchange the encoded halo once, between two passes (docs/distributed.md).
+            raise GeodduError("--schedule one-pass runs in one process; torchrun ranks run "
+                              "two passes")
         job = open_job(request, device=resolve_device(request.device, ONE_DEVICE_PER_RANK))
         if rank == 0:
             writers = open_writers(request, job.source, job.model)

@@ -25,8 +25,9 @@ from ..partition import Partition
 from ..predictor import SegmentationModel, load_model
 from .compat import warn_if_unlike
 from .mapstore import MapStore
-from .plan import SegmentPlan, plan_segment
+from .plan import Schedule, SegmentPlan, plan_segment
 from .request import SegmentRequest
+from .stages import skip_bytes
 
 __all__ = ["Job", "SegmentResult", "finish_outputs", "open_job"]
 
@@ -43,6 +44,7 @@ class SegmentResult:
     seconds: float
     peak_rss_mb: float
     encoder_runs: int
+    schedule: str = "two passes"
     map_store_on_disk: bool = False
     extra_outputs: list[Path] = field(default_factory=list)
 
@@ -51,7 +53,11 @@ class SegmentResult:
         return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
 
     def summary(self) -> str:
-        mode = "with communication" if self.communicated else "independent subimages (C=N)"
+        mode = (
+            f"with communication, in {self.schedule}"
+            if self.communicated
+            else "independent subimages (C=N)"
+        )
         return (
             f"{self.output}: {self.width} x {self.height} px, {self.subimages} subimages "
             f"({self.skipped} all-nodata skipped), {mode}, on {', '.join(self.devices)}; "
@@ -66,6 +72,7 @@ class Job:
     model: SegmentationModel
     source: RasterSource
     plan: SegmentPlan
+    schedule: Schedule
     area: Any  # the area of interest in the scene's CRS (a shapely geometry), or None
     scratch: str
     started: float
@@ -136,7 +143,8 @@ def scratch_dir(scratch: str | os.PathLike | None) -> str:
 def check_scratch_space(
     scratch: str, grid: tuple[int, int], shape: tuple[int, int, int], max_ram_bytes: int
 ) -> None:
-    """Refuse before pass 1 when the two bottleneck stores would not fit the scratch folder."""
+    """Refuse before any work when the two bottleneck stores of a two-pass job would not fit
+    the scratch folder."""
     needed = sum(
         size for size in [MapStore.bytes_for(grid, shape)] * 2 if size > max_ram_bytes
     )
@@ -175,8 +183,11 @@ def touched_cells(area: Any, partition: Partition, transform: Any) -> list[tuple
     return [c.index for c, h in zip(cells, hit, strict=True) if h]
 
 
-def open_job(request: SegmentRequest, device: Any = None) -> Job:
-    """Load, open, read and plan; every user error surfaces here, before any work."""
+def open_job(request: SegmentRequest, device: Any = None, devices: int | None = None) -> Job:
+    """Load, open, read and plan; every user error surfaces here, before any work.
+
+    `devices`: how many devices this process runs the job on (the local executor), which
+    chooses between one pass and two; None (torchrun ranks) is always two passes."""
     started = time.perf_counter()
     if request.vector is not None:
         from ..io.polygonize import driver_for
@@ -218,8 +229,18 @@ def open_job(request: SegmentRequest, device: Any = None) -> Job:
             tile_cells=request.comm_tile_cells,
             touched=touched,
         )
-        job = Job(request, model, source, plan, area, scratch, started)
-        if net.communicates:
+        if devices is None or not net.communicates:
+            schedule = Schedule("two-pass", len(plan.encode) + len(plan.decode))
+        else:
+            schedule = plan.schedule(
+                devices,
+                skip_bytes(model, part.row_sizes[0], request.precision),
+                request.skip_budget_bytes,
+                request.strip_cells,
+                request.schedule,
+            )
+        job = Job(request, model, source, plan, schedule, area, scratch, started)
+        if net.communicates and schedule.kind == "two-pass":
             check_scratch_space(scratch, part.grid, job.store_shape, request.store_max_ram_bytes)
     except BaseException:
         source.close()

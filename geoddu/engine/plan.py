@@ -18,7 +18,15 @@ import numpy as np
 from ..parallel.halo import HaloPlan, halo_plan, owner_grid
 from ..partition import Partition, Subimage, balanced_blocks
 
-__all__ = ["RankPlan", "SegmentPlan", "grid_tiles", "plan_segment", "run_tiles"]
+__all__ = [
+    "RankPlan",
+    "Schedule",
+    "SegmentPlan",
+    "Strip",
+    "grid_tiles",
+    "plan_segment",
+    "run_tiles",
+]
 
 Tile = tuple[int, int, int, int]  # cell rows r0:r1, cell columns c0:c1
 
@@ -43,6 +51,42 @@ def run_tiles(cells: Sequence[Subimage], step: int) -> list[Tile]:
         else:
             tiles.append((c.row, c.row + 1, c.col, c.col + 1))
     return tiles
+
+
+@dataclass(frozen=True)
+class Strip:
+    """A band of cell columns that one device takes from top to bottom in one pass.
+
+    `cols` (c0, c1) are decoded; `context` (e0, e1) are encoded, the strip widened by the
+    communication network's reach so that every decoded row sees its whole halo. When the
+    same device ran the strip to the left, `left_cached`: that strip kept the maps of its last
+    `reach` columns, so only the right context is encoded twice.
+    """
+
+    cols: tuple[int, int]
+    context: tuple[int, int]
+    left_cached: bool
+
+    def encoded_cols(self) -> range:
+        """The columns this strip runs the encoder on."""
+        start = self.cols[0] if self.left_cached else self.context[0]
+        return range(start, self.context[1])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a one-process job runs: "one-pass" (strips, every skip kept until its row is
+    decoded; `strips` per device) or "two-pass" (encode everything, communicate, encode again
+    and decode). `encoder_runs` is what it will cost in encoder passes."""
+
+    kind: str
+    encoder_runs: int
+    strips: tuple[tuple[Strip, ...], ...] = ()
+    width: int = 0
+
+    @property
+    def label(self) -> str:
+        return "one pass" if self.kind == "one-pass" else "two passes"
 
 
 @dataclass(frozen=True)
@@ -76,6 +120,64 @@ class SegmentPlan:
         if self.area:
             return run_tiles(self.decode, step)
         return grid_tiles(*self.partition.grid, step)
+
+    @property
+    def reach(self) -> int:
+        """Neighbouring cells the communication network's halo reaches into."""
+        return -(-self.comm_halo // self.cell) if self.communicates else 0
+
+    def strips(self, width: int, devices: int = 1) -> list[list[Strip]]:
+        """Strips of `width` decoded columns over the decoded cells, in contiguous, balanced
+        blocks per device (a device takes its strips left to right)."""
+        rows, cols = self.partition.grid
+        used = sorted({c.col for c in self.decode})
+        lo, hi = used[0], used[-1] + 1
+        bounds = [(c, min(hi, c + width)) for c in range(lo, hi, width)]
+        blocks: list[list[Strip]] = []
+        n = len(bounds)
+        for k in range(min(devices, n)):
+            mine = bounds[k * n // min(devices, n) : (k + 1) * n // min(devices, n)]
+            blocks.append([
+                Strip((c0, c1), (max(0, c0 - self.reach), min(cols, c1 + self.reach)), i > 0)
+                for i, (c0, c1) in enumerate(mine)
+            ])
+        return blocks
+
+    def one_pass_encoder_runs(self, blocks: Sequence[Sequence[Strip]]) -> int:
+        """Encoder passes the strips cost: every planned cell once, the re-encoded context
+        columns twice."""
+        encode = {c.index for c in self.encode}
+        return sum(
+            1
+            for block in blocks
+            for strip in block
+            for j in strip.encoded_cols()
+            for i in range(self.partition.grid[0])
+            if (i, j) in encode
+        )
+
+    def schedule(
+        self, devices: int, cell_bytes: int, budget: int, strip_cells: int, kind: str = "auto"
+    ) -> Schedule:
+        """One pass where its skips fit `budget` (each cell's skips are `cell_bytes`; a strip
+        keeps `reach + 1` rows of them) and it runs the encoder fewer times than two passes
+        would; else two passes. `kind` forces one ("one-pass", "two-pass")."""
+        two = len(self.encode) + len(self.decode)
+        if not self.communicates:  # independent subimages: the decode pass is the only one
+            return Schedule("one-pass", len(self.decode))
+        used = {c.col for c in self.decode}
+        width = min(strip_cells, max(used) - min(used) + 1)
+        width = min(width, budget // max(1, (self.reach + 1) * cell_bytes))
+        if devices > 1:  # every device gets a strip
+            width = min(width, -(-(max(used) - min(used) + 1) // devices))
+        if kind == "two-pass" or (width < 1 and kind != "one-pass"):
+            return Schedule("two-pass", two)
+        width = max(1, width)
+        blocks = self.strips(width, devices)
+        runs = self.one_pass_encoder_runs(blocks)
+        if kind == "auto" and runs >= two:
+            return Schedule("two-pass", two)
+        return Schedule("one-pass", runs, tuple(tuple(b) for b in blocks), width)
 
     def device_blocks(self, cells: Sequence[Subimage], devices: int) -> list[list[Subimage]]:
         """Contiguous, balanced blocks of `cells`, one per device of this process."""

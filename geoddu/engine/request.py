@@ -29,6 +29,12 @@ COMM_TILE_CELLS = 256
 # Each of the two bottleneck stores stays in RAM below this size and moves to a scratch file
 # above it: a fixed budget, so that peak memory does not grow with the scene.
 STORE_MAX_RAM_BYTES = 16 * 2**20
+# The one-pass schedule's strips: at most this many subimage columns wide, and their live skip
+# connections ((reach + 1) rows of the strip) within this many bytes. Both fixed, so that peak
+# memory does not grow with the scene; a budget too small for one column means two passes.
+STRIP_CELLS = 8
+SKIP_BUDGET_BYTES = 1 << 30
+SCHEDULES = ("auto", "one-pass", "two-pass")
 # What --probabilities and --confidence are written as (geoddu.io.writer.probability_writer).
 PROBABILITY_DTYPES = ("float32", "uint8")
 
@@ -44,7 +50,8 @@ class SegmentRequest:
     """A segment job. Paths are kept as given (GDAL paths such as ``/vsicurl/`` included).
 
     ``model`` is a checkpoint path, or an already loaded ``SegmentationModel`` (Python API).
-    ``store_max_ram_bytes`` and ``comm_tile_cells`` tune memory and never change the result.
+    ``store_max_ram_bytes``, ``comm_tile_cells``, ``schedule``, ``strip_cells`` and
+    ``skip_budget_bytes`` tune speed and memory and never change the result.
     """
 
     src: str
@@ -70,6 +77,9 @@ class SegmentRequest:
     scratch: str | None = None
     store_max_ram_bytes: int = STORE_MAX_RAM_BYTES
     comm_tile_cells: int = COMM_TILE_CELLS
+    schedule: str = "auto"
+    strip_cells: int = STRIP_CELLS
+    skip_budget_bytes: int = SKIP_BUDGET_BYTES
     # Filled in, not given: the outputs by the names users know them by.
     outputs: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
@@ -93,6 +103,10 @@ class SegmentRequest:
         if self.precision not in PRECISIONS:
             raise GeodduError(
                 f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise GeodduError(
+                f"--schedule: unknown {self.schedule!r}; choose from {', '.join(SCHEDULES)}"
             )
         if self.probabilities_dtype not in PROBABILITY_DTYPES:
             raise GeodduError(

@@ -1,6 +1,7 @@
-"""The local executor's machinery: a per-subimage function over a list of cells, one thread per
-device, each with its own dataset handle and a prefetching reader, so reading overlaps compute.
-Progress is reported and cancellation polled from the calling thread.
+"""The local executor's machinery: a per-subimage function over a list of cells, or the
+one-pass strips, one thread per device, each with its own dataset handle and a prefetching
+reader, so reading overlaps compute. Progress is reported and cancellation polled from the
+calling thread.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import torch
 from ..errors import Cancelled
 from ..io.raster import RasterSource
 from ..partition import Partition, Subimage, balanced_blocks
+from .plan import Schedule, SegmentPlan
 from .stages import Worker
+from .strips import run_strips, strip_order, strip_rows
 
 __all__ = ["CellRunner", "CancelFn", "ProgressFn"]
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
+Tick = Callable[[str], None]  # one more item of a stage is done
 
 
 class CellRunner:
@@ -55,36 +59,73 @@ class CellRunner:
         """fn(worker, cell, raw, valid) for `cells` (default: all), split over the devices."""
         cells = self.part.subimages() if cells is None else cells
         blocks = balanced_blocks(cells, len(self.replicas))
+
+        def work(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
+            for cell, raw, valid in _prefetch(ctx.source, blocks[k], stop):
+                if stop.is_set():
+                    break
+                live = fn(ctx, cell, raw, valid)
+                with self._lock:
+                    if live:
+                        self.encoder_runs += 1
+                    elif stage == "decode":
+                        self.skipped += 1
+                tick(stage)
+
+        self._on_devices(len(blocks), work, {stage: len(cells)})
+
+    def over_strips(self, plan: SegmentPlan, schedule: Schedule, sink: Any, area: Any) -> None:
+        """The one-pass schedule: each device takes its strips top to bottom
+        (:func:`geoddu.engine.strips.run_strips`)."""
+        blocks = schedule.strips
+        orders = [strip_order(plan, block) for block in blocks]
+
+        def work(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
+            feed = _prefetch(ctx.source, orders[k], stop)
+            runs, skipped = run_strips(ctx, blocks[k], plan, feed, sink, area, tick, stop)
+            with self._lock:
+                self.encoder_runs += runs
+                self.skipped += skipped
+
+        totals = {
+            "encode": sum(map(len, orders)),
+            "communicate": sum(strip_rows(plan, block) for block in blocks),
+            "decode": len(plan.decode),
+        }
+        self._on_devices(len(blocks), work, totals)
+
+    def _on_devices(
+        self,
+        n: int,
+        work: Callable[[int, Worker, threading.Event, Tick], None],
+        totals: dict[str, int],
+    ) -> None:
+        """work(k, worker, stop, tick) in one thread per device k < n, each with its own
+        dataset handle; progress is reported and cancellation polled from this thread, and
+        the first error stops the others and is raised here."""
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
 
-        def work(k: int) -> None:
+        def tick(stage: str) -> None:
+            events.put(("done", stage))
+
+        def run(k: int) -> None:
             handle = self.source.reopen()
             ctx = Worker(self.replicas[k], handle, self.precision)
             try:
                 with torch.inference_mode():
-                    for cell, raw, valid in _prefetch(handle, blocks[k], stop):
-                        if stop.is_set():
-                            break
-                        live = fn(ctx, cell, raw, valid)
-                        with self._lock:
-                            if live:
-                                self.encoder_runs += 1
-                            elif stage == "decode":
-                                self.skipped += 1
-                        events.put(("done", None))
+                    work(k, ctx, stop, tick)
             except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
                 events.put(("error", exc))
             finally:
                 handle.close()
                 events.put(("exit", None))
 
-        threads = [
-            threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(blocks))
-        ]
+        threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(n)]
         for t in threads:
             t.start()
-        done, running, error = 0, len(threads), None
+        done = dict.fromkeys(totals, 0)
+        running, error = len(threads), None
         try:
             while running:
                 try:
@@ -92,8 +133,8 @@ class CellRunner:
                 except queue.Empty:
                     kind, payload = "tick", None
                 if kind == "done":
-                    done += 1
-                    self.report(stage, done, len(cells))
+                    done[payload] += 1
+                    self.report(payload, done[payload], totals[payload])
                 elif kind == "error" and error is None:
                     error = payload
                     stop.set()

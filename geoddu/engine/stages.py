@@ -23,7 +23,16 @@ from ..predictor import NODATA, SegmentationModel
 from .mapstore import MapStore
 from .plan import Tile
 
-__all__ = ["Worker", "communicate_tiles", "decode_cell", "encode_cell"]
+__all__ = [
+    "Worker",
+    "communicate_tile",
+    "communicate_tiles",
+    "decode_cell",
+    "decode_window",
+    "encode_cell",
+    "put_nodata",
+    "skip_bytes",
+]
 
 
 class Sink(Protocol):
@@ -67,6 +76,50 @@ def encode_cell(
     return True
 
 
+def communicate_tile(
+    model: SegmentationModel,
+    precision: str,
+    tile: Tile,
+    grid: tuple[int, int],
+    cell: int,
+    get_maps: Callable[[tuple[int, int]], np.ndarray],
+) -> dict[tuple[int, int], np.ndarray]:
+    """The communicated maps of every cell of `tile`, exactly as one pass over the whole
+    mosaic gives them.
+
+    The tile is extended by the network's halo on every side (clipped at the mosaic edge,
+    where 'same' zero padding is what the whole-mosaic pass sees too) and its centre kept:
+    every kept value depends only on inputs inside the extended tile, so tiling changes
+    nothing. `get_maps(cell)` may come from a store, from a strip's live rows, or from halos
+    received from other ranks.
+    """
+    net = model.net
+    rows, cols = grid
+    halo = net.comm_halo
+    mh, mw = rows * cell, cols * cell
+    r0, r1, c0, c1 = tile
+    y0, y1 = max(0, r0 * cell - halo), min(mh, r1 * cell + halo)
+    x0, x1 = max(0, c0 * cell - halo), min(mw, c1 * cell + halo)
+    region = np.zeros((net.comm_features, y1 - y0, x1 - x0), np.float32)
+    for i in range(y0 // cell, -(-y1 // cell)):
+        for j in range(x0 // cell, -(-x1 // cell)):
+            maps = get_maps((i, j))
+            ya, yb = max(y0, i * cell), min(y1, (i + 1) * cell)
+            xa, xb = max(x0, j * cell), min(x1, (j + 1) * cell)
+            region[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = maps[
+                :, ya - i * cell : yb - i * cell, xa - j * cell : xb - j * cell
+            ]
+    with torch.inference_mode():
+        x = torch.from_numpy(region).unsqueeze(0).to(model.device)
+        with autocast(model.device, precision):
+            out = net.communicate_maps(x)[0].float().cpu().numpy()
+    return {
+        (i, j): out[:, i * cell - y0 : (i + 1) * cell - y0, j * cell - x0 : (j + 1) * cell - x0]
+        for i in range(r0, r1)
+        for j in range(c0, c1)
+    }
+
+
 def communicate_tiles(
     run: Progress,
     model: SegmentationModel,
@@ -77,39 +130,13 @@ def communicate_tiles(
     get_maps: Callable[[tuple[int, int]], np.ndarray],
     put_maps: Callable[[tuple[int, int], np.ndarray], None],
 ) -> None:
-    """The communication network over the bottleneck mosaic, tile by tile, exactly.
-
-    Each tile of cells is extended by the network's halo on every side (clipped at the mosaic
-    edge, where 'same' zero padding is what the whole-mosaic pass sees too) and its centre kept:
-    every kept value depends only on inputs inside the extended tile, so tiling changes nothing.
-    `get_maps(cell)` may come from this process's store or from halos received from other ranks.
-    """
-    net = model.net
-    rows, cols = grid
-    halo = net.comm_halo
-    mh, mw = rows * cell, cols * cell
-    with torch.inference_mode():
-        for n, (r0, r1, c0, c1) in enumerate(tiles, 1):
-            run.check_cancel()
-            y0, y1 = max(0, r0 * cell - halo), min(mh, r1 * cell + halo)
-            x0, x1 = max(0, c0 * cell - halo), min(mw, c1 * cell + halo)
-            region = np.zeros((net.comm_features, y1 - y0, x1 - x0), np.float32)
-            for i in range(y0 // cell, -(-y1 // cell)):
-                for j in range(x0 // cell, -(-x1 // cell)):
-                    maps = get_maps((i, j))
-                    ya, yb = max(y0, i * cell), min(y1, (i + 1) * cell)
-                    xa, xb = max(x0, j * cell), min(x1, (j + 1) * cell)
-                    region[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = maps[
-                        :, ya - i * cell : yb - i * cell, xa - j * cell : xb - j * cell
-                    ]
-            x = torch.from_numpy(region).unsqueeze(0).to(model.device)
-            with autocast(model.device, precision):
-                out = net.communicate_maps(x)[0].float().cpu().numpy()
-            for i in range(r0, r1):
-                for j in range(c0, c1):
-                    ya, xa = i * cell - y0, j * cell - x0
-                    put_maps((i, j), out[:, ya : ya + cell, xa : xa + cell])
-            run.report("communicate", n, len(tiles))
+    """The communication network over the bottleneck mosaic, tile by tile, exactly
+    (:func:`communicate_tile`); each cell's result goes to `put_maps`."""
+    for n, tile in enumerate(tiles, 1):
+        run.check_cancel()
+        for index, maps in communicate_tile(model, precision, tile, grid, cell, get_maps).items():
+            put_maps(index, maps)
+        run.report("communicate", n, len(tiles))
 
 
 def decode_cell(
@@ -123,20 +150,45 @@ def decode_cell(
 ) -> bool:
     """Encode again for the skips, swap in the communicated maps, decode, hand the window to
     `sink`; False if the subimage has no valid pixel (its window is written as nodata)."""
-    h = min(cell.height, ctx.source.height - cell.row_off)
-    w = min(cell.width, ctx.source.width - cell.col_off)
-    live = bool(valid.any())
-    if not live:
-        sink.put(cell, np.full((h, w), NODATA, np.uint8), None)
+    if not valid.any():
+        put_nodata(ctx, cell, sink)
         return False
     net = ctx.net
     x = ctx.model.prepare(raw, valid)
     with autocast(ctx.device, ctx.precision):
         skips, bottleneck = net.encode(x)
+    maps = None
+    if communicated is not None:
+        maps = torch.from_numpy(communicated.get(cell.index)).unsqueeze(0).to(ctx.device)
+    decode_window(ctx, cell, skips, bottleneck, maps, valid, sink, area)
+    return True
+
+
+def put_nodata(ctx: Worker, cell: Subimage, sink: Sink) -> None:
+    """A subimage without a valid pixel: its window is nodata."""
+    h = min(cell.height, ctx.source.height - cell.row_off)
+    w = min(cell.width, ctx.source.width - cell.col_off)
+    sink.put(cell, np.full((h, w), NODATA, np.uint8), None)
+
+
+def decode_window(
+    ctx: Worker,
+    cell: Subimage,
+    skips: list[torch.Tensor],
+    bottleneck: torch.Tensor,
+    maps: torch.Tensor | None,
+    valid: np.ndarray,
+    sink: Sink,
+    area: Any = None,
+) -> None:
+    """Swap the communicated `maps` into `bottleneck` (None: communicate within the subimage
+    alone, or no communication), decode, and hand the window to `sink`."""
+    h = min(cell.height, ctx.source.height - cell.row_off)
+    w = min(cell.width, ctx.source.width - cell.col_off)
+    net = ctx.net
+    with autocast(ctx.device, ctx.precision):
         if net.comm is not None:
-            if communicated is not None:
-                maps = torch.from_numpy(communicated.get(cell.index)).unsqueeze(0).to(ctx.device)
-            else:
+            if maps is None:
                 maps = net.communicate_maps(net.comm_input(bottleneck))
             bottleneck = net.replace_maps(bottleneck, maps.to(bottleneck.dtype))
         logits = net.decode(skips, bottleneck)
@@ -158,4 +210,16 @@ def decode_cell(
         probs = torch.softmax(logits, 0).cpu().numpy()
         probs[:, ~keep] = np.nan
     sink.put(cell, classes, probs)
-    return True
+
+
+def skip_bytes(model: SegmentationModel, size: int, precision: str) -> int:
+    """Bytes of one subimage's skip connections at `size` px, the memory a one-pass strip
+    keeps per live cell. Measured once per model by the encoder's output shapes."""
+    layout = getattr(model, "skip_layout", None)
+    if layout is None or layout[0] != size:
+        x = torch.zeros(1, len(model.bands), size, size, device=model.device)
+        with torch.inference_mode(), autocast(model.device, precision):
+            skips, bottleneck = model.net.encode(x)
+        layout = (size, sum(t.numel() for t in [*skips, bottleneck]))
+        model.skip_layout = layout
+    return layout[1] * (4 if precision == "fp32" else 2)

@@ -1,8 +1,8 @@
 """ResNet-18/50 encoders cut at 1/16 (Fig. 12, Table IX), in torchvision's layer layout.
 
 torchvision is not a dependency (its wheels are tied to one torch build); the layers below use
-torchvision's module names and shapes, so a torchvision ResNet state dict loads unchanged.
-Weights only ever come from a local file: nothing is downloaded.
+torchvision's module names and shapes, so torchvision, timm and torchgeo ResNet state dicts load
+unchanged (encoder_weights.py). Weights only ever come from a local file: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -124,34 +124,11 @@ class ResNetEncoder(nn.Module):
         """The torchvision part (what pretrained weights fill and `freeze` fixes)."""
         return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]
 
-    def load_torchvision_weights(self, path: str | os.PathLike) -> None:
-        """Load a torchvision ResNet state dict from a local file (fc and layer4 are ignored)."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError as exc:
-            raise GeodduError(f"{path}: encoder weights file not found") from exc
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is one user error
-            raise GeodduError(f"{path}: not a torch state dict ({exc.__class__.__name__})") from exc
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        own = self.state_dict()
-        wanted = {k for k in own if not k.startswith("inter_conv.")}
-        picked = {}
-        for key in wanted:
-            if key not in state:
-                raise GeodduError(
-                    f"{path}: not a torchvision {self.name} state dict (missing {key!r})"
-                )
-            value = state[key]
-            if key == "conv1.weight" and value.shape[1] != own[key].shape[1]:
-                value = _adapt_first_conv(value, own[key].shape[1])
-            if value.shape != own[key].shape:
-                raise GeodduError(
-                    f"{path}: {key} has shape {tuple(value.shape)}, "
-                    f"expected {tuple(own[key].shape)} for {self.name}"
-                )
-            picked[key] = value
-        self.load_state_dict(picked, strict=False)
+    def load_torchvision_weights(self, path: str | os.PathLike, adapt_bands: bool = False) -> None:
+        """Load a local torchvision, timm or torchgeo ResNet state dict (see encoder_weights)."""
+        from .encoder_weights import load_encoder_weights  # it imports this module
+
+        load_encoder_weights(self, path, adapt_bands=adapt_bands)
 
     def freeze(self) -> None:
         """Fix the pretrained backbone (Sec. V-B): no gradients, BatchNorm statistics kept."""
@@ -168,10 +145,3 @@ class ResNetEncoder(nn.Module):
                 module.eval()
         return self
 
-
-def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """RGB stem weights for another band count, the way segmentation-models-pytorch does it."""
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    reps = -(-in_channels // weight.shape[1])
-    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)

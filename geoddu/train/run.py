@@ -16,6 +16,7 @@ from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..data import open_dataset
 from ..errors import GeodduError
 from ..models.ddunet import create_model
+from ..models.encoder_weights import imagenet_normalization, load_encoder_weights
 from .config import TrainConfig
 from .evaluate import check_model_fits
 from .loop import (
@@ -28,9 +29,6 @@ from .loop import (
     set_dropout,
 )
 from .mesh import TrainMesh
-
-# ImageNet statistics in 8-bit units: what torchvision's pretrained ResNets expect.
-IMAGENET = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
 
 
 def open_splits(kind: str, data: str | os.PathLike, options: dict[str, Any] | None = None,
@@ -48,6 +46,7 @@ def start_training(
     model_options: dict[str, Any] | None = None,
     init_checkpoint: str | os.PathLike | None = None,
     encoder_weights: str | os.PathLike | None = None,
+    adapt_bands: bool = False,
     freeze_encoder: bool | None = None,
     dataset_options: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -58,8 +57,9 @@ def start_training(
 
     `arch` is the paper's notation ('DDU-Net(3,32,Y)', 'U-Net(4)') or an encoder name;
     `model_options` override it (the CLI passes only the options given on the command line).
-    Input bands and classes always come from the data. Under torchrun every rank calls this
-    with the same arguments and its `mesh`; only rank 0 touches `run_dir`.
+    Input bands and classes always come from the data. `encoder_weights`: a local ResNet
+    state dict (`adapt_bands`: spread a 3-band one over the data's bands). Under torchrun every
+    rank calls this with the same arguments and its `mesh`; only rank 0 touches `run_dir`.
     """
     mesh = mesh or TrainMesh()
 
@@ -67,8 +67,11 @@ def start_training(
         config.check()
         if mesh.is_main:
             check_run_dir(run_dir, resume=False, overwrite=overwrite)
+        if adapt_bands and not encoder_weights:
+            raise GeodduError("--adapt-bands adapts --encoder-weights; give those too")
         train_set, val_set = open_splits(dataset, data, dataset_options)
         opts = dict(model_options or {})
+        pretrained, kept = None, None
         for key, have in (("in_channels", train_set.in_channels),
                           ("num_classes", train_set.num_classes)):
             if opts.get(key) not in (None, have):
@@ -79,31 +82,43 @@ def start_training(
             if arch or opts or encoder_weights:
                 raise GeodduError("--model takes its architecture from the checkpoint; "
                                   "leave out the model options")
-            model = model_from_checkpoint(load_checkpoint(init_checkpoint))
+            init = load_checkpoint(init_checkpoint)
+            model = model_from_checkpoint(init)
             check_model_fits(model, train_set, f"{init_checkpoint}:")
             set_dropout(model, config.dropout)
             freeze = bool(freeze_encoder)
             if freeze:
                 model.encoder.freeze()
+            # `geoddu init --encoder-weights` wrote ImageNet statistics for 8-bit data: keep them.
+            if init["normalization"] == imagenet_normalization(train_set.in_channels):
+                kept = init["normalization"]
         else:
             # Seeded before construction: He initialisation is part of what the seed reproduces.
             torch.manual_seed(config.seed)
             freeze = bool(encoder_weights) if freeze_encoder is None else bool(freeze_encoder)
+            # Weights load after construction: the file may need its bands adapted first.
             model = create_model(
                 arch, **opts, in_channels=train_set.in_channels, num_classes=train_set.num_classes,
-                dropout=config.dropout,
-                encoder_weights=str(encoder_weights) if encoder_weights else None,
-                freeze_encoder=freeze,
+                dropout=config.dropout, freeze_encoder=freeze and not encoder_weights,
             )
+            if encoder_weights:
+                pretrained = load_encoder_weights(model, encoder_weights, adapt_bands=adapt_bands)
+                if freeze:
+                    model.encoder.freeze()
         normalization = train_set.normalization
-        if encoder_weights and train_set.in_channels == 3 and _is_uint8_scale(normalization):
-            normalization = IMAGENET
+        # 3-band weights on 8-bit data are taken for ImageNet's, which expect its statistics.
+        if _is_uint8_scale(normalization):
+            if pretrained is not None and pretrained.bands == 3:
+                normalization = imagenet_normalization(train_set.in_channels)
+            elif kept is not None:
+                normalization = kept
         record = {
             "dataset": train_set.describe(),
             "data": str(Path(data).resolve()),
             "arch": arch,
             "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
             "encoder_weights": str(encoder_weights) if encoder_weights else None,
+            "adapt_bands": bool(adapt_bands),
             "freeze_encoder": freeze,
         }
         return Trainer(model, train_set, val_set, Path(run_dir), config,
@@ -157,7 +172,8 @@ def resume_training(
             raise GeodduError(f"{run_dir}: the checkpoint does not say which data it was "
                               f"trained on")
         train_set, val_set = open_splits(kind, source, described)
-        keep = ("dataset", "data", "arch", "init_checkpoint", "encoder_weights", "freeze_encoder")
+        keep = ("dataset", "data", "arch", "init_checkpoint", "encoder_weights", "adapt_bands",
+                "freeze_encoder")
         record = {k: record.get(k) for k in keep}
         record["data"] = str(Path(source).resolve())
         return Trainer(model, train_set, val_set, Path(run_dir), config,
