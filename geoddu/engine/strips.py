@@ -23,6 +23,7 @@ import torch
 
 from ..parallel.devices import autocast
 from ..partition import Subimage
+from ..resources import release_free_memory
 from .plan import SegmentPlan, Strip
 from .stages import Worker, communicate_tile, decode_window, put_nodata
 
@@ -173,3 +174,5 @@ class _StripRun:
                 self.tick("decode")
         for k in [k for k in self.maps if k[0] <= d - self.reach]:  # no later halo needs them
             del self.maps[k]
+        if todo:
+            release_free_memory()
