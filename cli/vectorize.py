@@ -56,7 +56,7 @@ def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option(
     "--window-size",
     type=click.IntRange(16),
-    default=1024,
+    default=512,
     show_default=True,
     help="Pixels per window side; memory grows with its square, not with the map.",
 )
@@ -71,10 +71,11 @@ def vectorize(
     tag), in the map's CRS. Nodata makes no polygon.
 
     The map is read window by window and the pieces of a region cut by window borders are
-    merged, so a region is one polygon whatever the window size and memory does not grow with
-    the map. --min-area sieves the raster first (exactly, over the whole map); --simplify
-    simplifies shared borders once for both neighbours. The layer is written to a temporary
-    file and renamed when complete: a failed run leaves nothing.
+    merged, so a region is one polygon whatever the window size; polygons are written as soon
+    as they are complete, so memory does not grow with the map. --min-area sieves the raster
+    first (exactly, over the whole map); --simplify simplifies shared borders once for both
+    neighbours (and holds the whole layer for it). The layer is written to a temporary file
+    and renamed when complete: a failed run leaves nothing.
 
     \b
     Examples:

@@ -75,6 +75,15 @@ class ClassReader:
             self.source.close()
             raise
 
+    def next_row(self) -> None:
+        """The windows above will not be read again: reopen, which drops their decoded blocks.
+
+        Each block is read once, so GDAL's block cache (``GDAL_CACHEMAX``) would only hold
+        blocks nobody asks for again, up to the whole decoded map or the cache size.
+        """
+        self.source.close()
+        self.source = open_raster(self.src)
+
     def read(self, r0: int, c0: int, h: int, w: int) -> np.ndarray:
         data, valid = self.source.read_with_mask(r0, c0, h, w)
         band = data[0]

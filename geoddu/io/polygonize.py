@@ -1,31 +1,35 @@
-"""Class map GeoTIFF -> one polygon layer, built window by window, without seams.
+"""Class map GeoTIFF -> one polygon layer, built window by window, without seams, written as
+it goes.
 
 How it works (details and guarantees in ``docs/vectorize.md``):
 
 * **Polygonise each window** with ``rasterio.features.shapes`` (4-connectivity), in *pixel*
-  coordinates of the whole raster. Vertices are integers there, so the pieces of one region cut
-  at a window border share their border vertex for vertex and their union is exact; the affine
-  transform is applied once, at the end, to every vertex the same way.
-* **Stitch** the pieces: every window-local region gets a global id; along each window border
-  the ids of equal-class pixels facing each other are joined in a union-find. Only the last
-  pixel row of the previous window row and the last column of the previous window are kept,
-  never pixel arrays. After each window row, every region that does not reach the next row is
-  complete: its pieces are merged with ``shapely.union_all`` into one polygon.
+  coordinates of the whole raster. Vertices are integers there, so the pieces of one region
+  cut at a window border share their border vertex for vertex and their union is exact; the
+  affine transform is applied to every vertex the same way.
+* **Stitch** the pieces (:mod:`geoddu.io.stitch`): a region inside one window is complete at
+  once; the pieces of a region cut by window borders are joined in a union-find along the
+  borders and merged with ``shapely.union_all`` once the region can no longer grow. Only the
+  last pixel row of the previous window row and the last column of the previous window are
+  kept, never pixel arrays.
+* **Write as it goes**: complete regions are written in batches of ``batch_size`` polygons
+  into the temporary output, so memory holds the open regions and one batch, not the layer.
 * **Sieve** (``min_area``) in a first streaming pass that measures every region exactly (size,
   first pixel, neighbours, joined across windows the same way), then decides globally which
   small region merges into which neighbour; the second pass applies those decisions pixel by
   pixel while polygonising. The result does not depend on the window size.
 * **Simplify** (``simplify``): vertices are added where a neighbour's edge ends (so edges match
   vertex for vertex, a valid GEOS coverage) and the whole layer goes through
-  ``shapely.coverage_simplify``; shared edges are simplified once for both sides.
+  ``shapely.coverage_simplify``; shared edges are simplified once for both sides. This needs
+  the whole coverage at once, so with ``simplify`` the layer is held until it is simplified.
 
 Where each step lives: :mod:`geoddu.io.class_windows` (reading), :mod:`geoddu.io.window_regions`
-(one window's regions), :mod:`geoddu.io.seams` (stitching), :mod:`geoddu.io.sieve`,
-:mod:`geoddu.io.polygon_edges` (repair, edge matching, map coordinates) and
-:mod:`geoddu.io.vector_write` (the atomic write). This module runs them in order.
+(one window's regions), :mod:`geoddu.io.seams` and :mod:`geoddu.io.stitch` (stitching),
+:mod:`geoddu.io.sieve`, :mod:`geoddu.io.polygon_edges` (repair, edge matching, map coordinates)
+and :mod:`geoddu.io.vector_write` (the atomic, batched write). This module runs them in order.
 
-The layer is written with geopandas/pyogrio into a temporary folder beside the destination and
-renamed into place (:class:`geoddu.io.writer.AtomicOutput`); a failed run leaves nothing.
+The layer is written with pyogrio into a temporary folder beside the destination and renamed
+into place when complete (:class:`geoddu.io.writer.AtomicOutput`); a failed run leaves nothing.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import shapely
+from affine import Affine
 
 from geoddu.errors import Cancelled, GeodduError
 from geoddu.io.class_windows import (
@@ -51,10 +56,9 @@ from geoddu.io.class_windows import (
     window_grid,
 )
 from geoddu.io.polygon_edges import match_edges, orient_polygons, repair, to_map
-from geoddu.io.seams import Seams, UnionFind
-from geoddu.io.sieve import SievePlan, measure_regions
-from geoddu.io.vector_write import DRIVERS, driver_for, remove_vector, write_layer
-from geoddu.io.window_regions import build_polygons, line_labels, region_shapes
+from geoddu.io.sieve import measure_regions
+from geoddu.io.stitch import RegionStitcher
+from geoddu.io.vector_write import DRIVERS, LayerWriter, driver_for, remove_vector
 from geoddu.io.writer import AtomicOutput
 
 __all__ = [
@@ -66,7 +70,14 @@ __all__ = [
     "vectorize",
 ]
 
-DEFAULT_WINDOW = 1024
+# Pixels per window side. GDAL's polygonizer holds a window's polygons in an OGR memory layer
+# (~400 bytes each): on a noisy map (~8 pixels per region) that is ~15 MB at 512 px, ~60 MB at
+# 1024 px, and larger windows are no faster.
+DEFAULT_WINDOW = 512
+# Complete polygons written at a time: a few MB while being written (each is copied into map
+# coordinates and WKB), and the file is reopened for appending only every this many polygons
+# (~0.05 s per append).
+DEFAULT_BATCH = 10_000
 
 
 @dataclass
@@ -85,6 +96,8 @@ class VectorizeResult:
     simplify: float | None = None
     seconds: float = 0.0
     classes: list[int] | None = field(default=None)
+    batches: int = 0  # writes into the layer
+    peak_held: int = 0  # most polygons held at once (waiting to be written, or open pieces)
 
     def summary(self) -> str:
         parts = [f"{self.output}: {self.polygons} polygons"]
@@ -112,6 +125,8 @@ class VectorizeResult:
             "sieved_pixels": self.sieved_pixels,
             "simplify": self.simplify,
             "classes": self.classes,
+            "batches": self.batches,
+            "peak_held": self.peak_held,
             "seconds": round(self.seconds, 3),
         }
 
@@ -120,116 +135,6 @@ def _name(names: list[str] | None, class_id: int) -> str:
     if names is not None and class_id < len(names):
         return names[class_id]
     return f"class {class_id}"
-
-
-# --- polygonising ----------------------------------------------------------------------------
-
-
-def _polygonize(
-    reader: ClassReader,
-    windows: list[tuple[int, int, int, int]],
-    width: int,
-    height: int,
-    plan: SievePlan | None,
-    keep_lut: np.ndarray | None,
-    progress: ProgressFn,
-    cancel: CancelFn | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 2: one polygon per connected region (pixel coordinates) and its class."""
-    seams = Seams(width)
-    uf = UnionFind()
-    pending: dict[int, tuple[int, list]] = {}  # root gid -> (class, pieces)
-    out_geoms: list[np.ndarray] = []
-    out_cls: list[np.ndarray] = []
-    next_gid = 1
-
-    def finish(roots: Iterable[int]) -> None:
-        single, single_cls, merged, merged_cls = [], [], [], []
-        for r in roots:
-            value, pieces = pending.pop(r)
-            if len(pieces) == 1:
-                single.append(pieces[0])
-                single_cls.append(value)
-            else:
-                merged.append(shapely.union_all(pieces))
-                merged_cls.append(value)
-        if merged:
-            # The union keeps the vertices where window borders cut straight edges; dropping
-            # collinear vertices (after normalising, so that no ring starts on one) gives the
-            # polygon GDAL would have produced from the whole map, whatever the window size.
-            clean = shapely.simplify(shapely.normalize(np.asarray(merged, dtype=object)), 0.0)
-            out_geoms.append(clean)
-            out_cls.append(np.asarray(merged_cls, dtype=np.uint8))
-        if single:
-            out_geoms.append(np.asarray(single, dtype=object))
-            out_cls.append(np.asarray(single_cls, dtype=np.uint8))
-
-    def end_row() -> None:
-        g = seams.below_gid
-        nz = g > 0
-        alive: set[int] = set()
-        if nz.any():
-            uniq, inv = np.unique(g[nz], return_inverse=True)
-            roots = np.array([uf.find(int(x)) for x in uniq], np.int64)
-            g[nz] = roots[inv]  # the seam now holds roots, so the union-find can be emptied
-            alive = set(roots.tolist())
-        finish([r for r in pending if r not in alive])
-        uf.parent.clear()
-
-    last_row = windows[0][0] if windows else 0
-    for index, (r0, c0, h, w) in enumerate(windows):
-        if cancel is not None and cancel():
-            raise Cancelled("vectorize cancelled; nothing was written")
-        if r0 != last_row:
-            end_row()
-            seams.next_row()
-            last_row = r0
-        cls = reader.read(r0, c0, h, w)
-        if plan is not None:
-            cls = plan.apply(index, cls)
-        if keep_lut is not None:
-            cls = keep_lut[cls]
-        shapes = region_shapes(cls)
-        n = len(shapes)
-        polys = build_polygons(shapes, c0, r0)
-        values = np.fromiter((v for _, v in shapes), dtype=np.uint8, count=n)
-        del shapes
-        lines = line_labels(cls, polys, r0, c0)
-        base = next_gid - 1
-        next_gid += n
-
-        shared = np.zeros(n + 1, bool)
-        for name, cut in (
-            ("top", r0 > 0),
-            ("bottom", r0 + h < height),
-            ("left", c0 > 0),
-            ("right", c0 + w < width),
-        ):
-            if cut:
-                shared[lines[name][1]] = True
-        shared[0] = False
-        closed = ~shared[1:]
-        if closed.any():  # regions inside this window are complete already
-            out_geoms.append(polys[closed])
-            out_cls.append(values[closed])
-        for i in np.flatnonzero(shared[1:]).tolist():
-            pending[base + i + 1] = (int(values[i]), [polys[i]])
-
-        gid_lines = {k: (c, np.where(lab > 0, lab + base, 0)) for k, (c, lab) in lines.items()}
-        same, _ = seams.meet(r0, c0, gid_lines)
-        for a, b in same.tolist():
-            ra, rb = uf.find(a), uf.find(b)
-            if ra == rb:
-                continue
-            if len(pending[ra][1]) < len(pending[rb][1]):
-                ra, rb = rb, ra  # extend the longer list: each piece moves O(log n) times
-            uf.parent[rb] = ra
-            pending[ra][1].extend(pending.pop(rb)[1])
-        progress("polygonize", index + 1, len(windows))
-    finish(list(pending))
-    if not out_geoms:
-        return np.empty(0, dtype=object), np.empty(0, np.uint8)
-    return np.concatenate(out_geoms), np.concatenate(out_cls)
 
 
 # --- the public function ---------------------------------------------------------------------
@@ -243,6 +148,7 @@ def vectorize(
     simplify: float | None = None,
     classes: Sequence[int] | None = None,
     window_size: int = DEFAULT_WINDOW,
+    batch_size: int = DEFAULT_BATCH,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -257,8 +163,10 @@ def vectorize(
     units): topology-preserving simplification of the edges shared by neighbouring polygons;
     the layer's outline (raster edge, nodata) is kept. ``classes``: class ids to write (the
     others are still used for sieving and simplification). ``window_size``: pixels per window
-    side; memory grows with its square. ``progress(stage, done, total)`` is called after each
-    window; ``cancel()`` returning True stops the run with :class:`~geoddu.Cancelled`.
+    side; memory grows with its square. ``batch_size``: complete polygons are written as soon
+    as this many are waiting (without ``simplify``, which needs the whole layer at once).
+    ``progress(stage, done, total)`` is called after each window; ``cancel()`` returning True
+    stops the run with :class:`~geoddu.Cancelled`.
     Raises :class:`~geoddu.GeodduError` for user errors; nothing is written then.
     """
     started = time.perf_counter()
@@ -267,6 +175,8 @@ def vectorize(
     driver = driver_for(dst_path)
     if window_size < 2:
         raise GeodduError(f"window size must be at least 2 pixels, got {window_size}")
+    if batch_size < 1:
+        raise GeodduError(f"batch size must be at least 1 polygon, got {batch_size}")
     if min_area is not None and not (min_area > 0 and math.isfinite(min_area)):
         raise GeodduError(f"--min-area must be a positive area, got {min_area}")
     if simplify is not None and not (simplify > 0 and math.isfinite(simplify)):
@@ -319,56 +229,52 @@ def vectorize(
         plan = None
         if threshold is not None and threshold > 1:
             plan = measure_regions(reader, windows, width, height, threshold, report, cancel)
-        # With --simplify every class is polygonised: shared edges with classes that are not
-        # written still have to be simplified the same way on both sides.
-        lut = None if simplify is not None else keep_lut
-        geoms, cls = _polygonize(reader, windows, width, height, plan, lut, report, cancel)
+        with LayerWriter(dst_path, driver, overwrite, crs.to_wkt()) as writer:
+            sink = _Sink(writer, transform, names, src, batch_size, hold=simplify is not None)
+            # With --simplify every class is polygonised: shared edges with classes that are
+            # not written still have to be simplified the same way on both sides.
+            lut = None if simplify is not None else keep_lut
+            stitcher = RegionStitcher(width, height)
+            for index, (r0, c0, h, w) in enumerate(windows):
+                if cancel is not None and cancel():
+                    raise Cancelled("vectorize cancelled; nothing was written")
+                if index and c0 == 0:
+                    reader.next_row()
+                cls = reader.read(r0, c0, h, w)
+                if plan is not None:
+                    cls = plan.apply(index, cls)
+                if lut is not None:
+                    cls = lut[cls]
+                for geoms, ids in stitcher.window(r0, c0, cls):
+                    sink.add(geoms, ids, stitcher.pieces)
+                del cls
+                report("polygonize", index + 1, len(windows))
+            reader.close()
+            for geoms, ids in stitcher.finish():
+                sink.add(geoms, ids, stitcher.pieces)
+            if simplify is not None:
+                report("simplify", 0, 1)
+                sink.simplify(simplify, keep_lut)
+                report("simplify", 1, 1)
+            report("write", 0, 1)
+            sink.flush()
+            if writer.rows == 0:
+                what = "of the selected classes " if selected is not None else ""
+                raise GeodduError(
+                    f"{src}: no valid pixels {what}to polygonise; nothing was written"
+                )
+            writer.commit()
+            report("write", 1, 1)
     finally:
         reader.close()
 
-    geoms = repair(geoms, src)
-    # Rows in raster order of the regions (top to bottom, then left to right), not in the
-    # order windows completed them: the layer does not depend on the window size.
-    bounds = shapely.bounds(geoms)
-    area = shapely.area(geoms)
-    order = np.lexsort((area, bounds[:, 2], bounds[:, 3], bounds[:, 0], bounds[:, 1]))
-    geoms, cls = geoms[order], cls[order]
-    if simplify is not None and geoms.size:
-        report("simplify", 0, 1)
-        geoms = to_map(match_edges(geoms), transform)
-        # simplify_boundary=False: the outline (raster edge, nodata) stays on the pixel edges,
-        # so the layer still covers exactly the valid pixels.
-        geoms = orient_polygons(shapely.coverage_simplify(geoms, simplify, simplify_boundary=False))
-        report("simplify", 1, 1)
-        if keep_lut is not None:
-            keep = keep_lut[cls] != NONE
-            geoms, cls = geoms[keep], cls[keep]
-    else:
-        geoms = to_map(geoms, transform, orient=True)
-    if geoms.size == 0:
-        what = "of the selected classes " if selected is not None else ""
-        raise GeodduError(f"{src}: no valid pixels {what}to polygonise; nothing was written")
-
-    import geopandas as gpd  # heavy; only needed here
-
-    ids = cls.astype(np.int32)
-    lookup = {int(i): _name(names, int(i)) for i in np.unique(cls)}
-    gdf = gpd.GeoDataFrame(
-        {"class_id": ids, "class_name": [lookup[int(i)] for i in cls]},
-        geometry=geoms,
-        crs=crs.to_wkt(),
-    )
-    report("write", 0, 1)
-    write_layer(gdf, dst_path, driver, overwrite)
-    report("write", 1, 1)
-
-    counts = np.bincount(cls, minlength=256)
-    per_class = {lookup[int(i)]: int(counts[i]) for i in sorted(lookup)}
+    counts = sink.counts
+    per_class = {_name(names, int(i)): int(counts[i]) for i in np.flatnonzero(counts)}
     return VectorizeResult(
         output=dst_path,
         driver=driver,
         crs=crs.to_string(),
-        polygons=int(geoms.size),
+        polygons=int(counts.sum()),
         polygons_per_class=per_class,
         windows=len(windows),
         window_size=window_size,
@@ -377,4 +283,87 @@ def vectorize(
         simplify=simplify,
         seconds=time.perf_counter() - started,
         classes=selected,
+        batches=writer.batches,
+        peak_held=sink.peak_held,
     )
+
+
+class _Sink:
+    """Complete regions (pixel coordinates) -> checked, map coordinates, into the layer writer
+    in batches of ``batch_size``; or, with ``hold`` (``--simplify``), kept until
+    :meth:`simplify` has seen the whole layer."""
+
+    def __init__(
+        self,
+        writer: LayerWriter,
+        transform: Affine,
+        names: list[str] | None,
+        src: str,
+        batch_size: int,
+        hold: bool,
+    ) -> None:
+        self.writer, self.transform, self.src = writer, transform, src
+        self.batch_size, self.hold = batch_size, hold
+        self.name_lut = np.array([_name(names, i) for i in range(256)], dtype=object)
+        self.geoms: list[np.ndarray] = []
+        self.cls: list[np.ndarray] = []
+        self.waiting = 0
+        self.counts = np.zeros(256, np.int64)
+        self.peak_held = 0  # most polygons (and pieces of open regions) held at once
+
+    def add(self, geoms: np.ndarray, cls: np.ndarray, open_pieces: int) -> None:
+        if geoms.size == 0:
+            return
+        self.geoms.append(geoms)
+        self.cls.append(cls)
+        self.waiting += geoms.size
+        self.peak_held = max(self.peak_held, self.waiting + open_pieces)
+        if not self.hold and self.waiting >= self.batch_size:
+            self.flush(whole_batches=True)
+
+    def _take(self) -> tuple[np.ndarray, np.ndarray]:
+        geoms = np.concatenate(self.geoms) if self.geoms else np.empty(0, dtype=object)
+        cls = np.concatenate(self.cls) if self.cls else np.empty(0, np.uint8)
+        self.geoms, self.cls, self.waiting = [], [], 0
+        return geoms, cls
+
+    def flush(self, whole_batches: bool = False) -> None:
+        """Write the polygons waiting in batches of ``batch_size``: all of them, or only whole
+        batches (the rest keeps waiting for more)."""
+        geoms, cls = self._take()
+        if whole_batches:
+            keep = geoms.size % self.batch_size
+            if keep:
+                self.geoms, self.cls, self.waiting = [geoms[-keep:]], [cls[-keep:]], keep
+                geoms, cls = geoms[:-keep], cls[:-keep]
+        if not self.hold:
+            geoms = to_map(repair(geoms, self.src), self.transform, orient=True)
+        for start in range(0, geoms.size, self.batch_size):
+            part = geoms[start : start + self.batch_size]
+            ids = cls[start : start + self.batch_size]
+            self.writer.write(part, ids, self.name_lut[ids])
+            self.counts += np.bincount(ids, minlength=256)
+
+    def simplify(self, tolerance: float, keep_lut: np.ndarray | None) -> None:
+        """Simplify the whole layer at once (a coverage); keep only the selected classes."""
+        geoms, cls = self._take()
+        geoms = repair(geoms, self.src)
+        # GEOS's result depends on the order of the polygons: sort them in raster order of the
+        # regions (top to bottom, then left to right), not in the order windows completed them,
+        # so that the layer does not depend on the window size.
+        bounds = shapely.bounds(geoms)
+        order = np.lexsort(
+            (shapely.area(geoms), bounds[:, 2], bounds[:, 3], bounds[:, 0], bounds[:, 1])
+        )
+        geoms, cls = geoms[order], cls[order]
+        if geoms.size:
+            geoms = to_map(match_edges(geoms), self.transform)
+            # simplify_boundary=False: the outline (raster edge, nodata) stays on the pixel
+            # edges, so the layer still covers exactly the valid pixels.
+            geoms = orient_polygons(
+                shapely.coverage_simplify(geoms, tolerance, simplify_boundary=False)
+            )
+            if keep_lut is not None:
+                keep = keep_lut[cls] != NONE
+                geoms, cls = geoms[keep], cls[keep]
+        self.geoms, self.cls, self.waiting = [geoms], [cls], geoms.size

@@ -74,6 +74,7 @@ def measure_regions(
             raise Cancelled("vectorize cancelled; nothing was written")
         if r0 != last_row:
             seams.next_row()
+            reader.next_row()
             last_row = r0
         cls = reader.read(r0, c0, h, w)
         shapes = region_shapes(cls)
