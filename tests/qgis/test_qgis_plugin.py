@@ -151,7 +151,8 @@ def test_segment_writes_a_georeferenced_class_map(plugin, data, mode, feedback_c
     assert set(out["values"].ravel().tolist()) <= {0, 1, 2}
     assert json.loads(out["class_names"]) == [c["name"] for c in data["classes"]]
 
-    # Progress through the Processing feedback: every subimage of both passes, ending at 100.
+    # Progress through the Processing feedback: every subimage encoded and decoded (one pass
+    # interleaves the stages), never going back, ending at 100.
     values = feedback.progress_values
     assert len(values) >= 2 * SUBIMAGES
     assert values == sorted(values)

@@ -233,12 +233,14 @@ class SegmentAlgorithm(GeodduAlgorithm):
         seen = []
 
         def reporter(stages, start, span):
+            overall = engine_bridge.OverallPercent(stages)
+
             def progress(stage: str, done: int, total: int) -> None:
                 if stage not in seen:  # one line per stage, not per subimage
                     seen.append(stage)
                     steps = self.tr("1 step") if total == 1 else self.tr("{} steps").format(total)
                     feedback.setProgressText(self.tr("geoddu: {} ({})").format(stage, steps))
-                percent = engine_bridge.overall_percent(stage, done, total, stages)
+                percent = overall(stage, done, total)
                 feedback.setProgress(start + span * percent / 100.0)
 
             return progress

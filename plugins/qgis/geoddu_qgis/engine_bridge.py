@@ -101,12 +101,26 @@ class EngineNotFound(EngineError):
     """No way to run geoddu was found; the message says what was tried and how to fix it."""
 
 
-def overall_percent(stage: str, done: int, total: int, stages=STAGES) -> float:
-    """Map the engine's per-stage ``(stage, done, total)`` onto 0-100 over all ``stages``."""
-    frac = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
-    if stage in stages:
-        return 100.0 * (stages.index(stage) + frac) / len(stages)
-    return 100.0 * frac
+class OverallPercent:
+    """The engine's per-stage ``(stage, done, total)`` reports as one 0-100 figure over
+    ``stages``: the mean of each stage's own fraction done. Stages may interleave (a one-pass
+    segment run encodes, communicates and decodes row by row), so the figure never goes back;
+    for stages run one after another it is the stage's position plus its fraction."""
+
+    def __init__(self, stages=STAGES) -> None:
+        self.stages = tuple(stages)
+        self.fractions: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> float:
+        frac = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
+        if stage not in self.stages:
+            return 100.0 * frac
+        self.fractions[stage] = max(self.fractions.get(stage, 0.0), frac)
+        # A stage reported after a later one has started is done in a run that goes in order.
+        for earlier in self.stages[: self.stages.index(stage)]:
+            if earlier not in self.fractions:
+                self.fractions[earlier] = 1.0
+        return 100.0 * sum(self.fractions.values()) / len(self.stages)
 
 
 def request_outputs(request: dict) -> list[str]:

@@ -92,13 +92,14 @@ class VectorizeAlgorithm(GeodduAlgorithm):
         made = make_folders([dst])
         stages = engine_bridge.vector_stages(min_area, simplify)
         seen = []
+        overall = engine_bridge.OverallPercent(stages)
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in seen:  # one line per stage, not per window
                 seen.append(stage)
                 steps = self.tr("1 step") if total == 1 else self.tr("{} steps").format(total)
                 feedback.setProgressText(self.tr("geoddu: {} ({})").format(stage, steps))
-            feedback.setProgress(engine_bridge.overall_percent(stage, done, total, stages))
+            feedback.setProgress(overall(stage, done, total))
 
         feedback.setProgressText(self.tr("geoddu: polygons"))
         try:
