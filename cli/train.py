@@ -67,6 +67,9 @@ SYNTHETIC_BASE = 4
 @click.option("--loss", type=click.Choice(["class-dice", "dice"]), default=None,
               help="class-dice: Eq. 1 per class, averaged [default]; dice: Eq. 1 as one ratio "
                    "over all classes (a soft accuracy: rare classes barely train).")
+@click.option("--batchnorm", type=click.Choice(["pooled", "per-subimage"]), default=None,
+              help="BatchNorm statistics in training: pooled over every subimage of the batch "
+                   "[default], or per subimage as the paper's reference code does.")
 @click.option("--augment/--no-augment", default=None,
               help="Random flips and 90-degree rotations [on; off for synthetic].")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -240,7 +243,7 @@ def _train(ctx: click.Context, p: dict, mesh) -> None:
         dataset, subimages=parse_grid(p["subimages"]),
         **{k: p[k] for k in ("epochs", "batch_size", "lr", "lr_patience", "patience",
                              "min_epochs", "dropout", "loss", "augment", "seed", "device", "amp",
-                             "workers")},
+                             "workers", "batchnorm")},
     )
     if dataset == "synthetic" and p["init_model"] is None:
         if arch is None and not {"depth", "comm_features", "communicate"} & set(explicit):
@@ -280,7 +283,8 @@ RESUME_MAY_CHANGE = ("run_dir", "resume", "data", "epochs", "device", "workers",
 RESUME_STORED = {
     **{k: ("model", k) for k in MODEL_OPTION_KEYS},
     **{k: ("config", k) for k in ("dropout", "batch_size", "subimages", "lr", "lr_patience",
-                                  "patience", "min_epochs", "loss", "augment", "seed", "amp")},
+                                  "patience", "min_epochs", "loss", "augment", "seed", "amp",
+                                  "batchnorm")},
     "dataset": ("dataset", "kind"),
     "init_model": ("training", "init_checkpoint"),
     "arch": ("training", "arch"),

@@ -58,12 +58,13 @@ class DiceLoss:
     def sums(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None
     ) -> torch.Tensor:
-        """(3, K) per class or (3,) overall, float64: sum y*yhat, sum y, sum yhat."""
+        """(3, K) per class or (3,) overall, float64: sum y*yhat, sum y, sum yhat. Each row's
+        (patch's) sums are added in float64, so the sums of a batch do not depend on how its
+        rows are split into pieces (ranks, subimages) to the last bits."""
         probs, onehot = softmax_and_onehot(logits, target, ignore_index)
-        dims = (0, 2, 3) if self.per_class else (0, 1, 2, 3)
-        return torch.stack(
-            [(onehot * probs).sum(dims), onehot.sum(dims), probs.sum(dims)]
-        ).to(torch.float64)
+        dims = (2, 3) if self.per_class else (1, 2, 3)
+        rows = torch.stack([(onehot * probs).sum(dims), onehot.sum(dims), probs.sum(dims)])
+        return rows.to(torch.float64).sum(1)
 
     def finish(self, sums: torch.Tensor) -> torch.Tensor:
         inter, counts, psum = sums[0], sums[1], sums[2]

@@ -12,8 +12,10 @@ from torch import nn
 from ..errors import GeodduError
 from ..model_config import DEFAULT_CONFIG, ENCODERS
 from ..partition import Partition
+from . import streams
 from .communication import CommunicationNetwork
 from .resnet import RESNET_ENCODERS, ResNetEncoder
+from .stream_norm import POOLED
 from .unet import UNetDecoder, UNetEncoder
 
 
@@ -87,6 +89,13 @@ class DDUNet(nn.Module):
             "up_bias": up_bias,
             "dropout": dropout,
         }
+        # Training only (inference normalises with the running statistics either way): the
+        # BatchNorm rule, "pooled" or "per-subimage" (geoddu.models.stream_norm), and how the
+        # subimages run, "sequential" or "stacked" (geoddu.models.streams; None: by device).
+        self.batchnorm = POOLED
+        self.execution: str | None = None
+        # Parameter gradients left in float64 for ranks to add (geoddu.models.grad_sums).
+        self.sum_over_ranks = False
         _he_init(self)
         if encoder_weights:
             if encoder == "unet":
@@ -127,6 +136,8 @@ class DDUNet(nn.Module):
     def communicate_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """Run the communication network over a mosaic (or one subimage's maps, for C=N)."""
         assert self.comm is not None
+        if self.training:  # as the rest of training runs (geoddu.models.streams)
+            return streams.run_alone(self, self.comm, maps)
         return self.comm(maps)
 
     def replace_maps(self, bottleneck: torch.Tensor, communicated: torch.Tensor) -> torch.Tensor:
@@ -156,7 +167,9 @@ class DDUNet(nn.Module):
 
         `live` (row-major, one per subimage): a subimage marked False (no valid pixel) adds
         zeros to the communicated mosaic and is not decoded (its entry is None), the rule the
-        streaming engine applies to all-nodata subimages.
+        streaming engine applies to all-nodata subimages. In training mode the subimages run as
+        streams that meet at every BatchNorm layer (`geoddu.models.streams`), in eval mode
+        stacked by size.
         """
         rows, cols = len(parts), len(parts[0])
         flat = [parts[i][j] for i in range(rows) for j in range(cols)]
@@ -166,6 +179,8 @@ class DDUNet(nn.Module):
                     f"subimage of {t.shape[-2]} x {t.shape[-1]} is not a multiple of the "
                     f"model stride {self.stride}"
                 )
+        if self.training:
+            return self._train_subimages(flat, rows, cols, live)
         encoded = batched_apply(self.encode, flat)
         skips = [e[0] for e in encoded]
         bottlenecks = [e[1] for e in encoded]
@@ -174,13 +189,7 @@ class DDUNet(nn.Module):
             if live is not None:
                 maps = [m if ok else torch.zeros_like(m) for m, ok in zip(maps, live, strict=True)]
             if self.communicates:
-                grid = [maps[i * cols : (i + 1) * cols] for i in range(rows)]
-                mosaic = Partition.stitch(grid)
-                coarse = Partition(
-                    tuple(m.shape[-2] for m in maps[::cols]),
-                    tuple(m.shape[-1] for m in maps[:cols]),
-                )
-                out = [m for row in coarse.split(self.communicate_maps(mosaic)) for m in row]
+                out = self._communicate_mosaic(maps, rows, cols)
             else:
                 out = batched_apply(self.communicate_maps, maps)
             bottlenecks = [self.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
@@ -193,50 +202,53 @@ class DDUNet(nn.Module):
             logits[k] = out
         return [logits[i * cols : (i + 1) * cols] for i in range(rows)]
 
+    def _train_subimages(
+        self, flat: list[torch.Tensor], rows: int, cols: int, live: Sequence[bool] | None
+    ) -> list[list[torch.Tensor | None]]:
+        """Training: the subimages as streams that meet at every BatchNorm layer
+        (`geoddu.models.streams`), run in `self.execution` under `self.batchnorm`."""
+        run = streams.SubimageRun(self, flat)
+        if self.comm is not None:
+            maps = run.maps()
+            if live is not None:
+                maps = [m if ok else torch.zeros_like(m) for m, ok in zip(maps, live, strict=True)]
+            if self.communicates:
+                run.put_maps(self._communicate_mosaic(maps, rows, cols))
+            else:
+                run.communicate_each(maps)
+        logits: list[torch.Tensor | None] = list(run.decode())
+        if live is not None:
+            logits = [lg if ok else None for lg, ok in zip(logits, live, strict=True)]
+        return [logits[i * cols : (i + 1) * cols] for i in range(rows)]
+
+    def _communicate_mosaic(
+        self, maps: list[torch.Tensor], rows: int, cols: int
+    ) -> list[torch.Tensor]:
+        """The communication network over the stitched mosaic, cut back into subimages."""
+        mosaic = Partition.stitch([maps[i * cols : (i + 1) * cols] for i in range(rows)])
+        coarse = Partition(
+            tuple(m.shape[-2] for m in maps[::cols]),
+            tuple(m.shape[-1] for m in maps[:cols]),
+        )
+        return [m for row in coarse.split(self.communicate_maps(mosaic)) for m in row]
+
 
 def batched_apply(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """Apply fn to items, stacking those of equal shape into one batch.
-
-    Subimages of the same size run as one batch, so BatchNorm in training mode sees the whole
-    image batch at once (the same statistics the full-image U-Net would use) and the work runs
-    as few large kernels instead of many small ones.
-    """
+    """Apply fn to items, stacking those of equal shape into one batch (inference: few large
+    kernels instead of many small ones; training runs through `geoddu.models.streams`)."""
     groups: dict[Any, list[int]] = {}
     for k, item in enumerate(items):
-        groups.setdefault(_shape_key(item), []).append(k)
+        groups.setdefault(streams.shape_key(item), []).append(k)
     out: list[Any] = [None] * len(items)
     for idx in groups.values():
         if len(idx) == 1:
             out[idx[0]] = fn(items[idx[0]])
             continue
-        batch = _tree_cat([items[k] for k in idx])
-        n = _batch_size(items[idx[0]])
-        for pos, res in enumerate(_tree_chunk(fn(batch), len(idx), n)):
+        batch = streams.tree_cat([items[k] for k in idx])
+        n = streams.batch_size(items[idx[0]])
+        for pos, res in enumerate(streams.tree_split(fn(batch), n)):
             out[idx[pos]] = res
     return out
-
-
-def _shape_key(item: Any) -> Any:
-    if isinstance(item, torch.Tensor):
-        return tuple(item.shape)
-    return tuple(_shape_key(x) for x in item)
-
-
-def _batch_size(item: Any) -> int:
-    return item.shape[0] if isinstance(item, torch.Tensor) else _batch_size(item[0])
-
-
-def _tree_cat(items: list[Any]) -> Any:
-    if isinstance(items[0], torch.Tensor):
-        return torch.cat(items, dim=0)
-    return type(items[0])(_tree_cat([it[k] for it in items]) for k in range(len(items[0])))
-
-
-def _tree_chunk(tree: Any, parts: int, n: int) -> list[Any]:
-    if isinstance(tree, torch.Tensor):
-        return [tree[k * n : (k + 1) * n] for k in range(parts)]
-    chunked = [_tree_chunk(t, parts, n) for t in tree]
-    return [type(tree)(c[k] for c in chunked) for k in range(parts)]
 
 
 def _he_init(model: nn.Module) -> None:

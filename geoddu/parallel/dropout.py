@@ -1,12 +1,14 @@
 """Dropout masks that do not depend on how a batch is spread over ranks.
 
-One process runs the equal-size subimages of a batch of patches as one stacked batch,
-subimage-major (`geoddu.models.ddunet.batched_apply`): row `k * B + b` is subimage k (row-major
-in the partition) of patch b, and every `nn.Dropout2d` draws one channel mask per row of it.
-The communicated mosaic is a batch of B rows, one per patch. A rank of a data x spatial mesh
-holds only some of those rows: its block of subimages (`SpatialDDUNet`) of its share of the
-patches. For its step to be the one-process step it must drop the same channels of the same
-rows, whichever rank holds them.
+The masks are laid out as one process's stacked batch of subimages, subimage-major: row
+`k * B + b` is subimage k (row-major in the partition) of patch b, one channel mask per row.
+The communicated mosaic is a batch of B rows, one per patch. Training may run the subimages as
+separate streams (`geoddu.models.streams`, one per subimage on the CPU): a layer then runs once
+per stream, draws the whole mask on its first call and gives each stream its subimages' rows
+(`stream_rows`), so the masks do not depend on how the subimages are run either. A rank of a
+data x spatial mesh holds only some of those rows: its block of subimages (`SpatialDDUNet`) of
+its share of the patches. For its step to be the one-process step it must drop the same
+channels of the same rows, whichever rank holds them.
 
 `SharedDropout2d` does that inside `dropout_masks(model, key, rows)`: each layer draws the mask
 of the whole one-process stacked batch (same shape, same order) from its own generator, seeded
@@ -29,6 +31,7 @@ Outside `dropout_masks` (or in eval mode) a `SharedDropout2d` is a plain `nn.Dro
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -77,39 +80,80 @@ class SharedDropout2d(nn.Dropout2d):
         self._step: _Step | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.shared_mask(x)
+        return super().forward(x) if mask is None else x * mask
+
+    def shared_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The scaled mask this layer multiplies `x` by inside `dropout_masks`, else None."""
         step = self._step
         if step is None or not self.training or self.p == 0 or x.dim() != 4:
-            return super().forward(x)
-        return x * step.mask(self, x)
+            return None
+        return step.mask(self, x)
 
 
 class _Step:
-    """The masks of one training step: one generator per layer, created on first use."""
+    """The masks of one training step: one generator per layer, created on first use, and
+    each layer's mask for the whole batch, drawn on its first call and kept for the others
+    (a layer runs once per stream when subimages run as separate streams)."""
 
     def __init__(self, key: tuple[int, ...], rows: BatchRows | None) -> None:
         self.key, self.rows = key, rows
-        self.generators: dict[int, torch.Generator] = {}
+        self.masks: dict[int, torch.Tensor] = {}
 
     def mask(self, layer: SharedDropout2d, x: torch.Tensor) -> torch.Tensor:
-        gen = self.generators.get(layer.index)
-        if gen is None:
-            seed = np.random.SeedSequence([*self.key, layer.index]).generate_state(1, np.uint64)
-            gen = self.generators[layer.index] = torch.Generator().manual_seed(int(seed[0]))
         n, c = x.shape[:2]
+        stream = _STREAM.get()
         pick: list[int] | None = None
-        total = n
         if self.rows is not None:
             pick, total = self.rows.rows(layer.mosaic)
+        elif stream is not None:  # one process: all its subimages, all their rows
+            total = stream.total * stream.per
+        else:
+            total = n
+        noise = self.masks.get(layer.index)
+        if noise is None:
+            seed = np.random.SeedSequence([*self.key, layer.index]).generate_state(1, np.uint64)
+            gen = torch.Generator().manual_seed(int(seed[0]))
+            # What torch's feature dropout does (Bernoulli(1 - p) per (row, channel), scaled
+            # by 1 / (1 - p)), drawn for the whole one-process batch.
+            noise = torch.empty(total, c, 1, 1).bernoulli_(1 - layer.p, generator=gen)
+            self.masks[layer.index] = noise
+        if stream is not None:
+            held = pick if pick is not None else range(total)
+            pick = [held[k * stream.per + b] for k in stream.cells for b in stream.rows]
+        if pick is not None:
             if len(pick) != n:
                 raise ValueError(f"dropout layer {layer.index} got {n} rows, the batch layout "
                                  f"says {len(pick)}")
-        keep = 1 - layer.p
-        # What torch's feature dropout does (Bernoulli(1 - p) per (row, channel), scaled by
-        # 1 / (1 - p)), drawn for the whole one-process batch.
-        noise = torch.empty(total, c, 1, 1).bernoulli_(keep, generator=gen)
-        if pick is not None:
             noise = noise[pick]
-        return noise.to(device=x.device, dtype=x.dtype).div_(keep)
+        # Not in place: without a pick, `noise` may be the kept mask itself.
+        return noise.to(device=x.device, dtype=x.dtype) / (1 - layer.p)
+
+
+@dataclass(frozen=True)
+class StreamRows:
+    """The rows of one stream (`geoddu.models.streams`) in this process's stacked batch of
+    `total` subimages of `per` rows each: the rows `rows` of each subimage in `cells`."""
+
+    cells: tuple[int, ...]
+    rows: range
+    total: int
+    per: int
+
+
+_STREAM: contextvars.ContextVar[StreamRows | None] = contextvars.ContextVar(
+    "geoddu_dropout_stream", default=None)
+
+
+@contextlib.contextmanager
+def stream_rows(rows: StreamRows) -> Iterator[None]:
+    """Within the block, dropout layers hold only the rows `rows` (of the subimages, or of the
+    mosaic for the layers that run on it)."""
+    token = _STREAM.set(rows)
+    try:
+        yield
+    finally:
+        _STREAM.reset(token)
 
 
 def share_dropout(net: nn.Module) -> nn.Module:

@@ -10,6 +10,11 @@ The building blocks of spatially-distributed training (the training loop itself 
 * `SpatialBatchNorm2d` keeps the single-process rule: batch statistics over every subimage of
   every patch in the batch, so the per-channel sum and sum of squares are all-reduced
   (autograd-aware) across the group. Running statistics come out identical on every rank.
+  The rank's subimages run as one process runs them (`geoddu.models.streams`: one stream per
+  subimage on the CPU); with several streams the streams' pooled BatchNorm
+  (`geoddu.models.stream_norm`) all-reduces the same sums over the layer's `group`. Under the
+  per-subimage rule each subimage is normalised on its own, with no all-reduce, and only the
+  running statistics are averaged over the group.
 * the loss of a global patch is the single-process loss with its pixel sums all-reduced
   (`geoddu.metrics.DiceLoss(..., reduce=...)`): every rank gets the same value.
 * `average_gradients` averages the parameter gradients in one flat all-reduce (off its
@@ -36,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from ..models.ddunet import DDUNet, batched_apply
+from ..models.ddunet import DDUNet
+from ..models.streams import SubimageRun
 from ..partition import Partition, Subimage, balanced_blocks
 from .dropout import BatchRows, share_dropout
 from .group import rank_and_world
@@ -150,6 +156,9 @@ class SpatialDDUNet(nn.Module):
             convert_batchnorm(net.comm, data_group)
         # Dropout masks as one process draws them (inside `dropout_masks`).
         share_dropout(net)
+        # Parameter gradients summed in float64 up to `average_gradients`, so the order in
+        # which ranks add them does not show (geoddu.models.grad_sums).
+        net.sum_over_ranks = True
         # Bytes this rank sent in the last forward + backward (a ring all-gather or
         # reduce-scatter sends (world - 1) chunks); read by the benchmark.
         self.bytes_sent = 0
@@ -189,18 +198,15 @@ class SpatialDDUNet(nn.Module):
         if len(parts) != len(own):
             raise ValueError(f"rank {self.rank} owns {len(own)} subimages, got {len(parts)}")
         self.bytes_sent = 0
-        encoded = batched_apply(net.encode, list(parts))
-        skips = [e[0] for e in encoded]
-        bottlenecks = [e[1] for e in encoded]
+        # The subimages run as one process runs them (geoddu.models.streams); the BatchNorm
+        # layers' `group` makes the pooled statistics span every rank.
+        run = SubimageRun(net, list(parts))
         if net.comm is not None:
-            maps = [net.comm_input(b) for b in bottlenecks]
             if net.communicates:
-                out = self._communicate(maps, partition, own)
+                run.put_maps(self._communicate(run.maps(), partition, own))
             else:
-                out = batched_apply(net.communicate_maps, maps)
-            bottlenecks = [net.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
-        pairs = list(zip(skips, bottlenecks, strict=True))
-        return batched_apply(lambda a: net.decode(a[0], a[1]), pairs)
+                run.communicate_each(run.maps())
+        return run.decode()
 
     def _communicate(
         self, maps: list[torch.Tensor], partition: Partition, own: list[Subimage]
@@ -333,21 +339,32 @@ def average_gradients(module: nn.Module, group: Any = None) -> int:
     """Average parameter gradients over the group in one all-reduce; returns bytes reduced.
 
     With the every-rank-same-loss convention this yields the single-process gradient. (DDP
-    over the same group does the same, overlapped with the backward pass.)
+    over the same group does the same, overlapped with the backward pass.) A DDU-Net whose
+    streams leave their gradient sums in float64 (`sum_over_ranks`, geoddu.models.grad_sums)
+    has them added in float64 and rounded once, as one process rounds its own sum.
     """
     _, world = rank_and_world(group)
-    if world == 1:
-        return 0
     params = [p for p in module.parameters() if p.requires_grad]
+    exact = any(getattr(m, "sum_over_ranks", False) for m in module.modules())
+    grads: list[torch.Tensor | None] = []
     for p in params:
-        if p.grad is None:  # e.g. the communication network off its group's root
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
-    if not grads:
+        g, wide = p.grad, getattr(p, "grad64", None)
+        if wide is not None:
+            del p.grad64
+            g = wide if g is None else wide + g
+        grads.append(g)
+    if world == 1:
+        for p, g in zip(params, grads, strict=True):
+            if g is not None:
+                p.grad = torch.empty_like(p).copy_(g)
         return 0
-    flat = _flatten_dense_tensors(grads)
+    dtype = torch.float64 if exact else None
+    # No gradient: e.g. the communication network off its group's root.
+    full = [torch.zeros_like(p, dtype=dtype) if g is None else g.to(dtype or p.dtype)
+            for p, g in zip(params, grads, strict=True)]
+    flat = _flatten_dense_tensors(full)
     dist.all_reduce(flat, group=group)
     flat /= world
-    for g, new in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        g.copy_(new)
+    for p, new in zip(params, _unflatten_dense_tensors(flat, full), strict=True):
+        p.grad = new.to(p.dtype, copy=True)
     return flat.numel() * flat.element_size()

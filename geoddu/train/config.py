@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GeodduError
+from ..models.stream_norm import RULES
 
 
 @dataclass
@@ -37,6 +38,11 @@ class TrainConfig:
     device: str = "cpu"
     # Mixed precision: None = on for CUDA, never on the CPU.
     amp: bool | None = None
+    # BatchNorm statistics in training: "pooled" over every subimage of every patch in the
+    # batch (geoddu's rule, what spatial ranks reproduce) or "per-subimage" (the paper's
+    # reference code: each subimage normalised over the batch's patches alone). Inference uses
+    # the running statistics either way. See docs/training.md.
+    batchnorm: str = "pooled"
     workers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +72,9 @@ class TrainConfig:
         from .losses import get_loss
 
         get_loss(self.loss)
+        if self.batchnorm not in RULES:
+            raise GeodduError(f"unknown BatchNorm rule {self.batchnorm!r}; choose from "
+                              f"{', '.join(RULES)}")
         if self.subimages is not None and min(self.subimages) < 1:
             raise GeodduError("the subimage grid needs at least 1 x 1 subimages")
         return self

@@ -36,6 +36,7 @@ from ..checkpoint import build_metadata, model_from_checkpoint, save_checkpoint
 from ..errors import GeodduError
 from ..io.atomic import write_atomically
 from ..models.ddunet import DDUNet
+from ..models.stream_norm import PER_SUBIMAGE
 from ..parallel.devices import resolve_device
 from ..parallel.dropout import dropout_masks, share_dropout
 from ..parallel.group import AgreedError
@@ -104,6 +105,7 @@ class Trainer:
         # Dropout masks drawn per (seed, epoch, step), the same in one process and on any mesh
         # (geoddu.parallel.dropout says why not from torch's global generator).
         self.model = share_dropout(model.to(self.device))
+        model.batchnorm = self.config.batchnorm
         self.train_set, self.val_set = train_set, val_set
         if len(train_set) == 0 or len(val_set) == 0:
             raise GeodduError("training needs a non-empty training and validation split")
@@ -165,6 +167,12 @@ class Trainer:
         if cfg.batch_size < mesh.data_size:
             raise GeodduError(f"a batch of {cfg.batch_size} patches cannot feed "
                               f"{mesh.data_size} data-parallel groups; raise --batch-size")
+        if cfg.batchnorm == PER_SUBIMAGE and mesh.data_size > 1:
+            # Each subimage is normalised over all of the batch's patches, which data-parallel
+            # groups split between them; spatial ranks hold whole subimages and need no sums.
+            raise GeodduError(f"--batchnorm per-subimage needs every rank to hold whole "
+                              f"subimages: use --spatial-ranks {mesh.world} (no data-parallel "
+                              f"groups) or --batchnorm pooled")
         return SpatialDDUNet(model, group=mesh.spatial_group, bn_group=mesh.world_group,
                              data_group=mesh.data_group if mesh.data_size > 1 else None)
 
@@ -263,7 +271,10 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), \
                     dropout_masks(self.model, (cfg.seed, epoch, b), rows):
                 if self.spatial is None:
-                    logits, target = self.model(x, part), y
+                    # The loss over the subimages, as on ranks: its sums come out the same.
+                    logits = [lg for row in self.model.forward_subimages(part.split(x))
+                              for lg in row]
+                    target = [t for row in part.split(y) for t in row]
                 else:  # this rank's subimages; the loss adds every rank's sums
                     logits = self.spatial(self.spatial.own_parts(x, part), part)
                     target = self.spatial.own_parts(y, part)
