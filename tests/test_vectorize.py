@@ -463,7 +463,7 @@ def test_every_format_takes_many_batches(tmp_path, suffix):
     assert sorted(p.name for p in out.parent.iterdir()) == [f"layer{e}" for e in suffixes]
 
 
-@pytest.mark.parametrize("suffix", [".gpkg", ".shp"])
+@pytest.mark.parametrize("suffix", [".gpkg", ".shp", ".geojson", ".fgb"])
 def test_failure_after_batches_were_written_leaves_nothing(tmp_path, suffix):
     """A class id out of range in the last window fails the run after several batches are in
     the temporary file: the destination stays as it was and no temporary file is left."""
@@ -489,3 +489,75 @@ def test_failure_after_batches_were_written_leaves_nothing(tmp_path, suffix):
     assert max(written) > 10_000  # batches had been written
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif", out.name]
+
+
+def _merge_small_with_sets(edge, small, size, anchor, cls, threshold):
+    """The sieve's decision step as first written (a Python set of neighbours per small
+    region), kept here as the reference for the array form in geoddu.io.sieve."""
+    import heapq
+
+    adj = {int(r): set() for r in np.flatnonzero(small)}
+    for a, b in edge.tolist():
+        if a in adj:
+            adj[a].add(b)
+        if b in adj:
+            adj[b].add(a)
+    merged = {}
+
+    def find(x):
+        while x in merged:
+            x = merged[x]
+        return x
+
+    heap = [(int(size[r]), int(anchor[r]), r) for r in adj]
+    heapq.heapify(heap)
+    while heap:
+        s, _, r = heapq.heappop(heap)
+        if r in merged or int(size[r]) != s or s >= threshold:
+            continue
+        nbrs = {find(x) for x in adj[r]} - {r}
+        if not nbrs:
+            adj.pop(r, None)
+            continue
+        best = max(nbrs, key=lambda x: (int(size[x]), -int(cls[x]), -int(anchor[x])))
+        group = [x for x in nbrs if cls[x] == cls[best] and x != best] + [r]
+        total = int(size[best]) + sum(int(size[x]) for x in group)
+        for x in group:
+            merged[x] = best
+        anchor[best] = min(int(anchor[best]), *(int(anchor[x]) for x in group))
+        size[best] = total
+        if total < threshold:
+            joined = adj.setdefault(best, set())
+            for x in group:
+                joined |= adj.pop(x, set())
+            heapq.heappush(heap, (total, int(anchor[best]), best))
+        else:
+            for x in group:
+                adj.pop(x, None)
+            adj.pop(best, None)
+    return merged
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sieve_decision_in_flat_arrays_equals_the_set_form(seed):
+    """The array form of the merge step (flat arrays, member lists) decides exactly what the
+    set-per-region form decided, on random region graphs with chains of small regions."""
+    from geoddu.io.sieve import _merge_small, _resolve, unique_pairs
+
+    rng = np.random.default_rng(seed)
+    n, threshold = 3000, 12
+    size = np.where(rng.random(n) < 0.7, rng.integers(1, threshold, n),
+                    rng.integers(threshold, 200, n)).astype(np.int64)
+    size[0] = 0
+    anchor = rng.permutation(n * 10)[:n].astype(np.int64)
+    cls = rng.integers(0, 4, n).astype(np.uint8)
+    a, b = rng.integers(1, n, 4 * n), rng.integers(1, n, 4 * n)
+    small = np.zeros(n, bool)
+    small[1:] = size[1:] < threshold
+    keep = (a != b) & (small[a] | small[b])
+    edge = unique_pairs(np.minimum(a, b)[keep], np.maximum(a, b)[keep])
+    want = _resolve(_merge_small_with_sets(edge, small, size.copy(), anchor.copy(), cls,
+                                           threshold), n)
+    got = _resolve(_merge_small(edge, small, size.copy(), anchor.copy(), cls, threshold), n)
+    assert (want != np.arange(n)).sum() > n // 4  # the graphs do merge a lot
+    assert np.array_equal(got, want)

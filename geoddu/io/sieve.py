@@ -9,6 +9,7 @@ pass 2. Nothing depends on the window size.
 from __future__ import annotations
 
 import heapq
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,18 +171,22 @@ def measure_regions(
     return SievePlan(bases, counts, final_cls, changed, int(size[changed].sum()))
 
 
-def _resolve(parent: dict[int, int], n: int) -> np.ndarray:
-    """The root of every id 0..n-1 as an array (pointer jumping, vectorised)."""
-    arr = np.arange(n, dtype=np.int64)
-    if parent:
-        keys = np.fromiter(parent.keys(), np.int64, len(parent))
-        vals = np.fromiter(parent.values(), np.int64, len(parent))
-        arr[keys] = vals
-        while True:
-            nxt = arr[arr]
-            if np.array_equal(nxt, arr):
-                break
-            arr = nxt
+def _resolve(parent: dict[int, int] | np.ndarray, n: int) -> np.ndarray:
+    """The root of every id 0..n-1 as an array (pointer jumping, vectorised); `parent` maps
+    ids to a parent (a dict of the ids that have one, or an array of all)."""
+    if isinstance(parent, np.ndarray):
+        arr = parent.astype(np.int64, copy=True)
+    else:
+        arr = np.arange(n, dtype=np.int64)
+        if parent:
+            keys = np.fromiter(parent.keys(), np.int64, len(parent))
+            vals = np.fromiter(parent.values(), np.int64, len(parent))
+            arr[keys] = vals
+    while True:
+        nxt = arr[arr]
+        if np.array_equal(nxt, arr):
+            break
+        arr = nxt
     return arr
 
 
@@ -192,7 +197,7 @@ def _merge_small(
     anchor: np.ndarray,
     cls: np.ndarray,
     threshold: int,
-) -> dict[int, int]:
+) -> np.ndarray:
     """Merge every region below ``threshold`` pixels into a neighbour, like ``gdal_sieve``.
 
     Smallest region first (ties: first pixel in raster order); it takes the class of its
@@ -200,53 +205,87 @@ def _merge_small(
     every other neighbour of that class, which it now connects. A merged region still below
     the threshold goes back into the queue. Regions with no valid neighbour stay. Every key
     used (sizes, classes, first pixels) is a property of the map, not of the windows.
-    Returns ``{merged id: id it joined}``; ``size`` and ``anchor`` are updated in place.
+    Returns every id's parent (itself where it joined nothing), for `_resolve`.
+
+    Flat arrays throughout, not a Python set per region: a map of two million small regions
+    needed 1.76 GB that way. A merged region's neighbours are those of its members (a linked
+    list per region), each mapped to where it now belongs.
     """
-    adj: dict[int, set[int]] = {int(r): set() for r in np.flatnonzero(small)}
-    for a, b in edge.tolist():
-        if a in adj:
-            adj[a].add(b)
-        if b in adj:
-            adj[b].add(a)
-    merged: dict[int, int] = {}
+    n = size.size
+    # Each small region's neighbours, CSR.
+    src = np.concatenate([edge[:, 0], edge[:, 1]])
+    dst = np.concatenate([edge[:, 1], edge[:, 0]])
+    keep = small[src]
+    src, dst = src[keep], dst[keep]
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+    # array('q'): Python-speed element access at 8 bytes an entry.
+    ptr = _int64s(indptr)
+    adjacent = _int64s(dst[np.argsort(src, kind="stable")])
+    del src, dst, keep, indptr
+
+    start = np.flatnonzero(small)
+    queue0 = start[np.lexsort((start, anchor[start], size[start]))]
+    sz, anc = _int64s(size), _int64s(anchor)
+    parent = _int64s(np.arange(n))
+    nxt = _int64s(np.full(n, -1))  # next member of the same region
+    tail = _int64s(np.arange(n))  # last member of a region
+    klass = np.ascontiguousarray(cls, dtype=np.uint8).tobytes()
+    gone = bytearray(n)  # 1: no valid neighbour, never merged again
 
     def find(x: int) -> int:
         root = x
-        while root in merged:
-            root = merged[root]
-        while x != root:
-            nxt = merged[x]
-            merged[x] = root
-            x = nxt
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
         return root
 
-    heap = [(int(size[r]), int(anchor[r]), r) for r in adj]
-    heapq.heapify(heap)
-    while heap:
-        s, _, r = heapq.heappop(heap)
-        if r in merged or int(size[r]) != s or s >= threshold:
-            continue  # stale entry: merged away or grown since it was queued
-        nbrs = {find(x) for x in adj[r]}
-        nbrs.discard(r)
-        if not nbrs:
-            adj.pop(r, None)
-            continue
-        best = max(nbrs, key=lambda x: (int(size[x]), -int(cls[x]), -int(anchor[x])))
-        group = [x for x in nbrs if cls[x] == cls[best] and x != best]
-        group.append(r)
-        total = int(size[best]) + sum(int(size[x]) for x in group)
-        for x in group:
-            merged[x] = best
-        anchor[best] = min(int(anchor[best]), *(int(anchor[x]) for x in group))
-        size[best] = total
-        if total < threshold:
-            # best is small, so every member is (none is larger than best): all have adj.
-            joined = adj.setdefault(best, set())
-            for x in group:
-                joined |= adj.pop(x, set())
-            heapq.heappush(heap, (total, int(anchor[best]), best))
+    def neighbours(r: int) -> set[int]:
+        out: set[int] = set()
+        m = r
+        while m != -1:
+            a, b = ptr[m], ptr[m + 1]
+            if b > a:
+                out.update(find(y) for y in adjacent[a:b])
+            m = nxt[m]
+        out.discard(r)
+        return out
+
+    requeued: list[tuple[int, int, int]] = []
+    i, total_start = 0, len(queue0)
+    sizes0, anchors0, order0 = _int64s(size[queue0]), _int64s(anchor[queue0]), _int64s(queue0)
+    del queue0
+    while i < total_start or requeued:
+        if requeued and (i >= total_start or requeued[0] < (sizes0[i], anchors0[i], order0[i])):
+            s, _, r = heapq.heappop(requeued)
         else:
+            s, r = sizes0[i], order0[i]
+            i += 1
+        if parent[r] != r or gone[r] or sz[r] != s or s >= threshold:
+            continue  # stale entry: merged away or grown since it was queued
+        nbrs = neighbours(r)
+        if not nbrs:
+            gone[r] = 1
+            continue
+        best = max(nbrs, key=lambda x: (sz[x], -klass[x], -anc[x]))
+        group = [x for x in nbrs if klass[x] == klass[best] and x != best]
+        group.append(r)
+        total = sz[best] + sum(sz[x] for x in group)
+        first = min(anc[best], *(anc[x] for x in group))
+        for x in group:
+            parent[x] = best
+        anc[best] = first
+        sz[best] = total
+        if total < threshold:
+            # best is small, so every member is (none is larger than best): their neighbours
+            # become best's, through the member list.
             for x in group:
-                adj.pop(x, None)
-            adj.pop(best, None)
-    return merged
+                nxt[tail[best]] = x
+                tail[best] = tail[x]
+            heapq.heappush(requeued, (total, first, best))
+    return np.frombuffer(parent, dtype=np.int64).copy()
+
+
+def _int64s(values: np.ndarray) -> array:
+    return array("q", np.ascontiguousarray(values, dtype=np.int64).tobytes())

@@ -53,8 +53,12 @@ def _shapefile_parts(path: Path) -> list[Path]:
 
 # Drivers GDAL appends to cheaply. GeoJSON and FlatGeobuf rewrite the whole file on every
 # append (measured: 40 appends of 50 000 polygons take 13x as long as one write), so for them
-# the batches are kept, as WKB, and written in one go at the end.
+# the batches are appended to a GeoPackage in the private folder and streamed into the real
+# format in one pass at the end (GDAL's Arrow read and write, batch by batch): memory stays
+# bounded by a batch, not by the layer. Where GDAL lacks the Arrow write (< 3.8) they are held
+# as WKB and written in one go.
 APPENDABLE = frozenset({"GPKG", "ESRI Shapefile"})
+STREAM_BATCH = 65536  # features per Arrow batch when converting the staged layer
 
 
 class LayerWriter:
@@ -85,6 +89,9 @@ class LayerWriter:
         # A plain name inside: pyogrio reads ';', '?' and '#' in a path as URL syntax, so the
         # user's name (any legal one) only appears with the final rename.
         self.target = self.folder / f"out{dst.suffix}"
+        self.staged: Path | None = None
+        if driver not in APPENDABLE and getattr(pyogrio.raw, "HAS_ARROW_WRITE_API", False):
+            self.staged = self.folder / "staged.gpkg"
         self.rows = 0
         self.batches = 0
         self._held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -97,43 +104,79 @@ class LayerWriter:
         ids = class_ids.astype(np.int32, copy=False)
         if self.driver in APPENDABLE:
             self._write(wkb, ids, class_names, append=self.rows > 0)
+        elif self.staged is not None:
+            # No spatial index: the staged layer is only ever read through once, in order.
+            self._write(wkb, ids, class_names, append=self.rows > 0, to=self.staged,
+                        driver="GPKG", layer_options={"SPATIAL_INDEX": "NO"})
         else:
             self._held.append((wkb, ids, class_names))
         self.rows += geoms.size
         self.batches += 1
 
-    def _write(self, wkb: np.ndarray, ids: np.ndarray, names: np.ndarray, append: bool) -> None:
-        kwargs: dict[str, Any] = {}
-        if not self.shapefile:
-            # GDAL refuses some layer names (GeoPackage: one starting with '-'); the file name
-            # is the user's, the layer name only has to be recognisable.
-            kwargs["layer"] = re.sub(r"^[^A-Za-z0-9_]+", "", self.dst.stem) or "classes"
+    def _layer_name(self) -> dict[str, Any]:
+        if self.shapefile:
+            return {}
+        # GDAL refuses some layer names (GeoPackage: one starting with '-'); the file name is
+        # the user's, the layer name only has to be recognisable.
+        return {"layer": re.sub(r"^[^A-Za-z0-9_]+", "", self.dst.stem) or "classes"}
+
+    def _write(self, wkb: np.ndarray, ids: np.ndarray, names: np.ndarray, append: bool,
+               to: Path | None = None, driver: str | None = None,
+               layer_options: dict[str, str] | None = None) -> None:
+        target = to or self.target
         try:
-            with pyogrio_path(self.target) as safe:
+            with pyogrio_path(target) as safe:
                 pyogrio.raw.write(
                     safe,
                     wkb,
                     [ids, names],
                     ["class_id", "class_name"],
-                    driver=self.driver,
+                    driver=driver or self.driver,
                     geometry_type="Polygon",
                     crs=self.crs_wkt,
                     encoding="UTF-8" if self.shapefile else None,
                     append=append,
-                    **kwargs,
+                    layer_options=layer_options,
+                    **self._layer_name(),
                 )
         except GeodduError:
             raise
         except Exception as exc:  # noqa: BLE001 - pyogrio/GDAL raise many types
-            if disk_full(self.target):
-                raise GeodduError(f"no space left on device writing {self.dst}") from exc
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GeodduError(f"{self.dst}: cannot write {self.driver}: {msg}") from exc
+            raise self._failed(exc, target) from exc
+
+    def _convert_staged(self, staged: Path) -> None:
+        """The staged GeoPackage streamed into the real format, one Arrow batch at a time."""
+        try:
+            with pyogrio_path(staged) as src, pyogrio_path(self.target) as dst, \
+                    pyogrio.raw.open_arrow(src, use_pyarrow=False,
+                                           batch_size=STREAM_BATCH) as (meta, stream):
+                pyogrio.raw.write_arrow(
+                    stream,
+                    dst,
+                    driver=self.driver,
+                    geometry_name=meta["geometry_name"] or "geometry",
+                    geometry_type="Polygon",
+                    crs=self.crs_wkt,
+                    **self._layer_name(),
+                )
+        except GeodduError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyogrio/GDAL raise many types
+            raise self._failed(exc, self.target) from exc
+
+    def _failed(self, exc: Exception, target: Path) -> GeodduError:
+        if disk_full(target):
+            return GeodduError(f"no space left on device writing {self.dst}")
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return GeodduError(f"{self.dst}: cannot write {self.driver}: {msg}")
 
     def commit(self) -> None:
         """Write what is held (drivers that cannot append) and rename the layer into place."""
         try:
-            if self._held:
+            if self.staged is not None and self.rows:
+                self._convert_staged(self.staged)
+                self.staged.unlink()
+            elif self._held:
                 parts = self._held
                 wkb = np.concatenate([p[0] for p in parts])
                 ids = np.concatenate([p[1] for p in parts])
