@@ -463,6 +463,25 @@ def test_every_format_takes_many_batches(tmp_path, suffix):
     assert sorted(p.name for p in out.parent.iterdir()) == [f"layer{e}" for e in suffixes]
 
 
+@pytest.mark.parametrize("suffix", [".geojson", ".fgb"])
+def test_formats_without_gdal_arrow_writes_hold_the_layer(tmp_path, monkeypatch, suffix):
+    """Where GDAL lacks the Arrow write (< 3.8), GeoJSON and FlatGeobuf batches are held as
+    WKB and written at the end: the same layer as the staged route."""
+    import pyogrio.raw
+
+    cls = blocky(seed=2, noise=0.05)
+    src = write_classes(tmp_path / "noisy.tif", cls)
+    staged = vectorize(src, tmp_path / f"staged{suffix}", window_size=WIN, batch_size=400)
+    monkeypatch.setattr(pyogrio.raw, "HAS_ARROW_WRITE_API", False)
+    held = vectorize(src, tmp_path / f"held{suffix}", window_size=WIN, batch_size=400)
+    assert held.polygons == staged.polygons and held.batches > 3
+    a, b = gpd.read_file(tmp_path / f"staged{suffix}"), gpd.read_file(tmp_path / f"held{suffix}")
+    assert a.class_id.tolist() == b.class_id.tolist()
+    assert shapely.equals_exact(a.geometry.values, b.geometry.values, 0).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["noisy.tif", f"staged{suffix}", f"held{suffix}"])
+
+
 @pytest.mark.parametrize("suffix", [".gpkg", ".shp", ".geojson", ".fgb"])
 def test_failure_after_batches_were_written_leaves_nothing(tmp_path, suffix):
     """A class id out of range in the last window fails the run after several batches are in

@@ -231,7 +231,6 @@ def _merge_small(
     nxt = _int64s(np.full(n, -1))  # next member of the same region
     tail = _int64s(np.arange(n))  # last member of a region
     klass = np.ascontiguousarray(cls, dtype=np.uint8).tobytes()
-    gone = bytearray(n)  # 1: no valid neighbour, never merged again
 
     def find(x: int) -> int:
         root = x
@@ -262,11 +261,10 @@ def _merge_small(
         else:
             s, r = sizes0[i], order0[i]
             i += 1
-        if parent[r] != r or gone[r] or sz[r] != s or s >= threshold:
+        if parent[r] != r or sz[r] != s or s >= threshold:
             continue  # stale entry: merged away or grown since it was queued
         nbrs = neighbours(r)
-        if not nbrs:
-            gone[r] = 1
+        if not nbrs:  # stays; it is never queued again
             continue
         best = max(nbrs, key=lambda x: (sz[x], -klass[x], -anc[x]))
         group = [x for x in nbrs if klass[x] == klass[best] and x != best]
