@@ -1,7 +1,7 @@
 """Start-up time of the `geoddu` command against importing torch alone.
 
 `geoddu --version` (and every `--help`) should answer at once: the commands import torch,
-rasterio and the engine only when they run. This times `python -m geoddu_cli --version` and
+rasterio and the engine only when they run. This times `python -m geoddu.cli --version` and
 `python -c "import torch"`, each a fresh process, alternated so that both see the same machine
 load, and prints the medians and their ratio (the goal: under 1/3). The wall time includes the
 interpreter's own start-up, which is the floor for both.
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--command", default="--version",
                         help="Arguments to geoddu, e.g. '--help' or 'segment --help'.")
     args = parser.parse_args()
-    geoddu = [sys.executable, "-m", "geoddu_cli", *shlex.split(args.command)]
+    geoddu = [sys.executable, "-m", "geoddu.cli", *shlex.split(args.command)]
     torch = [sys.executable, "-c", "import torch"]
     # One untimed run of each: the first start reads the files from disk, later ones from the
     # page cache, and a cold first run would only measure the disk.

@@ -272,7 +272,7 @@ def run_segment(world: int, scene: Path, ckpt: Path, out: Path) -> tuple[float, 
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads(world))}
     args = ["segment", str(scene), "-o", str(out), "-m", str(ckpt), "--overwrite"]
     if world == 1:
-        cmd = [sys.executable, "-m", "geoddu_cli", *args]
+        cmd = [sys.executable, "-m", "geoddu.cli", *args]
     else:
         cmd = [
             sys.executable,
@@ -282,7 +282,7 @@ def run_segment(world: int, scene: Path, ckpt: Path, out: Path) -> tuple[float, 
             "--nproc-per-node",
             str(world),
             "-m",
-            "geoddu_cli",
+            "geoddu.cli",
             *args,
         ]
     t = time.perf_counter()

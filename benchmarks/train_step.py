@@ -1,7 +1,7 @@
 """One training step of geoddu against the paper's reference code, same weights, same batch.
 
 Both sides train DDU-Net(D, F, Y) on the same batch of global patches cut into P x P
-subimages, from the same weights (`reference_layout.copy_geoddu_weights`), with the same loss
+subimages, from the same weights (`geoddu.reference.model.copy_geoddu_weights`), with the same loss
 (pixel-wise cross-entropy, mean over the batch: neither side's Dice, which differ, see
 docs/training.md) and the same optimiser step (Adam, lr 1e-3):
 
@@ -72,7 +72,7 @@ def build(args: argparse.Namespace, side: str, grid: int):
 
         return step
 
-    from reference_layout import copy_geoddu_weights, reference_for
+    from geoddu.reference.model import copy_geoddu_weights, reference_for
 
     ref = copy_geoddu_weights(model, reference_for(model, (grid, grid))).train()
     params = list(ref.encoders[0].parameters()) + list(ref.decoders[0].parameters())

@@ -208,7 +208,7 @@ def compare_gdal(args: argparse.Namespace, work: Path) -> None:
         job = {"mode": "whole", "src": src, "out": str(gdal_out)}
         gdal_cmd = [sys.executable, __file__, "--one", json.dumps(job)]
     exe = Path(sys.executable).with_name("geoddu")
-    cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "geoddu_cli"]
+    cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "geoddu.cli"]
     geoddu_cmd = [*cli, "vectorize", src, "-o", str(geoddu_out), "-q", "--overwrite"]
     geoddu_cmd += ["--window-size", str(args.window_size)]
     sides = {gdal_name: (gdal_cmd, gdal_out), "geoddu vectorize": (geoddu_cmd, geoddu_out)}

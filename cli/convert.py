@@ -72,7 +72,7 @@ def convert(reference, output, classes_file, class_names, bands, mean, std, scal
     from geoddu.checkpoint import build_metadata, default_classes, save_checkpoint
     from geoddu.data.base import load_classes_file
     from geoddu.models import DDUNet
-    from geoddu.models.reference import (
+    from geoddu.reference.convert import (
         IMAGENET_MEAN,
         IMAGENET_STD,
         from_reference,

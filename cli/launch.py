@@ -42,7 +42,7 @@ def command_args(command: str) -> list[str]:
 
 def run_local_ranks(nproc: int, command: str, args: Sequence[str]) -> int:
     """`geoddu COMMAND ARGS` as `nproc` ranks on this host; returns torchrun's exit status."""
-    cmd = [*TORCHRUN, "--nproc-per-node", str(nproc), "-m", "geoddu_cli", command, *args]
+    cmd = [*TORCHRUN, "--nproc-per-node", str(nproc), "-m", "geoddu.cli", command, *args]
     env = dict(os.environ)
     # Each rank is one of nproc processes on this host's cores: without this every rank would
     # start as many threads as there are cores.

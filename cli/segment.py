@@ -204,7 +204,7 @@ def segment(
       geoddu segment scene.tif -o farm.tif -m model.pt --aoi fields.gpkg --aoi-where "id = 7"
       geoddu segment scene.tif -o landcover.tif -m model.pt --vector landcover.gpkg --min-area 100
       geoddu segment a.tif b.tif scenes/ list.txt --output-dir out/ -m model.pt --skip-existing
-      torchrun --nproc-per-node 4 -m geoddu_cli segment scene.tif -o out.tif -m model.pt
+      torchrun --nproc-per-node 4 -m geoddu.cli segment scene.tif -o out.tif -m model.pt
 
     Several SRC (a folder means its rasters, a .txt file one path per line) need
     --output-dir. Under torchrun the ranks share the work: scenes are spread over the ranks, and

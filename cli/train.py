@@ -143,7 +143,7 @@ def train(ctx: click.Context, **params) -> None:
       geoddu train --dataset folder --data mydata -o runs/mine --class-column landuse
       geoddu train -o runs/k2 --resume
       geoddu train --dataset deepglobe --data DeepGlobe -o runs/dg --gpus 4
-      torchrun --nproc-per-node 4 -m geoddu_cli train --dataset deepglobe --data DeepGlobe \\
+      torchrun --nproc-per-node 4 -m geoddu.cli train --dataset deepglobe --data DeepGlobe \\
           -o runs/dg --device cuda --spatial-ranks 2
 
     \b

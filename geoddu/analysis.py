@@ -52,7 +52,7 @@ def receptive_field(config: dict[str, Any] | None = None, communicate: bool | No
     coarse ones (the pixel aligned with the up-sampling grid). This reproduces Table IV:
     U-Net 44 / 92 / 188 and DDU-Net 92 / 188 / 380 for D = 2 / 3 / 4 (for DDU-Net, one
     infinitely large subimage, as in the paper). It equals the smallest footprint of
-    d(output pixel)/d(input) over pixel positions; see tests/test_receptive_field.py.
+    d(output pixel)/d(input) over pixel positions; see tests/models/test_receptive_field.py.
     """
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     with_comm = cfg["comm_features"] > 0 if communicate is None else communicate

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 # The encoders DDUNet builds: the paper's U-Net and the torchvision-style ResNets of
-# geoddu/models/resnet.py (its RESNET_ENCODERS; tests/test_cli.py checks the two agree).
+# geoddu/models/resnet.py (its RESNET_ENCODERS; tests/cli/test_cli.py checks the two agree).
 ENCODERS = ("unet", "resnet18", "resnet50")
 
 # The keywords every front uses; the names follow segmentation-models-pytorch / torchgeo.

@@ -23,10 +23,10 @@ from ..io.atomic import commit_all
 from ..io.raster import RasterSource, open_raster
 from ..partition import Partition
 from ..predictor import SegmentationModel, load_model
-from .compat import warn_if_unlike
 from .mapstore import MapStore
 from .plan import Schedule, SegmentPlan, plan_segment
 from .request import SegmentRequest
+from .scene_check import warn_if_unlike
 from .stages import skip_bytes
 
 __all__ = ["Job", "SegmentResult", "finish_outputs", "open_job"]

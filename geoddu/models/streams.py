@@ -15,7 +15,7 @@ them all this is the stacked execution (`STACKED`), the one for GPUs, where few 
 win; `SEQUENTIAL` (one subimage per stream) is the CPU's.
 
 `steps` knows geoddu's blocks (`_RUNNERS`: each the stream form of that block's `forward`);
-tests/test_train_streams.py checks every encoder against the modules' own forward.
+tests/train/test_train_streams.py checks every encoder against the modules' own forward.
 """
 
 from __future__ import annotations

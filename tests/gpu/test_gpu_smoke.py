@@ -83,7 +83,7 @@ def test_reduced_precision_on_gpus_agrees_with_the_cpu(setup, gpus, precision):
 
 
 def test_amp_training_epoch_matches_the_cpu(tmp_path):
-    """One epoch of the tiny synthetic training (tests/test_train.py) on the CPU and on CUDA
+    """One epoch of the tiny synthetic training (tests/train/test_train.py) on the CPU and on CUDA
     with AMP (fp16 autocast, gradient scaling): the same first-batch loss, finite losses."""
     from geoddu.data.synthetic import write
     from geoddu.train import Callbacks, preset, start_training

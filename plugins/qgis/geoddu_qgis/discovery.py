@@ -171,7 +171,7 @@ def env_cli_command(env: str) -> list[str] | None:
                 ("python.exe",)):
         candidate = os.path.join(env, *rel)
         if os.path.isfile(candidate):
-            return [candidate, "-m", "geoddu_cli"]
+            return [candidate, "-m", "geoddu.cli"]
     return None
 
 

@@ -27,7 +27,7 @@ TIMEOUT = 180  # a hang fails the test instead of the CI job
 
 
 def torchrun(n: int, *args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = [*TORCHRUN, "--nproc-per-node", str(n), "-m", "geoddu_cli", "segment", *map(str, args)]
+    cmd = [*TORCHRUN, "--nproc-per-node", str(n), "-m", "geoddu.cli", "segment", *map(str, args)]
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=TIMEOUT, env=rank_env(), cwd=cwd
     )
@@ -196,7 +196,7 @@ def test_killing_a_rank_ends_the_job(tmp_path, checkpoint):
         "--nproc-per-node",
         "2",
         "-m",
-        "geoddu_cli",
+        "geoddu.cli",
         "segment",
         str(scene),
         "-o",
@@ -245,7 +245,7 @@ def test_killing_a_rank_ends_the_job(tmp_path, checkpoint):
 
 def test_batch_in_one_process_and_its_errors(tmp_path, scene, checkpoint):
     """Without torchrun a batch runs scene after scene; bad batch arguments are one-line errors."""
-    geoddu_cli = [sys.executable, "-m", "geoddu_cli", "segment"]
+    geoddu_cli = [sys.executable, "-m", "geoddu.cli", "segment"]
 
     def run(*args: object) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -266,7 +266,7 @@ def test_batch_in_one_process_and_its_errors(tmp_path, scene, checkpoint):
     np.testing.assert_array_equal(_read(out / "scene.tif"), _read(tmp_path / "ref.tif"))
     # The argument errors, in-process (each a one-line error and exit status 1).
     from click.testing import CliRunner
-    from geoddu_cli.main import cli
+    from geoddu.cli.main import cli
 
     (tmp_path / "empty.txt").write_text("# nothing\n")
     for args, needle in [
@@ -324,7 +324,7 @@ def test_torchrun_with_aoi_vector_and_every_output_equals_one_process(tmp_path, 
                 "--aoi", aoi, "--aoi-where", "id >= 1", "--vector", d / "v.gpkg",
                 "--probabilities", d / "p.tif", "--confidence", d / "c.tif", "--cog"]
         if runner is None:
-            r = subprocess.run([sys.executable, "-m", "geoddu_cli", "segment", "-q",
+            r = subprocess.run([sys.executable, "-m", "geoddu.cli", "segment", "-q",
                                 *map(str, args)], capture_output=True, text=True,
                                env=rank_env(), timeout=TIMEOUT)
         else:

@@ -12,7 +12,7 @@ import rasterio
 import torch
 from affine import Affine
 from click.testing import CliRunner
-from geoddu_cli.main import cli
+from geoddu.cli.main import cli
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from shapely.geometry import box

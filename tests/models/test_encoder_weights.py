@@ -29,7 +29,7 @@ from geoddu.models.encoder_weights import (
     load_encoder_weights,
 )
 
-GEODDU = [sys.executable, "-m", "geoddu_cli"]
+GEODDU = [sys.executable, "-m", "geoddu.cli"]
 ARCHS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -334,7 +334,7 @@ def test_init_train_segment_with_adapted_rgb_weights(tmp_path):
 
 def test_train_loads_adapts_and_records_encoder_weights(tmp_path):
     from click.testing import CliRunner
-    from geoddu_cli.main import cli
+    from geoddu.cli.main import cli
 
     data = tmp_path / "data"
     _folder(data, np.random.default_rng(1))

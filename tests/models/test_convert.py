@@ -1,6 +1,6 @@
 """`geoddu convert`: a checkpoint of the paper's reference code computes the same logits here.
 
-The reference model is benchmarks/reference_layout.py, a plain-torch copy of the reference's
+The reference model is geoddu/reference/model.py, a plain-torch copy of the reference's
 layers and forward (its own module names, its own subimage loop), saved the way its training
 script saves. Nothing in geoddu builds it: a wrong name mapping, a transposed grid or a
 different normalisation shows up as differing logits.
@@ -19,15 +19,13 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from geoddu_cli.main import cli
+from geoddu.cli.main import cli
 from helpers import write_geotiff
 
 import geoddu
+from geoddu.reference.model import ReferenceDDUNet, copy_geoddu_weights, reference_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_layout import ReferenceDDUNet, copy_geoddu_weights, reference_for  # noqa: E402
-
-GEODDU = [sys.executable, "-m", "geoddu_cli"]
+GEODDU = [sys.executable, "-m", "geoddu.cli"]
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 SUB = 64  # subimage side; the scenes are 2 x 2 subimages
@@ -272,7 +270,7 @@ def test_a_pickled_model_object_is_not_loaded(tmp_path):
 
 
 def test_benchmarks_can_give_the_reference_a_geoddu_models_weights():
-    """The inverse direction (benchmarks/reference_layout.py's copy_geoddu_weights)."""
+    """The inverse direction (geoddu/reference/model.py's copy_geoddu_weights)."""
     from geoddu.models import create_model
 
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ import rasterio
 import torch
 from helpers import make_checkpoint, write_geotiff
 
-GEODDU = [sys.executable, "-m", "geoddu_cli"]
+GEODDU = [sys.executable, "-m", "geoddu.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TEMP = "geoddu-tmp"
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

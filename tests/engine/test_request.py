@@ -48,14 +48,14 @@ def test_the_cli_runs_a_request_from_stdin(tmp_path, scene, checkpoint):
     out = tmp_path / "-out;$ 'x'.tif"
     request = SegmentRequest(src=str(scene), output=str(out), model=str(checkpoint),
                              probabilities=str(tmp_path / "p.tif"))
-    r = subprocess.run([sys.executable, "-m", "geoddu_cli", "segment", "--request", "-", "-q"],
+    r = subprocess.run([sys.executable, "-m", "geoddu.cli", "segment", "--request", "-", "-q"],
                        input=request.to_json(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     geoddu.segment(scene, tmp_path / "ref.tif", checkpoint)
     with rasterio.open(out) as a, rasterio.open(tmp_path / "ref.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
     assert (tmp_path / "p.tif").exists()
-    bad = subprocess.run([sys.executable, "-m", "geoddu_cli", "segment", "--request", "-"],
+    bad = subprocess.run([sys.executable, "-m", "geoddu.cli", "segment", "--request", "-"],
                          input='{"src": "a.tif"}', capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.splitlines() == [
         "Error: request: missing model, output"]

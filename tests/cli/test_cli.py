@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import rasterio
-from geoddu_cli.main import cli
+from geoddu.cli.main import cli
 
-GEODDU = [sys.executable, "-m", "geoddu_cli"]
+GEODDU = [sys.executable, "-m", "geoddu.cli"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -198,7 +198,7 @@ import atexit, runpy, sys
 out, argv = sys.argv[1], sys.argv[2:]
 atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
 sys.argv = ["geoddu", *argv]
-runpy.run_module("geoddu_cli", run_name="__main__")
+runpy.run_module("geoddu.cli", run_name="__main__")
 """
 
 
@@ -214,7 +214,7 @@ def test_help_and_version_do_not_import_torch(argv, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() and not r.stderr
     modules = listing.read_text().split()
-    assert "geoddu_cli.main" in modules
+    assert "geoddu.cli.main" in modules
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert not heavy, f"geoddu {' '.join(argv)} imported {heavy[:5]}"
 
@@ -319,7 +319,7 @@ def test_segment_and_vectorize_progress_is_one_line_per_event_in_a_pipe(tmp_path
 
 
 def test_plain_progress_lines_come_at_a_modest_rate(monkeypatch, capsys):
-    from geoddu_cli import progress
+    from geoddu.cli import progress
 
     clock = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])

@@ -396,7 +396,7 @@ def reference_for(model: nn.Module, subdom_dist: tuple[int, int]) -> ReferenceDD
 
 def copy_geoddu_weights(model: nn.Module, ref: ReferenceDDUNet) -> ReferenceDDUNet:
     """Give `ref` the weights of a geoddu DDUNet (every clone the same, as in the reference)."""
-    from geoddu.models.reference import to_reference
+    from geoddu.reference.convert import to_reference
 
     ref.load_reference_state(to_reference(model.state_dict(), model.config))
     return ref

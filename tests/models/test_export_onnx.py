@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from geoddu_cli.main import cli
+from geoddu.cli.main import cli
 
 from geoddu.checkpoint import build_metadata, save_checkpoint
 from geoddu.models import create_model
@@ -183,7 +183,7 @@ def test_one_line_errors(ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_real_subprocess(ckpt: Path, tmp_path: Path) -> None:
-    geoddu = [sys.executable, "-m", "geoddu_cli", "export", "-m", str(ckpt), "--size", "32", "32"]
+    geoddu = [sys.executable, "-m", "geoddu.cli", "export", "-m", str(ckpt), "--size", "32", "32"]
     out = tmp_path / "m.onnx"
 
     def run(*args, env=None) -> subprocess.CompletedProcess:
@@ -214,7 +214,7 @@ def test_real_subprocess(ckpt: Path, tmp_path: Path) -> None:
 
 def test_the_light_cli_constants_are_the_modules() -> None:
     """cli/export.py keeps torch out of `--help` with its own copies: they must not drift."""
-    from geoddu_cli import export
+    from geoddu.cli import export
 
     from geoddu import export_onnx
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from geoddu_cli.main import cli
+from geoddu.cli.main import cli
 
 from geoddu.data import open_dataset
 from geoddu.data.synthetic import write

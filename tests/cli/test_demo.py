@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from geoddu_cli.demo import ASSET_COMM, ASSET_NOCOMM
-from geoddu_cli.main import cli
+from geoddu.cli.demo import ASSET_COMM, ASSET_NOCOMM
+from geoddu.cli.main import cli
 
 from geoddu.checkpoint import load_checkpoint
 

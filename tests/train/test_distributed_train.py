@@ -341,7 +341,7 @@ def test_training_run_with_dropout_equals_one_process(tmp_path, synthetic, singl
 
 def _geoddu(*args: object, ranks: int | None = None) -> subprocess.CompletedProcess:
     launcher = [*TORCHRUN, "--nproc-per-node", str(ranks)] if ranks else [sys.executable]
-    return subprocess.run([*launcher, "-m", "geoddu_cli", *map(str, args)], capture_output=True,
+    return subprocess.run([*launcher, "-m", "geoddu.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=DEADLINE, env=rank_env())
 
 
@@ -381,7 +381,7 @@ def test_killing_a_training_rank_ends_the_job(tmp_path, synthetic):
     """A rank killed mid-run ends the job with a non-zero exit within a bounded time; the last
     checkpoint written before stays intact."""
     run = tmp_path / "run"
-    cmd = [*TORCHRUN, "--nproc-per-node", "2", "-m", "geoddu_cli", "train", *CLI_ARGS, "--data",
+    cmd = [*TORCHRUN, "--nproc-per-node", "2", "-m", "geoddu.cli", "train", *CLI_ARGS, "--data",
            str(synthetic), "-o", str(run), "--epochs", "500", "--min-epochs", "500",
            "--spatial-ranks", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

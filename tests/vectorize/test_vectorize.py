@@ -14,7 +14,7 @@ import rasterio
 import rasterio.features
 import shapely
 from click.testing import CliRunner
-from geoddu_cli.main import cli
+from geoddu.cli.main import cli
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 

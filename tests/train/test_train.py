@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from geoddu_cli.main import cli
+from geoddu.cli.main import cli
 
 from geoddu.checkpoint import load_checkpoint, model_from_checkpoint
 from geoddu.data import open_dataset

@@ -19,7 +19,7 @@ from helpers import make_checkpoint, write_geotiff
 from geoddu.checkpoint import build_metadata, load_checkpoint, save_checkpoint
 from geoddu.data import open_dataset
 from geoddu.data.synthetic import write
-from geoddu.engine.compat import SceneFacts, scene_differences
+from geoddu.engine.scene_check import SceneFacts, scene_differences
 from geoddu.errors import GeodduError, GeodduWarning
 from geoddu.models import create_model
 

@@ -28,8 +28,6 @@ from geoddu.partition import Partition
 from geoddu.train import Trainer, TrainMesh, preset, start_training
 from geoddu.train.run import open_splits
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"base_channels": 4}
@@ -137,9 +135,9 @@ def test_per_subimage_normalises_each_subimage_alone():
 
 def test_per_subimage_equals_the_reference_code():
     """C = Y under the per-subimage rule: the logits of the paper's reference DDU-Net
-    (benchmarks/reference_layout.py: a clone per subimage, its communication network over the
+    (geoddu/reference/model.py: a clone per subimage, its communication network over the
     mosaic) in training mode, with the same weights."""
-    from reference_layout import copy_geoddu_weights, reference_for
+    from geoddu.reference.model import copy_geoddu_weights, reference_for
 
     x, _ = _batch(2, 64, 64)
     model = _model("DDU-Net(2,8,Y)")
@@ -201,7 +199,7 @@ def test_spatial_ranks_equal_one_process_to_the_bit(tmp_path):
 
 
 def _geoddu(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "geoddu_cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "geoddu.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 

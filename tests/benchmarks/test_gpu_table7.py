@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_table7.py"
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gpu_table7.py"
 
 
 def test_gpu_table7_runs_on_a_cpu_device_list(tmp_path):
