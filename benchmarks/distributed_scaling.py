@@ -76,7 +76,7 @@ def replicated_communication(model):
                 cells[c.index] = gathered[off : off + size[c.index]].view(batch, feats, h, w)
                 off += size[c.index]
         rows, cols = partition.grid
-        out = net.communicate_maps(
+        out = net.communicate(
             Partition.stitch([[cells[(i, j)] for j in range(cols)] for i in range(rows)]))
         coarse = partition.scaled(stride)
         ro, co = coarse.row_offsets, coarse.col_offsets

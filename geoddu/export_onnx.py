@@ -33,7 +33,9 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import GeodduError, GeodduWarning, first_line
 from .io.atomic import AtomicOutput
 from .models.ddunet import DDUNet
+from .models.execution import as_grid, flatten_grid, on_mosaic, tree_cat
 from .models.fusion import fuse_for_inference
+from .partition import Partition
 
 INPUT_DTYPES = ("float32", "uint8")
 INPUT_NAME = "input"
@@ -67,12 +69,9 @@ def require_onnx() -> tuple[Any, Any]:
 
 
 class ExportGraph(nn.Module):
-    """Raw image batch (B, C, H, W) -> class probabilities (B, K, H, W) for one fixed H x W.
-
-    Built from the model's stage API only (encode, comm_input, communicate_maps, replace_maps,
-    decode): the same composition as `DDUNet.forward_subimages`, with the N x M subimages of
-    every image run as one batch (all have one size), which the exporter writes as reshapes.
-    """
+    """Raw image batch (B, C, H, W) -> class probabilities (B, K, H, W) for one fixed H x W:
+    the model's own composition (`DDUNet.run`) over the N x M subimages, each stage run on all
+    of them as one batch (`_OneBatch`), between the input's normalisation and a softmax."""
 
     def __init__(
         self,
@@ -85,8 +84,8 @@ class ExportGraph(nn.Module):
     ) -> None:
         super().__init__()
         self.net = net
-        self.rows, self.cols = grid
-        self.height, self.width = size
+        self.grid = grid
+        self.partition = Partition.uniform(*size, *grid, multiple=net.stride)
         self.uint8_input = uint8_input
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -96,31 +95,31 @@ class ExportGraph(nn.Module):
             x = x.to(torch.float32)
         # The same two operations, in the same order, as SegmentationModel.prepare.
         x = (x - self.mean) / self.std
-        net = self.net
-        skips, bottleneck = net.encode(self._split(x))
-        if net.comm_features:
-            maps = net.comm_input(bottleneck)
-            if net.communicates:
-                communicated = self._split(net.communicate_maps(self._stitch(maps)))
-            else:
-                communicated = net.communicate_maps(maps)
-            bottleneck = net.replace_maps(bottleneck, communicated)
-        logits = self._stitch(net.decode(skips, bottleneck))
-        return torch.softmax(logits, dim=1)
+        parts, grid = flatten_grid(self.partition.split(x))
+        logits = self.net.run(parts, _OneBatch(grid))
+        return torch.softmax(Partition.stitch(as_grid(logits, grid)), dim=1)
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, N*h, M*w) -> (N*M*B, C, h, w), subimage (i, j) of image b at (i*M + j)*B + b."""
-        n, m = self.rows, self.cols
-        c, h, w = x.shape[1], x.shape[2] // n, x.shape[3] // m
-        x = x.reshape(-1, c, n, h, m, w).permute(2, 4, 0, 1, 3, 5)
-        return x.reshape(-1, c, h, w)
 
-    def _stitch(self, x: torch.Tensor) -> torch.Tensor:
-        """The inverse of `_split`: subimage maps back into their images' spatial layout."""
-        n, m = self.rows, self.cols
-        c, h, w = x.shape[1:]
-        x = x.reshape(n, m, -1, c, h, w).permute(2, 3, 0, 4, 1, 5)
-        return x.reshape(-1, c, n * h, m * w)
+class _OneBatch:
+    """Every subimage in one batch per stage (subimage k of image b at row k * B + b): all have
+    one size, and the batch axis stays free, as reshapes rather than fixed-size splits."""
+
+    def __init__(self, grid: tuple[int, int]) -> None:
+        self.grid = grid
+
+    def map(self, fn: Any, items: Any, cells: Any) -> list[Any]:
+        return _unstack(fn(*tree_cat(items)), len(items))
+
+    def mosaic(self, fn: Any, maps: Any) -> list[torch.Tensor]:
+        return on_mosaic(fn, maps, self.grid)
+
+
+def _unstack(tree: Any, n: int) -> list[Any]:
+    """A tree of (n * B, ...) tensors -> n trees of (B, ...) tensors."""
+    if isinstance(tree, torch.Tensor):
+        return list(tree.reshape(n, -1, *tree.shape[1:]).unbind(0))
+    pieces = [_unstack(t, n) for t in tree]
+    return [type(tree)(p[k] for p in pieces) for k in range(n)]
 
 
 @dataclass(frozen=True)
@@ -280,7 +279,7 @@ def _write_checked(
     """Export to a scratch file, finish the model in `out.temp`, and run it in onnxruntime:
     (IR version, max |probability difference| from the torch graph)."""
     onnx, ort = require_onnx()
-    size = (graph.height, graph.width)
+    size = graph.partition.shape
     sample = _sample_input(bands, size, input_dtype)
     with torch.no_grad():
         expected = graph(sample).numpy()

@@ -1,8 +1,9 @@
 """The three stages of DDU-Net inference, written once: encode a subimage, communicate a region
 of the bottleneck mosaic, decode a subimage.
 
-The model keeps its stage API (`encode`, `comm_input`, `communicate_maps`, `replace_maps`,
-`decode`); these functions add what streaming needs around it: the nodata rule, the
+The model's stages (`encode`, `comm_input`, `communicate`, `decode`; their composition is
+`DDUNet.run`) are run here in the streaming order; these functions add what streaming needs
+around them: the nodata rule, the
 bottleneck store, the exact tiling of the communication network, the area-of-interest mask
 and the hand-over to a sink. The local executor (threads, devices), the rank executor
 (torchrun) and their tests all call these.
@@ -112,7 +113,7 @@ def communicate_tile(
     with torch.inference_mode():
         x = torch.from_numpy(region).unsqueeze(0).to(model.device)
         with autocast(model.device, precision):
-            out = net.communicate_maps(x)[0].float().cpu().numpy()
+            out = net.communicate(x)[0].float().cpu().numpy()
     return {
         (i, j): out[:, i * cell - y0 : (i + 1) * cell - y0, j * cell - x0 : (j + 1) * cell - x0]
         for i in range(r0, r1)
@@ -181,17 +182,13 @@ def decode_window(
     sink: Sink,
     area: Any = None,
 ) -> None:
-    """Swap the communicated `maps` into `bottleneck` (None: communicate within the subimage
-    alone, or no communication), decode, and hand the window to `sink`."""
+    """Decode with the communicated `maps` (None: C=N or no communication) and hand the window
+    to `sink`."""
     h = min(cell.height, ctx.source.height - cell.row_off)
     w = min(cell.width, ctx.source.width - cell.col_off)
     net = ctx.net
     with autocast(ctx.device, ctx.precision):
-        if net.comm is not None:
-            if maps is None:
-                maps = net.communicate_maps(net.comm_input(bottleneck))
-            bottleneck = net.replace_maps(bottleneck, maps.to(bottleneck.dtype))
-        logits = net.decode(skips, bottleneck)
+        logits = net.decode(skips, bottleneck, maps)
     logits = logits[0, :, :h, :w].float()
     classes = logits.argmax(0).to(torch.uint8).cpu().numpy()
     keep = valid[:h, :w]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,8 +14,8 @@ from ..model_config import DEFAULT_CONFIG, ENCODERS
 from ..partition import Partition
 from . import streams
 from .communication import CommunicationNetwork
+from .execution import Stacked, SubimageExecution, as_grid, flatten_grid, on_mosaic
 from .resnet import RESNET_ENCODERS, ResNetEncoder
-from .stream_norm import POOLED
 from .unet import UNetDecoder, UNetEncoder
 
 
@@ -92,7 +92,7 @@ class DDUNet(nn.Module):
         # Training only (inference normalises with the running statistics either way): the
         # BatchNorm rule, "pooled" or "per-subimage" (geoddu.models.stream_norm), and how the
         # subimages run, "sequential" or "stacked" (geoddu.models.streams; None: by device).
-        self.batchnorm = POOLED
+        self.batchnorm = "pooled"
         self.execution: str | None = None
         # Parameter gradients left in float64 for ranks to add (geoddu.models.grad_sums).
         self.sum_over_ranks = False
@@ -125,130 +125,129 @@ class DDUNet(nn.Module):
         """Bottleneck cells a communicated cell depends on, on each side (0 without exchange)."""
         return self.comm.halo if (self.comm is not None and self.communicates) else 0
 
-    # -- the stages, public so the streaming and distributed engines can run them apart --------
+    # -- the stages: what every execution runs (the composition is `run`) ----------------------
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One subimage batch -> its skips (fine to coarse) and its bottleneck."""
         return self.encoder(x)
 
     def comm_input(self, bottleneck: torch.Tensor) -> torch.Tensor:
         """The last F bottleneck maps: what a subimage contributes to the mosaic."""
-        return bottleneck[:, bottleneck.shape[1] - self.comm_features :]
+        return bottleneck[:, self._kept :]
 
-    def communicate_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        """Run the communication network over a mosaic (or one subimage's maps, for C=N)."""
+    def communicate(self, mosaic: torch.Tensor) -> torch.Tensor:
+        """The communication network over a mosaic of F maps (or one subimage's, for C=N)."""
         assert self.comm is not None
-        if self.training:  # as the rest of training runs (geoddu.models.streams)
-            return streams.run_alone(self, self.comm, maps)
-        return self.comm(maps)
+        return self.comm(mosaic)
 
-    def replace_maps(self, bottleneck: torch.Tensor, communicated: torch.Tensor) -> torch.Tensor:
-        keep = bottleneck.shape[1] - self.comm_features
-        return torch.cat([bottleneck[:, :keep], communicated], dim=1)
+    def replace_maps(self, bottleneck: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """The bottleneck with its last F maps replaced by the communicated ones."""
+        return torch.cat([bottleneck[:, : self._kept], maps.to(bottleneck.dtype)], dim=1)
 
-    def decode(self, skips: list[torch.Tensor], bottleneck: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, skips: list[torch.Tensor], bottleneck: torch.Tensor, maps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One subimage's logits: its last F bottleneck maps replaced by the communicated `maps`
+        (None without communication: C=N runs the network on the subimage's own maps), then
+        the decoder."""
+        if self.comm is not None:
+            if maps is None:
+                if self.communicates:
+                    raise GeodduError("a communicating DDU-Net decodes with communicated maps")
+                maps = self.communicate(self.comm_input(bottleneck))
+            bottleneck = self.replace_maps(bottleneck, maps)
         return self.decoder(bottleneck, skips)
 
-    # -- whole forward ------------------------------------------------------------------------
-    def forward(
-        self, x: torch.Tensor, partition: Partition | tuple[int, int] | None = None
-    ) -> torch.Tensor:
-        """Logits for images x (B, C, H, W) cut into `partition` (a Partition or (N, M))."""
-        h, w = x.shape[-2:]
-        if partition is None:
-            partition = (1, 1)
-        if not isinstance(partition, Partition):
-            partition = Partition.uniform(h, w, *partition, multiple=self.stride)
-        partition.validate(h, w, self.stride)
-        return Partition.stitch(self.forward_subimages(partition.split(x)))
+    @property
+    def _kept(self) -> int:
+        """Bottleneck channels that are not communicated."""
+        return self.encoder.out_channels - self.comm_features
 
-    def forward_subimages(
-        self, parts: Sequence[Sequence[torch.Tensor]], live: Sequence[bool] | None = None
-    ) -> list[list[torch.Tensor | None]]:
-        """Logits per subimage for a [row][col] grid of subimage batches.
+    # -- the composition, written once -------------------------------------------------------
+    def run(
+        self,
+        parts: Sequence[torch.Tensor],
+        execution: SubimageExecution,
+        live: Sequence[bool] | None = None,
+    ) -> list[torch.Tensor | None]:
+        """Encode every subimage, communicate the mosaic of their last F bottleneck maps,
+        decode: the logits of each of `parts` (a batch of one subimage each), as `execution`
+        runs the stages (`geoddu.models.execution`).
 
-        `live` (row-major, one per subimage): a subimage marked False (no valid pixel) adds
-        zeros to the communicated mosaic and is not decoded (its entry is None), the rule the
-        streaming engine applies to all-nodata subimages. In training mode the subimages run as
-        streams that meet at every BatchNorm layer (`geoddu.models.streams`), in eval mode
-        stacked by size.
+        `live` (one per part): a subimage marked False (no valid pixel) adds zeros to the
+        mosaic and is not decoded (its entry is None), the rule the streaming engine applies to
+        all-nodata subimages.
         """
-        rows, cols = len(parts), len(parts[0])
-        flat = [parts[i][j] for i in range(rows) for j in range(cols)]
-        for t in flat:
+        for t in parts:
             if t.shape[-2] % self.stride or t.shape[-1] % self.stride:
                 raise GeodduError(
                     f"subimage of {t.shape[-2]} x {t.shape[-1]} is not a multiple of the "
                     f"model stride {self.stride}"
                 )
-        if self.training:
-            return self._train_subimages(flat, rows, cols, live)
-        encoded = batched_apply(self.encode, flat)
-        skips = [e[0] for e in encoded]
-        bottlenecks = [e[1] for e in encoded]
-        if self.comm is not None:
-            maps = [self.comm_input(b) for b in bottlenecks]
+        every = range(len(parts))
+        encoded = execution.map(self.encode, [(p,) for p in parts], every)
+        maps: list[torch.Tensor | None] = [None] * len(parts)
+        if self.communicates:
+            own = [self.comm_input(bottleneck) for _, bottleneck in encoded]
             if live is not None:
-                maps = [m if ok else torch.zeros_like(m) for m, ok in zip(maps, live, strict=True)]
-            if self.communicates:
-                out = self._communicate_mosaic(maps, rows, cols)
-            else:
-                out = batched_apply(self.communicate_maps, maps)
-            bottlenecks = [self.replace_maps(b, o) for b, o in zip(bottlenecks, out, strict=True)]
-        todo = [k for k in range(len(flat)) if live is None or live[k]]
-        decoded = batched_apply(
-            lambda a: self.decode(a[0], a[1]), [(skips[k], bottlenecks[k]) for k in todo]
-        )
-        logits: list[torch.Tensor | None] = [None] * len(flat)
+                own = [m if ok else torch.zeros_like(m) for m, ok in zip(own, live, strict=True)]
+            maps = list(execution.mosaic(self.communicate, own))
+        todo = [k for k in every if live is None or live[k]]
+        decoded = execution.map(self.decode, [(*encoded[k], maps[k]) for k in todo], todo)
+        logits: list[torch.Tensor | None] = [None] * len(parts)
         for k, out in zip(todo, decoded, strict=True):
             logits[k] = out
-        return [logits[i * cols : (i + 1) * cols] for i in range(rows)]
+        return logits
+
+    def forward(
+        self, x: torch.Tensor, partition: Partition | tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Logits for images x (B, C, H, W) cut into `partition` (a Partition or (N, M))."""
+        partition = self.partition_for(x, partition)
+        return Partition.stitch(self.forward_subimages(partition.split(x)))
+
+    def forward_subimages(
+        self, parts: Sequence[Sequence[torch.Tensor]], live: Sequence[bool] | None = None
+    ) -> list[list[torch.Tensor | None]]:
+        """Logits per subimage for a [row][col] grid of subimage batches (`run`, stacked)."""
+        flat, grid = flatten_grid(parts)
+        if self.training:
+            return self._train_subimages(flat, *grid, live)
+        return as_grid(self.run(flat, Stacked(grid), live), grid)
+
+    def partition_for(
+        self, x: torch.Tensor, partition: Partition | tuple[int, int] | None
+    ) -> Partition:
+        """`partition` as a Partition of x's extent (None: one subimage), checked."""
+        h, w = x.shape[-2:]
+        if partition is None:
+            partition = (1, 1)
+        if not isinstance(partition, Partition):
+            partition = Partition.uniform(h, w, *partition, multiple=self.stride)
+        return partition.validate(h, w, self.stride)
+
+
+    # -- training (moves out of the model) -----------------------------------------------------
+    def communicate_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.training:  # as the rest of training runs (geoddu.models.streams)
+            return streams.run_alone(self, self.comm, maps)
+        return self.comm(maps)
 
     def _train_subimages(
         self, flat: list[torch.Tensor], rows: int, cols: int, live: Sequence[bool] | None
     ) -> list[list[torch.Tensor | None]]:
-        """Training: the subimages as streams that meet at every BatchNorm layer
-        (`geoddu.models.streams`), run in `self.execution` under `self.batchnorm`."""
         run = streams.SubimageRun(self, flat)
         if self.comm is not None:
             maps = run.maps()
             if live is not None:
                 maps = [m if ok else torch.zeros_like(m) for m, ok in zip(maps, live, strict=True)]
             if self.communicates:
-                run.put_maps(self._communicate_mosaic(maps, rows, cols))
+                run.put_maps(on_mosaic(self.communicate_maps, maps, (rows, cols)))
             else:
                 run.communicate_each(maps)
         logits: list[torch.Tensor | None] = list(run.decode())
         if live is not None:
             logits = [lg if ok else None for lg, ok in zip(logits, live, strict=True)]
         return [logits[i * cols : (i + 1) * cols] for i in range(rows)]
-
-    def _communicate_mosaic(
-        self, maps: list[torch.Tensor], rows: int, cols: int
-    ) -> list[torch.Tensor]:
-        """The communication network over the stitched mosaic, cut back into subimages."""
-        mosaic = Partition.stitch([maps[i * cols : (i + 1) * cols] for i in range(rows)])
-        coarse = Partition(
-            tuple(m.shape[-2] for m in maps[::cols]),
-            tuple(m.shape[-1] for m in maps[:cols]),
-        )
-        return [m for row in coarse.split(self.communicate_maps(mosaic)) for m in row]
-
-
-def batched_apply(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """Apply fn to items, stacking those of equal shape into one batch (inference: few large
-    kernels instead of many small ones; training runs through `geoddu.models.streams`)."""
-    groups: dict[Any, list[int]] = {}
-    for k, item in enumerate(items):
-        groups.setdefault(streams.shape_key(item), []).append(k)
-    out: list[Any] = [None] * len(items)
-    for idx in groups.values():
-        if len(idx) == 1:
-            out[idx[0]] = fn(items[idx[0]])
-            continue
-        batch = streams.tree_cat([items[k] for k in idx])
-        n = streams.batch_size(items[idx[0]])
-        for pos, res in enumerate(streams.tree_split(fn(batch), n)):
-            out[idx[pos]] = res
-    return out
 
 
 def _he_init(model: nn.Module) -> None:

@@ -141,7 +141,7 @@ class SubimageRun:
     def _replace(self, communicated: list[torch.Tensor]) -> None:
         # In the training layout whatever layout the maps came back in (a rank receives them
         # flat): the decoder's kernels, and so its rounding, depend on it.
-        self.bottlenecks = [training_layout(self.net.replace_maps(b, o))
+        self.bottlenecks = [training_layout(self.net.replace_maps(b, o.to(b.dtype)))
                             for b, o in zip(self.bottlenecks, communicated, strict=True)]
 
     def _run(self, start: Callable[[Any], Steps], inputs: list[Any]) -> list[Any]:

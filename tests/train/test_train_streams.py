@@ -61,7 +61,7 @@ def _stacked(model, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         out = torch.cat([m for row in coarse.split(model.comm(mosaic)) for m in row])
     else:
         out = model.comm(torch.cat(maps))
-    logits = list(model.decode(skips, model.replace_maps(bottleneck, out)).split(n))
+    logits = list(model.decode(skips, bottleneck, out).split(n))
     cols = grid[1]
     return Partition.stitch([logits[i * cols : (i + 1) * cols] for i in range(grid[0])])
 
