@@ -1,7 +1,7 @@
 """Distributed DDU-Net on CPU with gloo: training step time and traffic, segment throughput.
 
 1. Forward + backward of one global patch (default 1024^2, 4 x 4 subimages, DDU-Net(4,64,Y))
-   with the patch's subimages spread over 1, 2 and 4 ranks (`geoddu.parallel.spatial`), and the
+   with the patch's subimages spread over 1, 2 and 4 ranks (`geoddu.train.spatial`), and the
    bytes each rank sends per step: the F gathered maps (all-gather, and the reduce-scatter of
    their gradients), the BatchNorm sums, the Dice sums, and the gradient all-reduce (as DDP).
    For comparison: what a halo-exchange U-Net (margins exchanged before every 3x3 conv, forward
@@ -49,7 +49,7 @@ def _threads(world: int) -> int:
 
 # -- 1. training step -------------------------------------------------------------------------
 def replicated_communication(model):
-    """`model` (a SpatialDDUNet) with the other placement of the communication network: an
+    """`model` (a SpatialTraining) with the other placement of the communication network: an
     autograd all-gather of the F maps (backward: reduce-scatter) and the network run on the
     whole mosaic on every rank, each keeping its own cells."""
     import torch.distributed._functional_collectives as fcol
@@ -57,7 +57,7 @@ def replicated_communication(model):
 
     from geoddu.partition import Partition, balanced_blocks
 
-    def communicate(maps, partition, own):
+    def communicate(streams, fn, maps, partition, own):
         net, world, stride = model.net, model.world, model.net.stride
         batch, feats = maps[0].shape[0], net.comm_features
         blocks = balanced_blocks(partition.subimages(), world)
@@ -76,8 +76,8 @@ def replicated_communication(model):
                 cells[c.index] = gathered[off : off + size[c.index]].view(batch, feats, h, w)
                 off += size[c.index]
         rows, cols = partition.grid
-        out = net.communicate(
-            Partition.stitch([[cells[(i, j)] for j in range(cols)] for i in range(rows)]))
+        out = streams.alone(
+            fn, Partition.stitch([[cells[(i, j)] for j in range(cols)] for i in range(rows)]))
         coarse = partition.scaled(stride)
         ro, co = coarse.row_offsets, coarse.col_offsets
         return [out[..., ro[c.row] : ro[c.row] + c.height // stride,
@@ -91,14 +91,11 @@ def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
     from functools import partial
 
     from geoddu.models import create_model
-    from geoddu.parallel.spatial import (
-        SpatialBatchNorm2d,
-        SpatialDDUNet,
-        all_reduce_sum,
-        average_gradients,
-    )
+    from geoddu.parallel.collectives import all_reduce_sum
     from geoddu.partition import Partition
+    from geoddu.train.execution import SubimageTraining
     from geoddu.train.losses import get_loss
+    from geoddu.train.spatial import SpatialTraining, average_gradients
 
     dice_loss = get_loss("dice")
 
@@ -124,33 +121,32 @@ def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
     bn_bytes = [0]
     if world == 1:
 
+        model = SubimageTraining(net)
+
         def step() -> float:
             net.zero_grad()
-            loss = dice_loss(net(x, part), y)
+            loss = dice_loss(model(x, part), y)
             loss.backward()
             return float(loss.detach())
 
-        model = net
     else:
-        model = SpatialDDUNet(net)
+        model = SpatialTraining(net)
         if cfg.get("comm_on") == "all":
             replicated_communication(model)
         parts = [p.contiguous() for p in model.own_parts(x, part)]
         targets = [t.contiguous() for t in model.own_parts(y, part)]
-        for m in model.modules():
-            if isinstance(m, SpatialBatchNorm2d):
-                # all-gather of 2C+1 float64 sums, and the reduce-scatter of their gradients
-                nbytes = 2 * (world - 1) * (2 * m.num_features + 1) * 8
-                m.register_forward_pre_hook(
-                    lambda *_, n=nbytes: bn_bytes.__setitem__(0, bn_bytes[0] + n)
-                )
+        # Each BatchNorm layer whose statistics span ranks all-reduces 2C+1 float64 sums, and
+        # their gradients backward: a ring sends 2 (world - 1) / world of them each time.
+        bn_bytes[0] = int(sum(2 * 2 * (world - 1) / world * (2 * m.num_features + 1) * 8
+                              for m in net.modules()
+                              if isinstance(m, torch.nn.BatchNorm2d)
+                              and model.group_of(m) is not None))
 
         def step() -> float:
             model.zero_grad()
-            bn_bytes[0] = 0
             loss = dice_loss(model(parts, part), targets, reduce=partial(all_reduce_sum))
             loss.backward()
-            average_gradients(model)
+            average_gradients(model, model.group)
             return float(loss.detach())
 
     loss = step()  # warm-up
@@ -186,7 +182,8 @@ def train_worker(rank: int, world: int, cfg: dict, rdv: str, out: str) -> None:
         for _ in range(cfg["comm_reps"]):
             dist.barrier()
             t = time.perf_counter()
-            comm_out = model._communicate(maps, part, own)
+            streams = model.streams(part.grid, len(own))
+            comm_out = model._communicate(streams, net.communicate, maps, part, own)
             sum(o.square().sum() for o in comm_out).backward()
             dist.barrier()
             stage.append(time.perf_counter() - t)

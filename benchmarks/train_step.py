@@ -7,7 +7,7 @@ docs/training.md) and the same optimiser step (Adam, lr 1e-3):
 
 * geoddu: the step of `geoddu.train.Trainer` (training mode, dropout masks keyed by the step,
   `forward_subimages` with the loss over the subimages, backward, Adam). Its subimages run as
-  `geoddu.models.streams` picks for the device (or `--sides geoddu:stacked` etc.).
+  `geoddu.train.streams` picks for the device (or `--sides geoddu:stacked` etc.).
 * reference: the step of the reference's `train_deepglobe_resnet_unet.py` on one device: one
   encoder-decoder clone per subimage run one after another, the gradients of clones 1.. added
   into clone 0, Adam on clone 0's parameters, clone 0's state copied into the others.
@@ -43,27 +43,28 @@ def build(args: argparse.Namespace, side: str, grid: int):
     import torch.nn.functional as F
 
     from geoddu.models import create_model
-    from geoddu.parallel.dropout import dropout_masks, share_dropout
     from geoddu.partition import Partition
+    from geoddu.train.dropout import dropout_masks
+    from geoddu.train.execution import SubimageTraining
 
     torch.manual_seed(SEED)
-    model = share_dropout(create_model(
+    model = create_model(
         f"DDU-Net({args.depth},{args.features},Y)", in_channels=3, num_classes=args.classes,
-        base_channels=args.base)).train()
+        base_channels=args.base).train()
     gen = torch.Generator().manual_seed(SEED + 1)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size), generator=gen)
     if side.startswith("geoddu"):
         _, _, execution = side.partition(":")
-        model.execution = execution or None
+        training = SubimageTraining(model, execution=execution or None)
         part = Partition.uniform(args.size, args.size, grid, grid, multiple=model.stride)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         targets = [t for row in part.split(y) for t in row]
         count = y.numel()
 
         def step(k: int) -> None:
-            with dropout_masks(model, (SEED, 0, k)):
-                logits = [lg for row in model.forward_subimages(part.split(x)) for lg in row]
+            with dropout_masks(training, (SEED, 0, k)):
+                logits = [lg for row in training.forward_subimages(part.split(x)) for lg in row]
             loss = sum(F.cross_entropy(lg, t, reduction="sum")
                        for lg, t in zip(logits, targets, strict=True)) / count
             optimizer.zero_grad(set_to_none=True)

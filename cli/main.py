@@ -8,9 +8,9 @@ import warnings
 
 import click
 
-from geoddu import __version__
 from geoddu.errors import GeodduError, GeodduWarning, first_line
 from geoddu.io.atomic import os_error_line
+from geoddu.version import __version__
 
 from . import (
     convert,

@@ -1,8 +1,7 @@
 """geoddu: segment huge GeoTIFFs with DDU-Net, a domain-decomposition U-Net."""
 
-__version__ = "0.1.0"
-
-from .errors import Cancelled, GeodduError  # noqa: E402
+from .errors import Cancelled, GeodduError
+from .version import __version__
 
 __all__ = ["Cancelled", "GeodduError", "__version__", "load_model", "segment"]
 

@@ -20,12 +20,12 @@ from typing import Any, NoReturn
 import torch
 from torch.overrides import TorchFunctionMode
 
-from . import __version__
 from .errors import GeodduError, first_line
 from .io.atomic import write_atomically
 from .model_config import DEFAULT_CONFIG, ENCODERS, MAX_CLASSES, MAX_DEPTH
 from .models.ddunet import DDUNet
 from .models.resnet import RESNET_ENCODERS
+from .version import __version__
 
 FORMAT = "geoddu-checkpoint"
 FORMAT_VERSION = 1

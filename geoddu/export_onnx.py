@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import GeodduError, GeodduWarning, first_line
 from .io.atomic import AtomicOutput
@@ -36,6 +35,7 @@ from .models.ddunet import DDUNet
 from .models.execution import as_grid, flatten_grid, on_mosaic, tree_cat
 from .models.fusion import fuse_for_inference
 from .partition import Partition
+from .version import __version__
 
 INPUT_DTYPES = ("float32", "uint8")
 INPUT_NAME = "input"

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..errors import GeodduError
+from ..version import __version__
 from .base import PatchDataset, check_split, data_record, dtype_range, uint8_normalization
 
 SUBIMAGE = 32

@@ -12,9 +12,9 @@ from torch import nn
 from ..errors import GeodduError
 from ..model_config import DEFAULT_CONFIG, ENCODERS
 from ..partition import Partition
-from . import streams
 from .communication import CommunicationNetwork
-from .execution import Stacked, SubimageExecution, as_grid, flatten_grid, on_mosaic
+from .encoder_weights import load_encoder_weights
+from .execution import Stacked, SubimageExecution, as_grid, flatten_grid
 from .resnet import RESNET_ENCODERS, ResNetEncoder
 from .unet import UNetDecoder, UNetEncoder
 
@@ -89,18 +89,11 @@ class DDUNet(nn.Module):
             "up_bias": up_bias,
             "dropout": dropout,
         }
-        # Training only (inference normalises with the running statistics either way): the
-        # BatchNorm rule, "pooled" or "per-subimage" (geoddu.models.stream_norm), and how the
-        # subimages run, "sequential" or "stacked" (geoddu.models.streams; None: by device).
-        self.batchnorm = "pooled"
-        self.execution: str | None = None
-        # Parameter gradients left in float64 for ranks to add (geoddu.models.grad_sums).
-        self.sum_over_ranks = False
         _he_init(self)
         if encoder_weights:
             if encoder == "unet":
                 raise GeodduError("--encoder-weights needs a ResNet encoder")
-            self.encoder.load_torchvision_weights(encoder_weights)
+            load_encoder_weights(self.encoder, encoder_weights)
         if freeze_encoder:
             if encoder == "unet":
                 raise GeodduError("freezing the encoder needs a pretrained ResNet encoder")
@@ -210,8 +203,6 @@ class DDUNet(nn.Module):
     ) -> list[list[torch.Tensor | None]]:
         """Logits per subimage for a [row][col] grid of subimage batches (`run`, stacked)."""
         flat, grid = flatten_grid(parts)
-        if self.training:
-            return self._train_subimages(flat, *grid, live)
         return as_grid(self.run(flat, Stacked(grid), live), grid)
 
     def partition_for(
@@ -224,30 +215,6 @@ class DDUNet(nn.Module):
         if not isinstance(partition, Partition):
             partition = Partition.uniform(h, w, *partition, multiple=self.stride)
         return partition.validate(h, w, self.stride)
-
-
-    # -- training (moves out of the model) -----------------------------------------------------
-    def communicate_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        if self.training:  # as the rest of training runs (geoddu.models.streams)
-            return streams.run_alone(self, self.comm, maps)
-        return self.comm(maps)
-
-    def _train_subimages(
-        self, flat: list[torch.Tensor], rows: int, cols: int, live: Sequence[bool] | None
-    ) -> list[list[torch.Tensor | None]]:
-        run = streams.SubimageRun(self, flat)
-        if self.comm is not None:
-            maps = run.maps()
-            if live is not None:
-                maps = [m if ok else torch.zeros_like(m) for m, ok in zip(maps, live, strict=True)]
-            if self.communicates:
-                run.put_maps(on_mosaic(self.communicate_maps, maps, (rows, cols)))
-            else:
-                run.communicate_each(maps)
-        logits: list[torch.Tensor | None] = list(run.decode())
-        if live is not None:
-            logits = [lg if ok else None for lg, ok in zip(logits, live, strict=True)]
-        return [logits[i * cols : (i + 1) * cols] for i in range(rows)]
 
 
 def _he_init(model: nn.Module) -> None:

@@ -7,8 +7,6 @@ unchanged (encoder_weights.py). Weights only ever come from a local file: nothin
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -123,12 +121,6 @@ class ResNetEncoder(nn.Module):
     def backbone_modules(self) -> list[nn.Module]:
         """The torchvision part (what pretrained weights fill and `freeze` fixes)."""
         return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]
-
-    def load_torchvision_weights(self, path: str | os.PathLike, adapt_bands: bool = False) -> None:
-        """Load a local torchvision, timm or torchgeo ResNet state dict (see encoder_weights)."""
-        from .encoder_weights import load_encoder_weights  # it imports this module
-
-        load_encoder_weights(self, path, adapt_bands=adapt_bands)
 
     def freeze(self) -> None:
         """Fix the pretrained backbone (Sec. V-B): no gradients, BatchNorm statistics kept."""

@@ -2,12 +2,13 @@
 
 * `group`: the torch.distributed process group (joining it under torchrun, rank and world,
   errors every rank agrees on, broadcasting a Python object);
+* `collectives`: an all-reduce autograd can differentiate (statistics, loss sums);
 * `halo`: which rank owns which subimage, and the point-to-point halo exchange of bottleneck
   strips between neighbouring ranks;
-* `spatial`: one DDU-Net over the ranks of a group for training (F-map gather/scatter,
-  cross-rank BatchNorm, gradient averaging);
-* `dropout`: dropout masks drawn as one process draws them, whichever rank holds the rows;
 * `devices`: which devices run the subimage work, and the precision.
+
+How training runs one DDU-Net over ranks (`SpatialTraining`) lives with training
+(`geoddu.train.spatial`); models never import this package.
 """
 
 # Defined here, not in `devices`, so that a segment request can name them without torch.

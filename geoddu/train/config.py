@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GeodduError
-from ..models.stream_norm import RULES
+from .batchnorm import RULES
 
 
 @dataclass

@@ -31,21 +31,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
 from ..checkpoint import build_metadata, model_from_checkpoint, save_checkpoint
 from ..errors import GeodduError
 from ..io.atomic import write_atomically
 from ..models.ddunet import DDUNet
-from ..models.stream_norm import PER_SUBIMAGE
 from ..parallel.devices import resolve_device
-from ..parallel.dropout import dropout_masks, share_dropout
 from ..parallel.group import AgreedError
-from ..parallel.spatial import SpatialDDUNet, average_gradients
+from ..version import __version__
 from .augment import apply_augmentation, draw_augmentation
+from .batchnorm import PER_SUBIMAGE
 from .config import TrainConfig
+from .dropout import dropout_masks
 from .evaluate import Normalizer, cell_size, check_model_fits, evaluate, make_partition
+from .execution import SubimageTraining
 from .losses import get_loss
 from .mesh import TrainMesh
+from .spatial import SpatialTraining, average_gradients
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -102,10 +103,7 @@ class Trainer:
         self.mesh = mesh or TrainMesh()
         self.device = resolve_device(
             config.device, "training runs on one device; give --device cpu, cuda or cuda:N")
-        # Dropout masks drawn per (seed, epoch, step), the same in one process and on any mesh
-        # (geoddu.parallel.dropout says why not from torch's global generator).
-        self.model = share_dropout(model.to(self.device))
-        model.batchnorm = self.config.batchnorm
+        self.model = model.to(self.device)
         self.train_set, self.val_set = train_set, val_set
         if len(train_set) == 0 or len(val_set) == 0:
             raise GeodduError("training needs a non-empty training and validation split")
@@ -118,7 +116,11 @@ class Trainer:
         self.grid = config.subimages or train_set.grid or (1, 1)
         h, w = train_set.patch_shape
         self.partition = make_partition(h, w, model.stride, self.grid)
+        # How the model runs in training (it wraps the model, as DDP does): the subimages as
+        # streams meeting at BatchNorm under the chosen rule, over this rank's share of them.
         self.spatial = self._spread(model) if self.mesh.world > 1 else None
+        self.executor: SubimageTraining = self.spatial or SubimageTraining(
+            model, batchnorm=self.config.batchnorm)
         self.metadata = build_metadata(
             model.config,
             classes=train_set.classes,
@@ -150,7 +152,7 @@ class Trainer:
             torch.manual_seed(config.seed)
             random.seed(config.seed)
 
-    def _spread(self, model: DDUNet) -> SpatialDDUNet:
+    def _spread(self, model: DDUNet) -> SpatialTraining:
         """The model as this rank runs it in training: its block of subimages, BatchNorm sums
         over the whole mesh."""
         mesh, cfg = self.mesh, self.config
@@ -173,8 +175,9 @@ class Trainer:
             raise GeodduError(f"--batchnorm per-subimage needs every rank to hold whole "
                               f"subimages: use --spatial-ranks {mesh.world} (no data-parallel "
                               f"groups) or --batchnorm pooled")
-        return SpatialDDUNet(model, group=mesh.spatial_group, bn_group=mesh.world_group,
-                             data_group=mesh.data_group if mesh.data_size > 1 else None)
+        return SpatialTraining(model, group=mesh.spatial_group, bn_group=mesh.world_group,
+                               data_group=mesh.data_group if mesh.data_size > 1 else None,
+                               batchnorm=cfg.batchnorm)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -268,11 +271,13 @@ class Trainer:
             part = self.partition
             rows = (None if self.spatial is None
                     else self.spatial.batch_rows(part, self.mesh.share(size), size))
+            # Dropout masks drawn per (seed, epoch, step), the same in one process and on any
+            # mesh (geoddu.train.dropout says why not from torch's global generator).
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), \
-                    dropout_masks(self.model, (cfg.seed, epoch, b), rows):
+                    dropout_masks(self.executor, (cfg.seed, epoch, b), rows):
                 if self.spatial is None:
                     # The loss over the subimages, as on ranks: its sums come out the same.
-                    logits = [lg for row in self.model.forward_subimages(part.split(x))
+                    logits = [lg for row in self.executor.forward_subimages(part.split(x))
                               for lg in row]
                     target = [t for row in part.split(y) for t in row]
                 else:  # this rank's subimages; the loss adds every rank's sums
@@ -283,10 +288,10 @@ class Trainer:
             self.scaler.scale(loss).backward()
             if self.spatial is not None:
                 # Every rank backpropagated the same global loss: the mean over ranks is the
-                # single-process gradient (see geoddu.parallel.spatial). One flat all-reduce
+                # single-process gradient (see geoddu.train.spatial). One flat all-reduce
                 # after the backward pass; DDP would overlap it with the backward pass, the
                 # sum is the same.
-                average_gradients(self.model, self.mesh.world_group)
+                average_gradients(self.spatial, self.mesh.world_group)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             value = float(loss.detach())

@@ -1,7 +1,7 @@
 """The process layout of a training run under torchrun: a 2-D (data x spatial) device mesh.
 
 `--spatial-ranks S` ranks share each global patch (each runs its block of the patch's
-subimages, `geoddu.parallel.spatial.SpatialDDUNet`); WORLD_SIZE / S such groups are data parallel
+subimages, `geoddu.train.spatial.SpatialTraining`); WORLD_SIZE / S such groups are data parallel
 over the batch. Ranks are laid out data-major (rank = d * S + s), so the ranks of one patch are
 neighbours, which torchrun puts on the same host: the F maps of a patch stay inside a host when
 S divides the processes per node. (BatchNorm and loss sums, a few hundred values per layer, and
@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from ..errors import GeodduError
+from ..parallel.collectives import all_reduce_sum
 from ..parallel.group import AgreedError, agree
-from ..parallel.spatial import all_reduce_sum
 
 T = TypeVar("T")
 

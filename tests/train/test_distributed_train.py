@@ -25,15 +25,13 @@ from geoddu.checkpoint import load_checkpoint
 from geoddu.data.synthetic import write
 from geoddu.metrics import dice_loss
 from geoddu.models import create_model
-from geoddu.parallel.dropout import dropout_masks, share_dropout
-from geoddu.parallel.spatial import (
-    SpatialDDUNet,
-    all_reduce_sum,
-    average_gradients,
-)
+from geoddu.parallel.collectives import all_reduce_sum
 from geoddu.partition import Partition
 from geoddu.train import Callbacks, TrainMesh, preset, start_training
+from geoddu.train.dropout import dropout_masks
+from geoddu.train.execution import SubimageTraining
 from geoddu.train.losses import get_loss
+from geoddu.train.spatial import SpatialTraining, average_gradients
 
 DEADLINE = 150  # seconds for a whole group of ranks; a hang fails the test
 
@@ -76,9 +74,9 @@ def _equivalence(
     torch.manual_seed(0)
     # Dropout as the trainer runs it: masks drawn for one process's whole batch from a
     # generator keyed by (seed, epoch, step), each rank keeping the rows it holds.
-    net = share_dropout(create_model(
+    net = create_model(
         "DDU-Net(2,4,Y)", in_channels=3, num_classes=4, base_channels=4, dropout=dropout
-    ).train())
+    ).train()
     key = (3, 1, 2)
     ref = copy.deepcopy(net)
     undropped = copy.deepcopy(net)
@@ -92,19 +90,19 @@ def _equivalence(
     loss_fn = get_loss(loss_name)
     if loss_name == "dice":  # the trainer's Eq. (1) is the metric's
         with torch.no_grad():
-            check = copy.deepcopy(ref)(x, part)
+            check = SubimageTraining(copy.deepcopy(ref))(x, part)
         assert abs(float(loss_fn(check, y)) - float(dice_loss(check, y))) < 1e-6
 
     with dropout_masks(ref, key):
-        ref_logits = ref(x, part)
+        ref_logits = SubimageTraining(ref)(x, part)
     with torch.no_grad():
-        dropped = (undropped(x, part) - ref_logits).abs().max().item()
+        dropped = (SubimageTraining(undropped)(x, part) - ref_logits).abs().max().item()
     ref_loss = loss_fn(ref_logits, y)
     ref_loss.backward()
 
     # What the trainer builds: the data rank's patches, the spatial rank's subimages.
-    model = SpatialDDUNet(net, group=mesh.spatial_group, bn_group=mesh.world_group,
-                          data_group=mesh.data_group if mesh.data_size > 1 else None)
+    model = SpatialTraining(net, group=mesh.spatial_group, bn_group=mesh.world_group,
+                            data_group=mesh.data_group if mesh.data_size > 1 else None)
     mine = mesh.share(x.shape[0])
     with dropout_masks(model, key, model.batch_rows(part, mine, x.shape[0])):
         logits = model(model.own_parts(x[mine], part), part)
@@ -202,7 +200,7 @@ def _stalled_peer(rank: int, world: int, tmp: str) -> None:
         os._exit(0)
     torch.manual_seed(0)
     net = create_model("DDU-Net(2,4,Y)", in_channels=3, num_classes=4, base_channels=4)
-    model = SpatialDDUNet(net.train())
+    model = SpatialTraining(net.train())
     part = Partition.uniform(32, 32, 2, 2, multiple=4)
     x = torch.randn(1, 3, 32, 32)
     t = time.monotonic()

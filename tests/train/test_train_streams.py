@@ -1,4 +1,4 @@
-"""Training the subimages as streams (geoddu.models.streams) and the two BatchNorm rules: the
+"""Training the subimages as streams (geoddu.train.streams) and the two BatchNorm rules: the
 streams compute what the modules' own forward computes on the stacked batch; `--batchnorm
 per-subimage` normalises each subimage alone, as the paper's reference code does; spatial
 ranks equal one process to the last bit under both rules; the option end to end."""
@@ -23,9 +23,10 @@ from geoddu.checkpoint import load_checkpoint
 from geoddu.data.synthetic import write
 from geoddu.errors import GeodduError
 from geoddu.models import create_model
-from geoddu.parallel.dropout import dropout_masks, share_dropout
 from geoddu.partition import Partition
 from geoddu.train import Trainer, TrainMesh, preset, start_training
+from geoddu.train.dropout import dropout_masks
+from geoddu.train.execution import SubimageTraining
 from geoddu.train.run import open_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,8 +38,8 @@ ARCH = "DDU-Net(2,8,Y)"
 def _model(name: str, dropout: float = 0.0, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     options = {"comm_features": 16} if name == "resnet18" else {}
-    return share_dropout(create_model(name, in_channels=3, num_classes=4, base_channels=4,
-                                      dropout=dropout, **options, **kw)).train()
+    return create_model(name, in_channels=3, num_classes=4, base_channels=4,
+                        dropout=dropout, **options, **kw).train()
 
 
 def _batch(n: int = 3, h: int = 64, w: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,9 +67,20 @@ def _stacked(model, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return Partition.stitch([logits[i * cols : (i + 1) * cols] for i in range(grid[0])])
 
 
-def _step(model, run, x, y, key=(0, 0, 0)):
-    with dropout_masks(model, key):
+def _shared_masks(model, step):
+    """The step's masks on the plain modules' forward (forward hooks; the streams apply the
+    same masks themselves): the reference for the streams."""
+    hooks = [m.register_forward_hook(lambda mod, args, out: args[0] * step.mask(mod, args[0]))
+             for m in step.layers if m.p > 0]
+    return hooks
+
+
+def _step(model, run, x, y, key=(0, 0, 0), training=None):
+    with dropout_masks(training or model, key) as step:
+        hooks = [] if training is not None else _shared_masks(model, step)
         logits = run(model, x)
+        for h in hooks:
+            h.remove()
     F.cross_entropy(logits, y).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     return logits.detach(), grads, {n: b.clone() for n, b in model.named_buffers()}
@@ -87,8 +99,8 @@ def test_streams_compute_the_stacked_forward(name):
         model = _model(name, 0.2).to(dtype)
         if execution is None:
             return _step(model, lambda m, a: _stacked(m, a, grid), x.to(dtype), y)
-        model.execution = execution
-        return _step(model, lambda m, a: m(a, grid), x.to(dtype), y)
+        training = SubimageTraining(model, execution=execution)
+        return _step(model, lambda m, a: training(a, grid), x.to(dtype), y, training=training)
 
     truth = run(torch.float64)
     floor = 1e-3 * max(g.abs().max().item() for g in truth[1].values())
@@ -119,14 +131,14 @@ def test_per_subimage_normalises_each_subimage_alone():
     grid = (2, 2)
     model = _model("DDU-Net(2,8,N)")
     pooled = copy.deepcopy(model)
-    model.batchnorm = "per-subimage"
-    logits = model(x, grid)
+    logits = SubimageTraining(model, batchnorm="per-subimage")(x, grid)
     part = Partition.uniform(*x.shape[-2:], *grid, multiple=model.stride)
     alone = [copy.deepcopy(pooled) for _ in range(4)]
-    expected = Partition.stitch([[alone[2 * i + j](p, (1, 1)) for j, p in enumerate(row)]
+    expected = Partition.stitch([[SubimageTraining(alone[2 * i + j])(p, (1, 1))
+                                  for j, p in enumerate(row)]
                                  for i, row in enumerate(part.split(x))])
     assert (logits - expected).abs().max().item() <= 1e-5
-    assert (pooled(x, grid) - logits).abs().max().item() > 1e-2
+    assert (SubimageTraining(pooled)(x, grid) - logits).abs().max().item() > 1e-2
     for name, buffer in model.named_buffers():
         if buffer.is_floating_point():
             mean = torch.stack([dict(m.named_buffers())[name] for m in alone]).mean(0)
@@ -142,10 +154,10 @@ def test_per_subimage_equals_the_reference_code():
     x, _ = _batch(2, 64, 64)
     model = _model("DDU-Net(2,8,Y)")
     ref = copy_geoddu_weights(model, reference_for(model, (2, 2))).train()
-    model.batchnorm = "per-subimage"
+    training = SubimageTraining(model, batchnorm="per-subimage")
     with torch.no_grad():
         expected = ref.forward_image(x)
-        error = (model(x, (2, 2)) - expected).abs().max().item()
+        error = (training(x, (2, 2)) - expected).abs().max().item()
     assert error <= 1e-5 * expected.abs().max().item()
 
 

@@ -1,22 +1,19 @@
 """Training one DDU-Net across ranks: each rank holds a block of every patch's subimages.
 
-The building blocks of spatially-distributed training (the training loop itself lives in
-`geoddu.train`):
+`SpatialTraining` is `SubimageTraining` (`geoddu.train.execution`) over the rank's share:
 
-* `SpatialDDUNet` runs the encoder and decoder on the rank's own subimages only. The last F
-  bottleneck maps of all ranks are gathered on the group's first rank (an autograd function:
-  gather forward, scatter backward), the communication network runs there on the whole
-  mosaic, and each rank gets its own cells' output back (scatter forward, gather backward).
-* `SpatialBatchNorm2d` keeps the single-process rule: batch statistics over every subimage of
-  every patch in the batch, so the per-channel sum and sum of squares are all-reduced
-  (autograd-aware) across the group. Running statistics come out identical on every rank.
-  The rank's subimages run as one process runs them (`geoddu.models.streams`: one stream per
-  subimage on the CPU); with several streams the streams' pooled BatchNorm
-  (`geoddu.models.stream_norm`) all-reduces the same sums over the layer's `group`. Under the
-  per-subimage rule each subimage is normalised on its own, with no all-reduce, and only the
-  running statistics are averaged over the group.
+* the encoder and decoder run on the rank's own subimages only, as one process runs them (one
+  stream per subimage on the CPU). The last F bottleneck maps of all ranks are gathered on the
+  group's first rank (an autograd function: gather forward, scatter backward), the
+  communication network runs there on the whole mosaic, and each rank gets its own cells'
+  output back (scatter forward, gather backward);
+* BatchNorm keeps the single-process rule: the streams' pooled statistics are summed over the
+  ranks of each layer's process group (`group_of`): the encoder's and decoder's over every
+  rank holding part of the batch (`bn_group`), the communicated mosaic's over the ranks holding
+  other patches (`data_group`) or none. Under the per-subimage rule each subimage is normalised
+  on its own, with no all-reduce, and only the running statistics are averaged over the group;
 * the loss of a global patch is the single-process loss with its pixel sums all-reduced
-  (`geoddu.metrics.DiceLoss(..., reduce=...)`): every rank gets the same value.
+  (`geoddu.metrics.DiceLoss(..., reduce=...)`): every rank gets the same value;
 * `average_gradients` averages the parameter gradients in one flat all-reduce (off its
   group's root the communication network has none: they count as zeros). DDP over the same
   group would need `find_unused_parameters=True` for that network.
@@ -24,110 +21,35 @@ The building blocks of spatially-distributed training (the training loop itself 
 Convention: every rank computes the same global loss and calls `backward()`. The collectives'
 backward passes then sum `world` identical copies, so each rank's local gradients are `world`
 times its share; averaging over the group gives exactly the single-process gradient (and is
-what DDP does anyway). Dropout layers become `SharedDropout2d` (`geoddu.parallel.dropout`):
-inside `dropout_masks(model, key, model.batch_rows(...))` every rank keeps its rows of the masks
-one process draws for the whole batch, so dropout does not break the equality either.
+what DDP does anyway). Dropout masks are those one process draws for the whole batch
+(`geoddu.train.dropout`: `dropout_masks(training, key, training.batch_rows(...))`), so dropout
+does not break the equality either.
+
+Process groups are explicit here: `group=None` is resolved to the default (world) group once,
+when the wrapper is built; a layer whose statistics stay in this process has no group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as fcol
 import torch.nn.functional as F
 from torch import nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..models.ddunet import DDUNet
-from ..models.streams import SubimageRun
+from ..parallel.group import rank_and_world
 from ..partition import Partition, Subimage, balanced_blocks
-from .dropout import BatchRows, share_dropout
-from .group import rank_and_world
+from .batchnorm import POOLED
+from .dropout import BatchRows
+from .execution import SubimageTraining, _Streams
 
 
-def all_reduce_sum(x: torch.Tensor, group: Any = None) -> torch.Tensor:
-    """Sum of `x` over the group, differentiable (an all-gather whose backward reduce-scatters;
-    torch 2.13 has no autograd all-reduce that does not warn). For small tensors: statistics."""
-    _, world = rank_and_world(group)
-    if world == 1:
-        return x
-    group = group if group is not None else dist.group.WORLD
-    gathered = fcol.all_gather_single_autograd(x.reshape(1, -1), 0, group)
-    return gathered.view(world, -1).sum(0).view(x.shape)
-
-
-class SpatialBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm whose training statistics cover the whole group's batch of subimages.
-
-    Sums are accumulated in float64 (one all-reduce of 2C+1 values), so E[x^2] - E[x]^2 does
-    not cancel badly; normalising and the running-statistics update are the same arithmetic
-    as `nn.BatchNorm2d`, and identical on every rank.
-    """
-
-    def __init__(self, *args: Any, group: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.group = group
-
-    @classmethod
-    def from_batchnorm(cls, bn: nn.BatchNorm2d, group: Any = None) -> SpatialBatchNorm2d:
-        new = cls(
-            bn.num_features,
-            bn.eps,
-            bn.momentum,
-            bn.affine,
-            bn.track_running_stats,
-            group=group,
-            device=bn.weight.device if bn.affine else None,
-        )
-        new.load_state_dict(bn.state_dict())
-        new.train(bn.training)
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and self.track_running_stats:
-            return super().forward(x)
-        c = x.shape[1]
-        n_local = x.numel() // c
-        s = x.sum(dim=(0, 2, 3), dtype=torch.float64)
-        ss = (x * x).sum(dim=(0, 2, 3), dtype=torch.float64)
-        count = torch.tensor([float(n_local)], dtype=torch.float64, device=x.device)
-        total = all_reduce_sum(torch.cat([s, ss, count]), self.group)
-        n = total[-1]
-        mean = total[:c] / n
-        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                if self.momentum is None:
-                    factor = 1.0 / float(self.num_batches_tracked)
-                else:
-                    factor = self.momentum
-                count_all = float(n)  # the same on every rank
-                unbiased = var * (count_all / (count_all - 1)) if count_all > 1 else var
-                self.running_mean.mul_(1 - factor).add_(mean.to(x.dtype), alpha=factor)
-                self.running_var.mul_(1 - factor).add_(unbiased.to(x.dtype), alpha=factor)
-        shape = (1, c, 1, 1)
-        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype) + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
-
-
-def convert_batchnorm(module: nn.Module, group: Any = None) -> nn.Module:
-    """Replace every `nn.BatchNorm2d` under `module` by a `SpatialBatchNorm2d` (same state)."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SpatialBatchNorm2d):
-            setattr(module, name, SpatialBatchNorm2d.from_batchnorm(child, group))
-        else:
-            convert_batchnorm(child, group)
-    return module
-
-
-class SpatialDDUNet(nn.Module):
-    """A DDU-Net whose subimages are spread over the ranks of `group`.
+class SpatialTraining(SubimageTraining):
+    """A DDU-Net whose subimages are spread over the ranks of `group` (None: the default
+    group).
 
     Every rank holds the full set of weights. Rank r owns the r-th balanced contiguous block of
     the partition's subimages (row-major, the same assignment as the segment engine); it
@@ -135,33 +57,38 @@ class SpatialDDUNet(nn.Module):
     batches in block order (see `own_parts`) and returns their logits in the same order.
     """
 
-    def __init__(
-        self, net: DDUNet, group: Any = None, bn_group: Any = None, data_group: Any = None
-    ) -> None:
-        super().__init__()
-        self.net = net
-        self.group = group
+    for_ranks = True
+
+    def __init__(self, net: DDUNet, group: Any = None, bn_group: Any = None,
+                 data_group: Any = None, batchnorm: str = POOLED,
+                 execution: str | None = None) -> None:
+        super().__init__(net, batchnorm, execution)
+        self.group = dist.group.WORLD if group is None else group
+        bn_group = self.group if bn_group is None else bn_group
         # The single-process rule: statistics over every subimage of every patch in the batch.
         # Encoder and decoder see only the rank's own subimages, so their sums run over every
-        # rank holding part of the batch: `bn_group` (the whole data x spatial mesh; default:
-        # the patch group). The communicated mosaic is the same on every rank of a patch group,
-        # so its BatchNorm sums run over the ranks holding *other patches* (`data_group`) and
-        # not at all without data parallelism.
-        bn_group = group if bn_group is None else bn_group
-        convert_batchnorm(net.encoder, bn_group)
-        convert_batchnorm(net.decoder, bn_group)
+        # rank holding part of the batch (the whole data x spatial mesh). The communicated
+        # mosaic is the same on every rank of a patch group, so its sums run over the ranks
+        # holding *other patches* (`data_group`), and not at all without data parallelism.
+        spread = [net.encoder, net.decoder]
+        mosaic_group = None
         if net.comm is not None and not net.communicates:
-            convert_batchnorm(net.comm, bn_group)  # C=N: per subimage, spread like the encoder
-        elif net.comm is not None and data_group is not None:
-            convert_batchnorm(net.comm, data_group)
-        # Dropout masks as one process draws them (inside `dropout_masks`).
-        share_dropout(net)
-        # Parameter gradients summed in float64 up to `average_gradients`, so the order in
-        # which ranks add them does not show (geoddu.models.grad_sums).
-        net.sum_over_ranks = True
+            spread.append(net.comm)  # C=N: per subimage, spread like the encoder
+        elif net.comm is not None:
+            mosaic_group = data_group
+        self._groups: dict[nn.Module, Any] = {
+            m: bn_group for part in spread for m in part.modules()
+            if isinstance(m, nn.BatchNorm2d)}
+        if net.comm is not None and mosaic_group is not None:
+            self._groups.update(
+                (m, mosaic_group) for m in net.comm.modules() if isinstance(m, nn.BatchNorm2d))
         # Bytes this rank sent in the last forward + backward (a ring all-gather or
         # reduce-scatter sends (world - 1) chunks); read by the benchmark.
         self.bytes_sent = 0
+        self._partition: Partition | None = None
+
+    def group_of(self, bn: nn.Module) -> Any:
+        return self._groups.get(bn)
 
     @property
     def rank(self) -> int:
@@ -192,24 +119,24 @@ class SpatialDDUNet(nn.Module):
             n_patches=batch,
         )
 
-    def forward(self, parts: Sequence[torch.Tensor], partition: Partition) -> list[torch.Tensor]:
-        net = self.net
+    def forward(self, parts: Sequence[torch.Tensor],  # type: ignore[override]
+                partition: Partition) -> list[torch.Tensor]:
         own = self.own_cells(partition)
         if len(parts) != len(own):
             raise ValueError(f"rank {self.rank} owns {len(own)} subimages, got {len(parts)}")
         self.bytes_sent = 0
-        # The subimages run as one process runs them (geoddu.models.streams); the BatchNorm
-        # layers' `group` makes the pooled statistics span every rank.
-        run = SubimageRun(net, list(parts))
-        if net.comm is not None:
-            if net.communicates:
-                run.put_maps(self._communicate(run.maps(), partition, own))
-            else:
-                run.communicate_each(run.maps())
-        return run.decode()
+        self._partition = partition
+        return self.net.run(list(parts), self.streams(partition.grid, len(parts)))
+
+    def mosaic(self, streams: _Streams, fn: Callable[[torch.Tensor], torch.Tensor],
+               maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        assert self._partition is not None
+        return self._communicate(streams, fn, list(maps), self._partition,
+                                 self.own_cells(self._partition))
 
     def _communicate(
-        self, maps: list[torch.Tensor], partition: Partition, own: list[Subimage]
+        self, streams: _Streams, fn: Callable[[torch.Tensor], torch.Tensor],
+        maps: list[torch.Tensor], partition: Partition, own: list[Subimage]
     ) -> list[torch.Tensor]:
         """Gather every rank's F maps on the group's first rank, run the communication network
         there on the stitched mosaic, and scatter each rank its own cells' output.
@@ -234,7 +161,7 @@ class SpatialDDUNet(nn.Module):
         ref = maps[0] if maps else next(net.parameters())
         flat = torch.cat([m.reshape(-1) for m in maps]) if maps else ref.new_zeros(0)
         flat = F.pad(flat, (0, chunk - flat.numel()))
-        group = self.group if self.group is not None else dist.group.WORLD
+        group = self.group
         root = self.rank == 0
         rows = _GatherToRoot.apply(flat, world, group) if world > 1 else flat.view(1, -1)
         if world > 1:
@@ -251,7 +178,7 @@ class SpatialDDUNet(nn.Module):
             n_rows, n_cols = partition.grid
             mosaic = Partition.stitch([[cells[(i, j)] for j in range(n_cols)]
                                        for i in range(n_rows)])
-            out = net.communicate_maps(mosaic)
+            out = streams.alone(fn, mosaic)
             coarse = partition.scaled(stride)
             ro, co = coarse.row_offsets, coarse.col_offsets
             packed = []
@@ -281,11 +208,11 @@ def _broadcast_buffers(module: nn.Module, group: Any) -> None:
     for b in module.buffers():
         by_dtype.setdefault(b.dtype, []).append(b)
     for bufs in by_dtype.values():
-        flat = _flatten_dense_tensors(bufs)
+        flat = torch.cat([b.reshape(-1) for b in bufs])
         dist.broadcast(flat, group=group, group_src=0)
         if dist.get_rank(group) != 0:  # the root's own buffers are saved for its backward
-            for b, new in zip(bufs, _unflatten_dense_tensors(flat, bufs), strict=True):
-                b.copy_(new)
+            for b, new in zip(bufs, flat.split([b.numel() for b in bufs]), strict=True):
+                b.copy_(new.view_as(b))
 
 
 class _GatherToRoot(torch.autograd.Function):
@@ -339,13 +266,13 @@ def average_gradients(module: nn.Module, group: Any = None) -> int:
     """Average parameter gradients over the group in one all-reduce; returns bytes reduced.
 
     With the every-rank-same-loss convention this yields the single-process gradient. (DDP
-    over the same group does the same, overlapped with the backward pass.) A DDU-Net whose
-    streams leave their gradient sums in float64 (`sum_over_ranks`, geoddu.models.grad_sums)
-    has them added in float64 and rounded once, as one process rounds its own sum.
+    over the same group does the same, overlapped with the backward pass.) The gradients of a
+    `SpatialTraining`, whose streams leave their sums in float64 (`geoddu.train.grad_sums`), are
+    added in float64 and rounded once, as one process rounds its own sum.
     """
     _, world = rank_and_world(group)
     params = [p for p in module.parameters() if p.requires_grad]
-    exact = any(getattr(m, "sum_over_ranks", False) for m in module.modules())
+    exact = getattr(module, "for_ranks", False)
     grads: list[torch.Tensor | None] = []
     for p in params:
         g, wide = p.grad, getattr(p, "grad64", None)
@@ -362,9 +289,9 @@ def average_gradients(module: nn.Module, group: Any = None) -> int:
     # No gradient: e.g. the communication network off its group's root.
     full = [torch.zeros_like(p, dtype=dtype) if g is None else g.to(dtype or p.dtype)
             for p, g in zip(params, grads, strict=True)]
-    flat = _flatten_dense_tensors(full)
+    flat = torch.cat([t.reshape(-1) for t in full])
     dist.all_reduce(flat, group=group)
     flat /= world
-    for p, new in zip(params, _unflatten_dense_tensors(flat, full), strict=True):
-        p.grad = new.to(p.dtype, copy=True)
+    for p, new in zip(params, flat.split([t.numel() for t in full]), strict=True):
+        p.grad = new.view(p.shape).to(p.dtype, copy=True)
     return flat.numel() * flat.element_size()

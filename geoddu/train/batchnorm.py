@@ -1,10 +1,10 @@
-"""BatchNorm over subimages that run as separate streams (`geoddu.models.streams`).
+"""BatchNorm over subimages that run as separate streams (`geoddu.train.streams`).
 
 Two rules for a training-mode BatchNorm layer whose input arrives as one tensor per stream:
 
 * "pooled" (geoddu's default): statistics over every subimage of every patch in the batch, the
-  statistics the whole stacked batch would give (and, with `group`, over every rank's
-  subimages). Every stream must reach the layer before any is normalised.
+  statistics the whole stacked batch would give (and, over the ranks of the layer's process
+  group, every rank's subimages). Every stream must reach the layer before any is normalised.
 * "per-subimage" (the paper's reference code, one clone per subimage): each subimage normalised
   with the statistics of its own rows (the batch's patches), nothing shared. The running
   statistics move once per step towards the mean over the subimages of their batch mean and
@@ -17,8 +17,12 @@ work on the input centred on the stream's own mean, d = x - mean: the statistics
 normalisation and the backward pass are then exact even where a channel's mean is large
 against its spread (conv outputs of nearly constant images; torch's channels-last statistics
 kernel accumulates in float32 and is off there). A stream computes the same numbers whichever
-other streams run in the same process, which (with `geoddu.models.grad_sums`) makes a step on
-spatial ranks equal one process's step to the last bit. Backward,
+other streams run in the same process, which (with `geoddu.train.grad_sums`) makes a step on
+spatial ranks equal one process's step to the last bit.
+
+Which ranks a layer's sums run over is the execution's business (`geoddu.train.spatial`): the
+rules take a `GroupOf` function, layer -> process group, where None means "this process
+alone" (never "the world"). Backward,
 `_Normalize` reduces (torch's eval-mode kernel) and leaves the output gradient in a shared
 `_Link`; `_Moments` runs once every stream's reduction is in (autograd orders it so) and writes
 the input gradient in two fused passes.
@@ -26,16 +30,25 @@ the input gradient in two fused passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..parallel.collectives import all_reduce_sum
 from .grad_sums import tap
 
 POOLED, PER_SUBIMAGE = "pooled", "per-subimage"
 RULES = (POOLED, PER_SUBIMAGE)
+
+# Layer -> the process group its statistics are summed over; None: this process alone.
+GroupOf = Callable[[nn.Module], Any]
+
+
+def alone(bn: nn.Module) -> None:
+    return None
 
 
 class _Link:
@@ -190,11 +203,6 @@ def _affine(bn: nn.BatchNorm2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return x.new_ones(c), x.new_zeros(c)
 
 
-def _group(bn: nn.Module) -> Any:
-    # SpatialBatchNorm2d (geoddu.parallel.spatial) carries the ranks its sums run over.
-    return getattr(bn, "group", None)
-
-
 def _update_running(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
     """torch's running-statistics update with a batch mean and unbiased variance."""
     if not bn.track_running_stats:
@@ -212,7 +220,8 @@ class RunningAverage:
     variances over the subimages (and, through the layer's `group`, the ranks), averaged and
     applied once per step by `finish`."""
 
-    def __init__(self) -> None:
+    def __init__(self, group_of: GroupOf = alone) -> None:
+        self.group_of = group_of
         self._seen: dict[int, tuple[nn.BatchNorm2d, list[torch.Tensor], list[torch.Tensor]]] = {}
 
     def add(self, bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
@@ -224,7 +233,7 @@ class RunningAverage:
         for bn, means, variances in self._seen.values():
             stats = torch.cat([torch.stack(means).sum(0), torch.stack(variances).sum(0),
                                means[0].new_tensor([len(means)])]).double()
-            group = _group(bn)
+            group = self.group_of(bn)
             if group is not None:
                 import torch.distributed as dist
 
@@ -235,13 +244,14 @@ class RunningAverage:
 
 
 class PooledNorm:
-    """Statistics pooled over every stream run with it, and over the ranks of the layer's
-    `group` unless `ranks` is False. `arrive(bn, k, x)` takes stream k's moments as it reaches
+    """Statistics pooled over every stream run with it, and over the ranks of the layer's group
+    (`group_of`) unless `ranks` is False. `arrive(bn, k, x)` takes stream k's moments as it reaches
     the layer, `release(bn, k)` normalises it once all streams (and, through the all-reduce,
     all ranks) have. With `running`, the running statistics go there instead of the layer."""
 
-    def __init__(self, ranks: bool = True, running: RunningAverage | None = None) -> None:
-        self.ranks, self.running = ranks, running
+    def __init__(self, group_of: GroupOf = alone, ranks: bool = True,
+                 running: RunningAverage | None = None) -> None:
+        self.group_of, self.ranks, self.running = group_of, ranks, running
         # per layer: stream -> (link, mean, variance, count); then the pooled statistics
         self._pending: dict[int, dict[int, tuple[_Link, torch.Tensor, torch.Tensor, int]]]
         self._pending = {}
@@ -250,7 +260,7 @@ class PooledNorm:
     def needs_all(self, bn: nn.Module, streams: int) -> bool:
         """Ranks take this path even with one stream each: the same arithmetic as one process
         keeps their steps equal to its step."""
-        return streams > 1 or (self.ranks and _group(bn) is not None)
+        return streams > 1 or (self.ranks and self.group_of(bn) is not None)
 
     def immediate(self, bn: nn.BatchNorm2d, x: torch.Tensor, stream: Any,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -285,10 +295,8 @@ class PooledNorm:
         variances = torch.stack([p[2] for p in parts])
         total = torch.cat([counts @ means, counts @ (variances + means * means),
                            counts.sum().view(1)])
-        group = _group(bn) if self.ranks else None
+        group = self.group_of(bn) if self.ranks else None
         if group is not None:
-            from ..parallel.spatial import all_reduce_sum  # it imports this package
-
             total = all_reduce_sum(total, group)
         c = means.shape[1]
         n = total[-1]

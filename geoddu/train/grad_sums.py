@@ -1,4 +1,4 @@
-"""Parameter gradients of the subimage streams (`geoddu.models.streams`), summed in float64.
+"""Parameter gradients of the subimage streams (`geoddu.train.streams`), summed in float64.
 
 Why: a training step on any data x spatial mesh of ranks must equal one process's step. A
 stream (one subimage, on the CPU) computes the same numbers whichever process runs it; what
@@ -6,7 +6,7 @@ differs is how the streams' gradient contributions to a weight are added up: in 
 and across ranks. In float32 that order shows in the last bits, and Adam turns the last bits of
 a near-zero gradient (most contributions cancelling) into a step of size lr, so runs drift apart
 within a few steps. Summed in float64, also across ranks
-(`geoddu.parallel.spatial.average_gradients`), the order no longer shows after the one rounding
+(`geoddu.train.spatial.average_gradients`), the order no longer shows after the one rounding
 to float32: spatial ranks equal one process to the last bit. (Data-parallel ranks hold other
 rows in their kernels, which round differently: they equal one process to float rounding.)
 
@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.autograd.function import once_differentiable
 
 
@@ -44,6 +42,10 @@ class GradSums:
         else:
             have[1].add_(grad)
         if not self._queued:  # once per backward pass, run when it ends
+            # The one private torch call here: autograd's engine runs a callback queued during
+            # a backward pass once that pass has finished (DDP's reducer finalises the same
+            # way, torch/nn/parallel/distributed.py). tests/train/test_torch_behaviour.py
+            # pins it.
             torch.autograd.Variable._execution_engine.queue_callback(self._flush)
             self._queued = True
 
@@ -95,15 +97,3 @@ def tap(p: torch.Tensor | None) -> Any:
     if sums is None or p is None or not p.requires_grad or not torch.is_grad_enabled():
         return p
     return _Tap.apply(p, sums)
-
-
-def call(module: nn.Module, *args: Any) -> Any:
-    """`module(*args)` for a module without submodules, its convolution weights tapped."""
-    if type(module) is nn.Conv2d:
-        x, weight, bias = args[0], tap(module.weight), tap(module.bias)
-        return module._conv_forward(x, weight, bias)
-    if type(module) is nn.ConvTranspose2d and module.padding_mode == "zeros" and len(args) == 1:
-        return F.conv_transpose2d(args[0], tap(module.weight), tap(module.bias), module.stride,
-                                  module.padding, module.output_padding, module.groups,
-                                  module.dilation)
-    return module(*args)
