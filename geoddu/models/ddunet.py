@@ -25,6 +25,12 @@ class DDUNet(nn.Module):
     With `comm_features=0` on a 1x1 partition this is exactly the plain U-Net. With
     `communicate=False` and F > 0 the F maps go through the communication network one subimage
     at a time (the paper's C=N: extra bottleneck convolutions, no exchange).
+
+    A plain module: its forward runs the composition (`run`) with equal-size subimages
+    stacked, as inference wants. How else the stages run is a wrapper's business, never a
+    change here: training's streams and spatial ranks (`geoddu.train.SubimageTraining`,
+    which also keeps BatchNorm's statistics pooled over subimages of any sizes), the
+    streaming engine (`geoddu.engine`), the ONNX export (`geoddu.export_onnx`).
     """
 
     def __init__(

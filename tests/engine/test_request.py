@@ -51,10 +51,10 @@ def test_the_cli_runs_a_request_from_stdin(tmp_path, scene, checkpoint):
     r = subprocess.run([sys.executable, "-m", "geoddu.cli", "segment", "--request", "-", "-q"],
                        input=request.to_json(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    geoddu.segment(scene, tmp_path / "ref.tif", checkpoint)
-    with rasterio.open(out) as a, rasterio.open(tmp_path / "ref.tif") as b:
-        np.testing.assert_array_equal(a.read(), b.read())
-    assert (tmp_path / "p.tif").exists()
+    geoddu.segment(scene, tmp_path / "ref.tif", checkpoint, probabilities=tmp_path / "rp.tif")
+    for got, ref in ((out, "ref.tif"), (tmp_path / "p.tif", "rp.tif")):
+        with rasterio.open(got) as a, rasterio.open(tmp_path / ref) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
     bad = subprocess.run([sys.executable, "-m", "geoddu.cli", "segment", "--request", "-"],
                          input='{"src": "a.tif"}', capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.splitlines() == [

@@ -28,6 +28,7 @@ from geoddu.models.encoder_weights import (
     imagenet_normalization,
     load_encoder_weights,
 )
+from geoddu.predictor import load_model
 
 GEODDU = [sys.executable, "-m", "geoddu.cli"]
 ARCHS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
@@ -327,9 +328,13 @@ def test_init_train_segment_with_adapted_rgb_weights(tmp_path):
     r = _geoddu("segment", data / "images" / "a.tif", "-o", tmp_path / "classes.tif", "-m",
                 run / "best.pt", "-q")
     assert r.returncode == 0, r.stderr
-    with rasterio.open(tmp_path / "classes.tif") as out:
+    with rasterio.open(tmp_path / "classes.tif") as out, \
+            rasterio.open(data / "images" / "a.tif") as image:
         assert out.shape == (64, 64)
         assert set(np.unique(out.read(1))) <= {0, 1}
+        # the scene's own classes, as the checkpoint predicts them in memory
+        np.testing.assert_array_equal(out.read(1), load_model(run / "best.pt").predict(
+            image.read()))
 
 
 def test_train_loads_adapts_and_records_encoder_weights(tmp_path):

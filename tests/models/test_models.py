@@ -6,6 +6,7 @@ import torch
 from geoddu.analysis import count_parameters, parameter_counts
 from geoddu.errors import GeodduError
 from geoddu.models import DDUNet, UNet, create_model, parse_model_name
+from geoddu.partition import Partition
 
 
 def test_table_v_block_by_block():
@@ -56,12 +57,26 @@ def test_table_ix_resnet18():
 
 
 def test_resnet_shapes_and_stride():
+    """ResNet DDU-Nets cut at 1/16 and compose like the U-Net: the forward equals each
+    subimage encoded alone, the mosaic of their last F maps communicated, each decoded."""
     for name in ("resnet18", "resnet50"):
         m = create_model(name, num_classes=7, comm_features=16).eval()
         assert m.stride == 16
+        x = torch.randn(1, 3, 64, 96)
         with torch.no_grad():
-            out = m(torch.randn(1, 3, 64, 96), (2, 3))
+            out = m(x, (2, 3))
+            cells = [p for row in Partition.uniform(64, 96, 2, 3).split(x) for p in row]
+            encoded = [m.encode(c) for c in cells]
+            assert all(b.shape == (1, 256, 2, 2) for _, b in encoded)
+            maps = [b[:, -16:] for _, b in encoded]
+            mosaic = m.comm(torch.cat([torch.cat(maps[3 * i : 3 * i + 3], -1)
+                                       for i in range(2)], -2))
+            by_hand = torch.cat([torch.cat(
+                [m.decoder(torch.cat([encoded[3 * i + j][1][:, :-16],
+                                      mosaic[..., 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]], 1),
+                           encoded[3 * i + j][0]) for j in range(3)], -1) for i in range(2)], -2)
         assert out.shape == (1, 7, 64, 96)
+        torch.testing.assert_close(out, by_hand, rtol=1e-4, atol=1e-4)
 
 
 def test_resnet_loads_torchvision_state_dict_and_freezes(tmp_path):

@@ -67,7 +67,24 @@ def test_run_writes_self_describing_checkpoints(synthetic, tmp_path):
     # segment/predict need nothing but the checkpoint.
     model = load_model(run / "best.pt")
     image, _ = open_dataset("synthetic", synthetic, "test")[0]
-    assert model.predict(image).shape == (32, 64)
+    classes = model.predict(image)
+    # ... and predict is the checkpoint's model: the argmax of its plain forward on the
+    # normalised image, over the subimage grid the checkpoint records.
+    best = load_checkpoint(run / "best.pt")
+    net = model_from_checkpoint(best).eval()
+    norm = best["normalization"]
+    x = (torch.from_numpy(np.asarray(image, np.float32))
+         - torch.tensor(norm["mean"]).view(-1, 1, 1)) / torch.tensor(norm["std"]).view(-1, 1, 1)
+    size = best["subimage_size"]
+    with torch.no_grad():
+        logits = net(x[None], (32 // size, 64 // size))
+    assert classes.shape == (32, 64)
+    # (load_model folds BatchNorm into the convs: equal up to float rounding, so pixels whose
+    # two best logits are closer than that may go either way)
+    top = logits[0].topk(2, dim=0).values
+    clear = ((top[0] - top[1]) > 1e-4).numpy()
+    assert clear.mean() > 0.99
+    assert np.array_equal(classes[clear], logits[0].argmax(0).numpy()[clear])
 
 
 def test_resume_continues_exactly(synthetic, tmp_path):
@@ -196,9 +213,16 @@ def test_augmentation_keeps_images_and_labels_aligned():
     x, y = augment_batch(images, labels, rng)
     assert torch.equal(x[:, 0], y.float() * 10)
     assert not torch.equal(y, labels)  # something was flipped or turned
-    # Non-square patches are never turned by 90 degrees.
-    wide = torch.zeros(8, 1, 4, 8)
-    assert augment_batch(wide, wide[:, 0].long(), rng)[0].shape == (8, 1, 4, 8)
+    # Non-square patches are never turned by 90 degrees: each comes out as itself, flipped
+    # left-right, upside down or both, and its labels with it.
+    wide = torch.arange(8 * 32, dtype=torch.float32).view(8, 1, 4, 8)
+    got, got_labels = augment_batch(wide, wide[:, 0].long(), rng)
+    assert got.shape == (8, 1, 4, 8)
+    for k in range(8):
+        flips = [wide[k], wide[k].flip(-1), wide[k].flip(-2), wide[k].flip(-1, -2)]
+        assert any(torch.equal(got[k], f) for f in flips), k
+        assert torch.equal(got_labels[k], got[k, 0].long())
+    assert not torch.equal(got, wide)  # something was flipped
 
 
 def test_losses():
