@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,16 @@ from rasterio.windows import Window
 from geoddu.checkpoint import build_metadata, save_checkpoint
 from geoddu.models import create_model
 from geoddu.resources import peak_rss_mb  # noqa: F401 - re-exported for the scripts
+
+
+def add_model_options(ap: argparse.ArgumentParser, model: str = "DDU-Net(4,64,Y)",
+                      base_channels: int = 16, subimage_size: int = 512) -> None:
+    """The options every segment benchmark takes: the model it builds and where it works."""
+    ap.add_argument("--model", default=model, help=f"architecture [{model}]")
+    ap.add_argument("--base-channels", type=int, default=base_channels)
+    ap.add_argument("--subimage-size", type=int, default=subimage_size)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep scenes and checkpoints here [a new temporary folder]")
 
 
 def make_scene(path: Path, size: int, seed: int = 0) -> Path:

@@ -292,21 +292,20 @@ def run_segment(world: int, scene: Path, ckpt: Path, out: Path) -> tuple[float, 
 
 
 def main() -> None:
+    from _common import add_model_options
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--model", default="DDU-Net(4,64,Y)")
-    ap.add_argument("--base-channels", type=int, default=16)
+    add_model_options(ap)
     ap.add_argument("--patch", type=int, default=1024)
     ap.add_argument("--grid", type=int, default=4, help="subimages per side of the patch")
     ap.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up)")
     ap.add_argument("--scene", type=int, default=2048, help="side of the segment scene")
-    ap.add_argument("--subimage-size", type=int, default=512)
     ap.add_argument("--threads-per-rank", type=int, default=1)
     ap.add_argument("--comm-reps", type=int, default=20,
                     help="repetitions of the communication stage alone")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-segment", action="store_true")
-    ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="geoddu-dist-bench-"))
     work.mkdir(parents=True, exist_ok=True)

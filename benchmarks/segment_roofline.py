@@ -40,12 +40,11 @@ def conv_ceiling(repeats: int = 5) -> float:
 
 
 def main() -> None:
+    from _common import add_model_options
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--model", default="DDU-Net(4,64,Y)")
-    ap.add_argument("--base-channels", type=int, default=16)
-    ap.add_argument("--subimage-size", type=int, default=512)
-    ap.add_argument("--workdir", type=Path, default=None)
+    add_model_options(ap)
     args = ap.parse_args()
 
     from _common import make_checkpoint, make_scene

@@ -31,12 +31,11 @@ def one(scene: str, ckpt: str, out: str) -> None:
 
 
 def main() -> None:
+    from _common import add_model_options
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 16384])
-    ap.add_argument("--model", default="DDU-Net(3,16,Y)")
-    ap.add_argument("--base-channels", type=int, default=8)
-    ap.add_argument("--subimage-size", type=int, default=256)
-    ap.add_argument("--workdir", type=Path, default=None)
+    add_model_options(ap, "DDU-Net(3,16,Y)", 8, 256)
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:

@@ -79,15 +79,14 @@ def child(kind: str, scene: str, ckpt: str, out: str, window: int, overlap: int)
 
 
 def main() -> None:
+    from _common import add_model_options
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=128)
-    ap.add_argument("--model", default="DDU-Net(4,64,Y)")
-    ap.add_argument("--base-channels", type=int, default=16)
-    ap.add_argument("--subimage-size", type=int, default=512)
+    add_model_options(ap)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

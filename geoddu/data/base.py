@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,24 @@ class PatchDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def split_from(self, root: str | os.PathLike, split: str, patch_size: int, seed: int,
+                   val_fraction: float, test_fraction: float) -> None:
+        """The options every folder-backed dataset is cut into splits and patches by."""
+        self.root = Path(root)
+        self.split = check_split(split)
+        self.patch_size = int(patch_size)
+        self.seed = int(seed)
+        self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+
     def describe(self) -> dict[str, Any]:
         """Plain-data record of how the dataset was built (stored in the checkpoint)."""
         return {"kind": self.kind}
+
+    def split_record(self) -> dict[str, Any]:
+        """`describe`'s part for a dataset set up by `split_from`."""
+        return {"kind": self.kind, "patch_size": self.patch_size, "seed": self.seed,
+                "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
 
     def data_description(self) -> dict[str, Any] | None:
         """What the pixels are, for the checkpoint's "data" record (see

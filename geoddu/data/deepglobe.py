@@ -25,7 +25,6 @@ from ..errors import GeodduError
 from ..io.raster import open_raster
 from .base import (
     PatchDataset,
-    check_split,
     data_record,
     dtype_range,
     pixel_size_of,
@@ -132,12 +131,7 @@ class DeepGlobeDataset(PatchDataset):
         test_fraction: float = 0.125,
         ignore_unknown: bool = True,
     ) -> None:
-        self.root = Path(root)
-        self.split = check_split(split)
-        self.patch_size = int(patch_size)
-        self.seed = int(seed)
-        self.val_fraction = float(val_fraction)
-        self.test_fraction = float(test_fraction)
+        self.split_from(root, split, patch_size, seed, val_fraction, test_fraction)
         found = find_images(root)
         self.layout = found["layout"]
         items = found["items"]
@@ -194,15 +188,8 @@ class DeepGlobeDataset(PatchDataset):
         return image, labels.astype(np.int64)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "layout": self.layout,
-            "patch_size": self.patch_size,
-            "seed": self.seed,
-            "val_fraction": self.val_fraction,
-            "test_fraction": self.test_fraction,
-            "ignore_unknown": self.ignore_index is not None,
-        }
+        return {**self.split_record(), "layout": self.layout,
+                "ignore_unknown": self.ignore_index is not None}
 
     def data_description(self) -> dict[str, Any]:
         # Measuring the range would decode every image: the data type's range, said so.

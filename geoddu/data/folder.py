@@ -37,7 +37,6 @@ from ..io.vector import rasterize_labels, read_vector_labels
 from .base import (
     IGNORE,
     PatchDataset,
-    check_split,
     data_record,
     dtype_range,
     load_classes_file,
@@ -71,13 +70,8 @@ class FolderDataset(PatchDataset):
         class_column: str | None = None,
         bands: list[int] | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.split_from(root, split, patch_size, seed, val_fraction, test_fraction)
         self.classes_file = str(classes_file) if classes_file else None
-        self.split = check_split(split)
-        self.patch_size = int(patch_size)
-        self.seed = int(seed)
-        self.val_fraction = float(val_fraction)
-        self.test_fraction = float(test_fraction)
         if not self.root.is_dir():
             raise GeodduError(f"{root}: data folder not found")
         image_dir = self.root / "images"
@@ -302,16 +296,8 @@ class FolderDataset(PatchDataset):
         return {"mean": mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "patch_size": self.patch_size,
-            "seed": self.seed,
-            "val_fraction": self.val_fraction,
-            "test_fraction": self.test_fraction,
-            "class_column": self.class_column,
-            "classes_file": self.classes_file,
-            "bands": self.bands,
-        }
+        return {**self.split_record(), "class_column": self.class_column,
+                "classes_file": self.classes_file, "bands": self.bands}
 
     def data_description(self) -> dict[str, Any]:
         if self.sampled_range is not None:  # the patches the normalisation was measured on

@@ -37,16 +37,21 @@ def _png_jpg(path, array, driver):
     path.with_name(path.name + ".aux.xml").unlink(missing_ok=True)
 
 
-def test_deepglobe_training_and_evaluation(tmp_path):
-    root = tmp_path / "dg"
+def _deepglobe(root, seed: int, mask: np.ndarray):
+    """A DeepGlobe-layout folder of 3 random JPEG images with `mask` as every PNG mask."""
     root.mkdir()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for i in range(3):
-        _png_jpg(root / f"{i}_sat.jpg", rng.integers(0, 255, (3, 128, 128)).astype(np.uint8),
-                 "JPEG")
-        mask = np.zeros((3, 128, 128), np.uint8)
-        mask[1, :64] = 255  # forest (0, 255, 0) on top, unknown (black) below
+        image = rng.integers(0, 255, mask.shape).astype(np.uint8)
+        _png_jpg(root / f"{i}_sat.jpg", image, "JPEG")
         _png_jpg(root / f"{i}_mask.png", mask, "PNG")
+    return root
+
+
+def test_deepglobe_training_and_evaluation(tmp_path):
+    mask = np.zeros((3, 128, 128), np.uint8)
+    mask[1, :64] = 255  # forest (0, 255, 0) on top, unknown (black) below
+    root = _deepglobe(tmp_path / "dg", 0, mask)
     run = tmp_path / "run"
     res = CliRunner().invoke(cli, ["train", "--dataset", "deepglobe", "--data", str(root), "-o",
                                    str(run), "--patch-size", "64", "--subimages", "2", *TINY])
@@ -97,13 +102,7 @@ def test_frozen_pretrained_resnet_encoder(tmp_path):
     from geoddu.models.resnet import ResNetEncoder
     from geoddu.train import resume_training
 
-    root = tmp_path / "dg"
-    root.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        _png_jpg(root / f"{i}_sat.jpg", rng.integers(0, 255, (3, 64, 64)).astype(np.uint8),
-                 "JPEG")
-        _png_jpg(root / f"{i}_mask.png", np.full((3, 64, 64), 255, np.uint8), "PNG")
+    root = _deepglobe(tmp_path / "dg", 1, np.full((3, 64, 64), 255, np.uint8))
     # A stand-in for torchvision's resnet18 weights: same names and shapes.
     torch.manual_seed(5)
     weights = {k: v for k, v in ResNetEncoder("resnet18").state_dict().items()

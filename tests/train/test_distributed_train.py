@@ -144,6 +144,19 @@ def _equivalence(
     dist.destroy_process_group()
 
 
+def _assert_equals_one_process(r: dict, first: dict) -> None:
+    """One rank's figures against one process: logits, loss, every gradient (absolute and, as
+    the dice gradients are small, relative), BatchNorm statistics; identical on every rank."""
+    assert r["logits"] <= 1e-5 and r["loss"] <= 1e-6
+    worst = max(r["grad_abs"], key=r["grad_abs"].get)
+    assert r["grad_abs"][worst] <= 1e-5, (worst, r["grad_abs"][worst])
+    worst = max(r["grad_rel"], key=r["grad_rel"].get)
+    assert r["grad_rel"][worst] <= 1e-4, (worst, r["grad_rel"][worst])
+    assert r["buffers"] <= 1e-5
+    assert r["buffer_sums"] == first["buffer_sums"]  # identical on every rank
+    assert r["params"] == first["params"]
+
+
 @pytest.mark.parametrize(
     ("world", "spatial", "loss_name"),
     [(2, 2, "dice"), (4, 4, "class-dice"), (4, 2, "class-dice")],
@@ -159,16 +172,8 @@ def test_spatial_ddunet_equals_single_process(tmp_path, world, spatial, loss_nam
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     assert sum(r["cells"] for r in results) == 9 * world // spatial
     for r in results:
-        assert r["logits"] <= 1e-5 and r["loss"] <= 1e-6
-        worst = max(r["grad_abs"], key=r["grad_abs"].get)
-        assert r["grad_abs"][worst] <= 1e-5, (worst, r["grad_abs"][worst])
-        # Relative too: the dice gradients are small, an absolute bound alone proves little.
-        worst = max(r["grad_rel"], key=r["grad_rel"].get)
-        assert r["grad_rel"][worst] <= 1e-4, (worst, r["grad_rel"][worst])
-        assert r["buffers"] <= 1e-5
-        assert r["buffer_sums"] == results[0]["buffer_sums"]  # identical on every rank
+        _assert_equals_one_process(r, results[0])
         assert r["bytes_sent"] > 0
-        assert r["params"] == results[0]["params"]
         n = world * (world + 1) / 2
         assert r["all_reduce"] == [[n] * 3, [world * 1.0, world * 2.0, world * 3.0]]
 
@@ -183,14 +188,7 @@ def test_spatial_dropout_equals_single_process(tmp_path):
     assert sum(r["cells"] for r in results) == 9
     for r in results:
         assert r["dropped"] > 1e-3  # the masks dropped something
-        assert r["logits"] <= 1e-5 and r["loss"] <= 1e-6
-        worst = max(r["grad_abs"], key=r["grad_abs"].get)
-        assert r["grad_abs"][worst] <= 1e-5, (worst, r["grad_abs"][worst])
-        worst = max(r["grad_rel"], key=r["grad_rel"].get)
-        assert r["grad_rel"][worst] <= 1e-4, (worst, r["grad_rel"][worst])
-        assert r["buffers"] <= 1e-5
-        assert r["buffer_sums"] == results[0]["buffer_sums"]
-        assert r["params"] == results[0]["params"]
+        _assert_equals_one_process(r, results[0])
 
 
 def _stalled_peer(rank: int, world: int, tmp: str) -> None:
