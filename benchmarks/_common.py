@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -61,3 +66,18 @@ def make_checkpoint(path: Path, name: str, base_channels: int, subimage_size: in
     save_checkpoint(path, model, build_metadata(model.config, subimage_size=subimage_size))
     return path
 
+
+
+def workdir(given: Path | None, prefix: str = "geoddu-bench-") -> Path:
+    """The folder for a benchmark's scenes and checkpoints: `given`, else a new temporary one."""
+    work = given or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def run_one(script: str, *args: Any) -> dict[str, Any]:
+    """`script --one ARGS` in a fresh process (so that its peak RSS is its own); the JSON
+    object it prints last."""
+    out = subprocess.run([sys.executable, script, "--one", *map(str, args)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])

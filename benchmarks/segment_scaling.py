@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,22 +39,16 @@ def main() -> None:
     if args.one:
         one(*args.one)
         return
-    from _common import make_checkpoint, make_scene
+    from _common import make_checkpoint, make_scene, run_one, workdir
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="geoddu-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(args.workdir)
     ckpt = make_checkpoint(work / "model.pt", args.model, args.base_channels, args.subimage_size)
     print(f"model {args.model} base {args.base_channels}, subimages {args.subimage_size}^2, "
           f"CPU, workdir {work}")
     rows = []
     for size in args.sizes:
         scene = make_scene(work / f"scene_{size}.tif", size)
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", str(scene), str(ckpt),
-             str(work / f"out_{size}.tif")],
-            capture_output=True, text=True, check=True,
-        )
-        res = json.loads(out.stdout.strip().splitlines()[-1])
+        res = run_one(__file__, scene, ckpt, work / f"out_{size}.tif")
         rows.append((size, res))
         print(f"{size}^2: {res['seconds']:.1f} s, {res['mpx'] / res['seconds']:.2f} Mpx/s, "
               f"peak RSS {res['peak_rss_mb']:.0f} MB, map store on disk: {res['store_on_disk']}",

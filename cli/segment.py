@@ -147,6 +147,14 @@ from .options import bands_option, overwrite_option, quiet_option, timeout_optio
     metavar="SQL",
     help="Attribute filter for --aoi features, e.g. \"name = 'farm'\".",
 )
+@click.option(
+    "--plan",
+    "show_plan",
+    is_flag=True,
+    help="Print the plan (schedule and why, strips per device, steps, expected peak memory, "
+    "outputs) and exit: no pixel is read, nothing is written.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --plan: print it as JSON.")
 @overwrite_option
 @quiet_option
 @click.option(
@@ -181,6 +189,8 @@ def segment(
     vector,
     min_area,
     simplify,
+    show_plan,
+    as_json,
     overwrite,
     quiet,
     progress_format,
@@ -261,6 +271,12 @@ def segment(
             vector_min_area=min_area,
             vector_simplify=simplify,
         )
+    if show_plan or as_json:
+        from .segment_run import print_plans
+
+        if not show_plan:
+            raise GeodduError("--json goes with --plan")
+        sys.exit(print_plans(src, output, output_dir, options, as_json=as_json))
     sys.exit(
         run_segment(
             src,

@@ -118,6 +118,30 @@ def run_segment(
     return 1 if failed else 0
 
 
+def print_plans(
+    sources: Sequence[str], output: str | None, output_dir: str | None,
+    options: dict[str, Any], *, as_json: bool,
+) -> int:
+    """`geoddu segment --plan`: each scene's plan (geoddu.engine.planner), printed; under
+    torchrun, rank 0 prints the ranks' plan. Reads headers only, writes nothing."""
+    import json
+
+    from geoddu.engine.planner import plan_job
+    from geoddu.engine.request import SegmentRequest
+
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    jobs, many = _jobs(sources, output, output_dir, options)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plans = [plan_job(SegmentRequest(src=s, output=o, **options), world=world) for s, o in jobs]
+    if as_json:
+        data = [p.to_dict() for p in plans]
+        print(json.dumps(data if many else data[0], indent=1))
+    else:
+        print("\n\n".join(p.describe() for p in plans))
+    return 0
+
+
 def _json_progress(stage: str, done: int, total: int) -> None:
     emit_json(progress_event(stage, done, total))
 

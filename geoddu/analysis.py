@@ -9,6 +9,12 @@ from typing import Any
 from torch import nn
 
 from .models.ddunet import DEFAULT_CONFIG, DDUNet
+from .models.resnet import (
+    RESNET_BOTTLENECK,
+    RESNET_DECODER,
+    RESNET_FINAL_UP,
+    resnet_skip_channels,
+)
 
 # -- receptive field ---------------------------------------------------------------------------
 # A layer on the path from the input to one output pixel: ("conv", kernel, stride, dilation)
@@ -140,7 +146,7 @@ def memory_table(
         raise ValueError("the memory table is defined for the U-Net encoder-decoder")
     width = width or height
     cfg = model.config
-    ch = model.encoder.channels
+    ch = [c for c, _ in encoder_levels(cfg)]
     counts = parameter_counts(model)["blocks"]
     rows: list[MemoryRow] = []
 
@@ -206,6 +212,59 @@ def memory_table(
         )
     add("output block", 1, ch[0], cfg["num_classes"], cfg["num_classes"], 0, counts["output block"])
     return [asdict(r) for r in rows]
+
+
+# -- inference: what one subimage holds, from the configuration alone --------------------------
+def encoder_levels(config: dict[str, Any]) -> list[tuple[int, int]]:
+    """(channels, downscale) of what the encoder hands the decoder: the skips, fine to coarse,
+    then the bottleneck. The U-Net: base x 2^i channels at 1/2^i, i = 0..D. The ResNets: the
+    stem's 64 at 1/2, layer1 and layer2 at 1/4 and 1/8, the inter-conv's 256 at 1/16."""
+    cfg = {**DEFAULT_CONFIG, **config}
+    if cfg["encoder"] == "unet":
+        return [(cfg["base_channels"] * 2**i, 2**i) for i in range(cfg["depth"] + 1)]
+    skips = list(zip(resnet_skip_channels(cfg["encoder"]), (2, 4, 8), strict=True))
+    return [*skips, (RESNET_BOTTLENECK, 16)]
+
+
+def encoder_maps(config: dict[str, Any], size: int) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of one `size` px subimage's skips and bottleneck."""
+    return [(c, size // s, size // s) for c, s in encoder_levels(config)]
+
+
+def decoder_levels(config: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+    """(up-sampled, skip, output channels, downscale) of each up block, coarse to fine: an up
+    block halves its input's channels, concatenates the skip and convolves to its output
+    width (the skip's, for the U-Net)."""
+    cfg = {**DEFAULT_CONFIG, **config}
+    *skips, (width, _) = encoder_levels(cfg)
+    unet = cfg["encoder"] == "unet"
+    outs = [c for c, _ in reversed(skips)] if unet else list(RESNET_DECODER)
+    rows = []
+    for (skip, scale), out in zip(reversed(skips), outs, strict=True):
+        rows.append((width // 2, skip, out, scale))
+        width = out
+    if not unet:  # one more up block, without a skip, to full resolution
+        rows.append((RESNET_FINAL_UP, 0, RESNET_FINAL_UP, 1))
+    return rows
+
+
+def skip_values(config: dict[str, Any], size: int) -> int:
+    """Values of one subimage's skips and bottleneck: what a one-pass strip keeps per cell
+    until the cell is decoded."""
+    return sum(c * h * w for c, h, w in encoder_maps(config, size))
+
+
+def forward_values(config: dict[str, Any], size: int) -> int:
+    """Values alive at once, beyond the skips and the bottleneck, at the busiest step of one
+    subimage's forward in inference (BatchNorm folded, ReLU in place, no dropout): the
+    normalised input, plus the largest up block (its up-sampled input, the concatenation with
+    the skip and its two conv outputs), plus the logits."""
+    cfg = {**DEFAULT_CONFIG, **config}
+    busiest = max(
+        (up + (skip + up if skip else 0) + 2 * out) * (size // scale) ** 2
+        for up, skip, out, scale in decoder_levels(cfg)
+    )
+    return (cfg["in_channels"] + cfg["num_classes"]) * size * size + busiest
 
 
 # -- compute -----------------------------------------------------------------------------------

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .analysis import skip_values
+from .checkpoint import check_description, load_checkpoint, model_from_checkpoint
 from .errors import GeodduError
 from .models.ddunet import DDUNet
 from .models.fusion import fuse_for_inference
 from .partition import Partition
+from .resources import release_free_memory
 
 if TYPE_CHECKING:
     from .io.raster import RasterSource
@@ -27,28 +30,46 @@ if TYPE_CHECKING:
 NODATA = 255
 
 
-class SegmentationModel(nn.Module):
-    """A DDU-Net plus what it needs to read a raster: bands, normalisation, classes, grid."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """What planning a job needs of a model, without its weights: the checkpoint's bands,
+    subimage size and configuration, and the architecture's figures. `geoddu segment --plan`
+    builds one from the checkpoint alone (:meth:`from_checkpoint`); a loaded model has one."""
 
-    def __init__(self, net: DDUNet, metadata: dict[str, Any]) -> None:
-        super().__init__()
-        self.net = net
-        self.metadata = metadata
-        self.classes: list[dict[str, Any]] = metadata["classes"]
-        self.bands: list[int] = metadata["bands"]
-        self.subimage_size: int = metadata["subimage_size"]
-        mean = torch.tensor(metadata["normalization"]["mean"], dtype=torch.float32)
-        std = torch.tensor(metadata["normalization"]["std"], dtype=torch.float32)
-        self.register_buffer("mean", mean.view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", std.view(-1, 1, 1), persistent=False)
+    config: Mapping[str, Any]
+    bands: tuple[int, ...]
+    subimage_size: int
+    stride: int
+    comm_features: int
+    communicates: bool
+    comm_halo: int
+    weight_bytes: int  # the checkpoint's tensors
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.net.config
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any], net: DDUNet) -> ModelSpec:
+        """The spec of `net` (real or on the meta device) described by `metadata`."""
+        state = metadata.get("state_dict") or net.state_dict()
+        return cls(
+            config=dict(net.config),
+            bands=tuple(metadata["bands"]),
+            subimage_size=int(metadata["subimage_size"]),
+            stride=net.stride,
+            comm_features=net.comm_features,
+            communicates=net.communicates,
+            comm_halo=net.comm_halo,
+            weight_bytes=sum(t.numel() * t.element_size() for t in state.values()),
+        )
 
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
+    def skip_bytes(self, size: int, precision: str) -> int:
+        """Bytes of one `size` px subimage's skips and bottleneck, what a one-pass strip keeps
+        per cell until its row is decoded: from the architecture's figures."""
+        return skip_values(self.config, size) * (4 if precision == "fp32" else 2)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> ModelSpec:
+        """The spec of a checkpoint read by `load_checkpoint`: its architecture on the meta
+        device (shapes only), no weights loaded into it."""
+        return cls.of(ckpt, check_description(ckpt))
 
     def check_bands(self, count: int, what: str = "input") -> None:
         if count != len(self.bands):
@@ -90,6 +111,41 @@ class SegmentationModel(nn.Module):
             "(QGIS: the Bands parameter)"
         )
 
+    def partition_for(self, height: int, width: int, subimage_size: int | None = None) -> Partition:
+        """The subimage grid of a scene: full subimages covering it, the last ones padded."""
+        size = subimage_size or self.subimage_size
+        if size % self.stride:
+            raise GeodduError(
+                f"subimage size {size} is not a multiple of the model stride {self.stride}"
+            )
+        rows, cols = -(-height // size), -(-width // size)
+        return Partition((size,) * rows, (size,) * cols)
+
+
+class SegmentationModel(nn.Module):
+    """A DDU-Net plus what it needs to read a raster: bands, normalisation, classes, grid."""
+
+    def __init__(self, net: DDUNet, metadata: dict[str, Any]) -> None:
+        super().__init__()
+        self.net = net
+        self.metadata = metadata
+        self.classes: list[dict[str, Any]] = metadata["classes"]
+        self.bands: list[int] = metadata["bands"]
+        self.subimage_size: int = metadata["subimage_size"]
+        mean = torch.tensor(metadata["normalization"]["mean"], dtype=torch.float32)
+        std = torch.tensor(metadata["normalization"]["std"], dtype=torch.float32)
+        self.register_buffer("mean", mean.view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(-1, 1, 1), persistent=False)
+        self.spec = ModelSpec.of(metadata, net)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.net.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
     def prepare(self, raw: np.ndarray, valid: np.ndarray) -> torch.Tensor:
         """Raw (C, H, W) values -> normalised (1, C, H, W) tensor; invalid pixels set to 0.
 
@@ -101,16 +157,6 @@ class SegmentationModel(nn.Module):
         x = torch.where(v, x, torch.zeros((), device=self.device)).unsqueeze(0)
         # channels-last is what oneDNN (CPU) and cuDNN (tensor cores) run fastest.
         return x.contiguous(memory_format=torch.channels_last)
-
-    def partition_for(self, height: int, width: int, subimage_size: int | None = None) -> Partition:
-        """The subimage grid of a scene: full subimages covering it, the last ones padded."""
-        size = subimage_size or self.subimage_size
-        if size % self.net.stride:
-            raise GeodduError(
-                f"subimage size {size} is not a multiple of the model stride {self.net.stride}"
-            )
-        rows, cols = -(-height // size), -(-width // size)
-        return Partition((size,) * rows, (size,) * cols)
 
     @torch.no_grad()
     def predict(
@@ -129,10 +175,10 @@ class SegmentationModel(nn.Module):
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[None]
-        self.check_bands(image.shape[0])
+        self.spec.check_bands(image.shape[0])
         _, h, w = image.shape
         valid = np.ones((h, w), bool) if mask is None else np.asarray(mask).astype(bool)
-        part = self.partition_for(h, w, subimage_size)
+        part = self.spec.partition_for(h, w, subimage_size)
         ph, pw = part.shape
         raw = np.zeros((image.shape[0], ph, pw), np.float32)
         raw[:, :h, :w] = image
@@ -184,6 +230,9 @@ def load_model(
     model = model.to(memory_format=torch.channels_last)
     if fuse and torch.device(device).type == "cpu":
         _freeze_for_cpu(model)
+        # Tracing ran one subimage through the model: hand its freed activations back, or
+        # they stay resident in this thread's heap, which the compute threads never reuse.
+        release_free_memory()
     return model
 
 
@@ -202,8 +251,6 @@ def _freeze_for_cpu(model: SegmentationModel) -> None:
             # so the tracer's warning about list outputs does not apply.
             warnings.simplefilter("ignore")
             skips, bottleneck = net.encoder(x)
-            # What a one-pass strip keeps per live subimage (geoddu.engine.stages.skip_bytes).
-            model.skip_layout = (size, sum(t.numel() for t in [*skips, bottleneck]))
             # check_trace re-runs each module and compares through torch's DTensor-aware
             # assert_close, whose imports alone cost about 0.9 s per process; the traced
             # graphs are checked by the tests (segment equals the whole-scene forward).

@@ -11,14 +11,23 @@ def peak_rss_mb() -> float:
     VmHWM rather than ru_maxrss: Linux carries ru_maxrss over exec, so a process started by a
     big parent would report the parent's peak.
     """
+    return _status_mb("VmHWM:", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def current_rss_mb() -> float:
+    """This process's resident set size now, in MB (0 where /proc is missing)."""
+    return _status_mb("VmRSS:", 0.0)
+
+
+def _status_mb(key: str, otherwise: float) -> float:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return otherwise
 
 
 def _malloc_trim():  # noqa: ANN202 - a ctypes function, or None off glibc

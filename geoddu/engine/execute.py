@@ -1,4 +1,5 @@
-"""The local executor: one segment job in this process, on one or several devices.
+"""The local executor: one segment job in this process, on one or several devices, as its plan
+says (`job.plan`: each device's steps, `geoddu/engine/steps.py`).
 
 The whole scene is treated as one DDU-Net in bounded memory. Where a strip's skip connections
 fit the budget, in one pass (`geoddu/engine/strips.py`): each device takes strips of columns
@@ -38,29 +39,29 @@ def execute(
 ) -> SegmentResult:
     """Run `request` here. Nothing is at any output path unless every output is complete."""
     devices = resolve_devices(request.device, request.gpus)
-    job = open_job(request, devices=len(devices))
-    model, plan, schedule = job.model, job.plan, job.schedule
+    job = open_job(request, devices=[str(d) for d in devices])
+    model, plan, cells = job.model, job.plan, job.plan.cells
     replicas = [model if model.device == d else copy.deepcopy(model).to(d).eval() for d in devices]
-    run = CellRunner(job.source, plan.partition, replicas, request.precision, progress, cancel)
+    run = CellRunner(job.source, replicas, request.precision, progress, cancel)
     writers: dict[str, Any] = {}
     with job.running(writers):
         writers.update(open_writers(request, job.source, model))
         with BackgroundWriter(writers, len(model.classes)) as sink:
-            if plan.communicates and schedule.kind == "one-pass":
-                run.over_strips(plan, schedule, sink, job.area)
+            if cells.communicates and plan.schedule.kind == "one-pass":
+                run.over_strips(plan.work, plan.totals, cells, sink, job.area)
             else:
                 communicated = None
-                if plan.communicates:
+                if cells.communicates:
                     encoded = job.store()
                     run.over_cells(
                         "encode",
                         lambda ctx, c, raw, ok: encode_cell(ctx, c, raw, ok, encoded),
-                        list(plan.encode),
+                        [w.cells("encode") for w in plan.work],
                     )
                     communicated = job.store()
                     communicate_tiles(
-                        run, replicas[0], request.precision, plan.tiles, plan.partition.grid,
-                        plan.cell, encoded.get, communicated.put,
+                        run, replicas[0], request.precision, plan.work[0].tiles,
+                        cells.partition.grid, cells.cell, encoded.get, communicated.put,
                     )
                     encoded.close()
                 run.over_cells(
@@ -68,7 +69,7 @@ def execute(
                     lambda ctx, c, raw, ok: decode_cell(
                         ctx, c, raw, ok, communicated, sink, job.area
                     ),
-                    list(plan.decode),
+                    [w.cells("decode") for w in plan.work],
                 )
         job.close()  # the scratch space goes before polygonising
         extra_outputs = finish_outputs(job, writers, progress, cancel)
@@ -78,6 +79,6 @@ def execute(
         devices=[str(d) for d in devices],
         peak_rss_mb=peak_rss_mb(),
         encoder_runs=run.encoder_runs,
-        schedule=schedule.label,
+        schedule=plan.schedule.label,
         extra_outputs=extra_outputs,
     )

@@ -70,7 +70,9 @@ class DistributedSegmentResult(SegmentResult):
         )
 
 
-def _open_on_every_rank(request: SegmentRequest, rank: int, group: Any) -> tuple[Job, dict]:
+def _open_on_every_rank(
+    request: SegmentRequest, rank: int, world: int, group: Any
+) -> tuple[Job, dict]:
     """Open the job on every rank (and the outputs on rank 0); any rank's error stops all."""
     job, writers, error = None, {}, None
     try:
@@ -81,7 +83,8 @@ def _open_on_every_rank(request: SegmentRequest, rank: int, group: Any) -> tuple
             # exchange the encoded halo once, between two passes (docs/distributed.md).
             raise GeodduError("--schedule one-pass runs in one process; torchrun ranks run "
                               "two passes")
-        job = open_job(request, device=resolve_device(request.device, ONE_DEVICE_PER_RANK))
+        device = resolve_device(request.device, ONE_DEVICE_PER_RANK)
+        job = open_job(request, device=device, world=world, rank=rank)
         if rank == 0:
             writers = open_writers(request, job.source, job.model)
     except BaseException as exc:  # noqa: BLE001 - agreed below, so every rank stops together
@@ -115,27 +118,27 @@ def execute_on_ranks(
         return execute(request, progress=progress, cancel=cancel)
     if rank != 0:
         progress = cancel = None
-    job, writers = _open_on_every_rank(request, rank, group)
-    model, plan = job.model, job.plan
-    mine = plan.for_rank(rank, world)
-    run = CellRunner(job.source, plan.partition, [model], request.precision, progress, cancel)
+    job, writers = _open_on_every_rank(request, rank, world, group)
+    model, cells = job.model, job.plan.cells
+    (mine,) = job.plan.work  # this rank's steps
+    run = CellRunner(job.source, [model], request.precision, progress, cancel)
     num_classes = len(model.classes)
     wants_probs = request.wants_probabilities  # every rank holds the same request
-    msg_bytes = message_bytes(plan.partition, num_classes, wants_probs)
+    msg_bytes = message_bytes(cells.partition, num_classes, wants_probs)
     halo_sent = 0
     extra_outputs: list[Path] = []
     with job.running(writers):
         communicated = None
-        if plan.communicates:
+        if cells.communicates:
             encoded = job.store()
             run.over_cells(
                 "encode", lambda ctx, c, raw, ok: encode_cell(ctx, c, raw, ok, encoded),
-                list(mine.encode),
+                [mine.cells("encode")],
             )
             halos, halo_sent = exchange_halos(
-                mine.halo, model.net.comm_features, plan.cell, encoded.get, group
+                mine.halo, model.net.comm_features, cells.cell, encoded.get, group
             )
-            owned = {c.index for c in plan.partition.assign(world)[rank]}
+            owned = {c.index for c in cells.partition.assign(world)[rank]}
 
             def get_maps(index: tuple[int, int]) -> np.ndarray:
                 if index in owned:
@@ -144,7 +147,7 @@ def execute_on_ranks(
 
             communicated = job.store()
             communicate_tiles(
-                run, model, request.precision, mine.tiles, plan.partition.grid, plan.cell,
+                run, model, request.precision, mine.tiles, cells.partition.grid, cells.cell,
                 get_maps, communicated.put,
             )
             encoded.close()
@@ -154,18 +157,18 @@ def execute_on_ranks(
             run.over_cells(
                 "decode",
                 lambda ctx, c, raw, ok: decode_cell(ctx, c, raw, ok, communicated, sink, job.area),
-                list(mine.decode),
+                [mine.cells("decode")],
             )
 
         if rank == 0:
             sink = BackgroundWriter(writers, num_classes, job.source.height, job.source.width)
             with sink:
                 receiver = Receiver(
-                    plan.partition, len(plan.decode) - len(mine.decode), msg_bytes,
+                    cells.partition, len(cells.decode) - len(mine.cells("decode")), msg_bytes,
                     num_classes, sink, group,
                 )
                 receiver.start()
-                total = len(plan.decode)
+                total = len(cells.decode)
                 run.progress = _globalised(progress, "decode", lambda: receiver.received, total)
                 decode(sink)
                 while receiver.is_alive():

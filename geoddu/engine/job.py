@@ -1,7 +1,7 @@
 """A request made ready to run: the model loaded, the scene opened with the right bands, the
-area of interest read, the scratch folder checked, and the plan built. Both executors (local
-and torchrun ranks) start from a :class:`Job`, and both finish the same way
-(:func:`finish_outputs`).
+area of interest read, the plan made (`planner.make_plan`, what `geoddu segment --plan`
+prints), the scratch folder checked. Both executors (local and torchrun ranks) start from a
+:class:`Job` and run its plan as it is, and both finish the same way (:func:`finish_outputs`).
 """
 
 from __future__ import annotations
@@ -16,18 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import GeodduError
 from ..io.atomic import commit_all
-from ..io.raster import RasterSource, open_raster
-from ..partition import Partition
+from ..io.raster import RasterSource
 from ..predictor import SegmentationModel, load_model
 from .mapstore import MapStore
-from .plan import Schedule, SegmentPlan, plan_segment
+from .planner import JobPlan, make_plan, open_scene, read_area
 from .request import SegmentRequest
 from .scene_check import warn_if_unlike
-from .stages import skip_bytes
 
 __all__ = ["Job", "SegmentResult", "finish_outputs", "open_job"]
 
@@ -71,8 +67,7 @@ class Job:
     request: SegmentRequest
     model: SegmentationModel
     source: RasterSource
-    plan: SegmentPlan
-    schedule: Schedule
+    plan: JobPlan
     area: Any  # the area of interest in the scene's CRS (a shapely geometry), or None
     scratch: str
     started: float
@@ -80,13 +75,13 @@ class Job:
 
     @property
     def store_shape(self) -> tuple[int, int, int]:
-        return (self.model.net.comm_features, self.plan.cell, self.plan.cell)
+        return (self.model.net.comm_features, self.plan.cells.cell, self.plan.cells.cell)
 
     def store(self) -> MapStore:
         """A bottleneck store for the whole grid (RAM, or a scratch file above the budget),
         closed with the job."""
         store = MapStore(
-            self.plan.partition.grid,
+            self.plan.cells.partition.grid,
             self.store_shape,
             self.request.store_max_ram_bytes,
             self.scratch,
@@ -123,8 +118,8 @@ class Job:
             "output": Path(self.request.output),
             "width": self.source.width,
             "height": self.source.height,
-            "subimages": len(self.plan.decode),
-            "communicated": self.plan.communicates,
+            "subimages": len(self.plan.cells.decode),
+            "communicated": self.plan.cells.communicates,
             "seconds": time.perf_counter() - self.started,
             "map_store_on_disk": self.map_store_on_disk,
         }
@@ -140,14 +135,9 @@ def scratch_dir(scratch: str | os.PathLike | None) -> str:
     return folder
 
 
-def check_scratch_space(
-    scratch: str, grid: tuple[int, int], shape: tuple[int, int, int], max_ram_bytes: int
-) -> None:
-    """Refuse before any work when the two bottleneck stores of a two-pass job would not fit
-    the scratch folder."""
-    needed = sum(
-        size for size in [MapStore.bytes_for(grid, shape)] * 2 if size > max_ram_bytes
-    )
+def check_scratch_space(scratch: str, needed: int) -> None:
+    """Refuse before any work when the bottleneck stores that go to scratch files (the plan's
+    `memory.scratch_bytes`) would not fit the scratch folder."""
     if not needed:
         return
     free = shutil.disk_usage(scratch).free
@@ -158,36 +148,18 @@ def check_scratch_space(
         )
 
 
-def open_source(
-    src: str, bands: tuple[int, ...] | None, model: SegmentationModel
-) -> RasterSource:
-    """The scene with the bands the model takes (GDAL's band and mask rules)."""
-    with open_raster(src) as scene:
-        chosen = model.scene_bands(scene, bands)
-    source = open_raster(src, bands=chosen)
-    model.check_bands(source.count)
-    return source
-
-
-def touched_cells(area: Any, partition: Partition, transform: Any) -> list[tuple[int, int]]:
-    """The subimages whose footprint meets `area` (in the scene's CRS)."""
-    import shapely
-    from rasterio.windows import Window, bounds
-
-    cells = partition.subimages()
-    boxes = [
-        shapely.box(*bounds(Window(c.col_off, c.row_off, c.width, c.height), transform))
-        for c in cells
-    ]
-    hit = shapely.intersects(np.array(boxes, dtype=object), area)
-    return [c.index for c, h in zip(cells, hit, strict=True) if h]
-
-
-def open_job(request: SegmentRequest, device: Any = None, devices: int | None = None) -> Job:
+def open_job(
+    request: SegmentRequest,
+    device: Any = None,
+    devices: list[str] | None = None,
+    *,
+    world: int = 1,
+    rank: int = 0,
+) -> Job:
     """Load, open, read and plan; every user error surfaces here, before any work.
 
-    `devices`: how many devices this process runs the job on (the local executor), which
-    chooses between one pass and two; None (torchrun ranks) is always two passes."""
+    `devices`: the devices this process runs the job on (the local executor); `world` > 1:
+    the job of torchrun rank `rank`, on `device`."""
     started = time.perf_counter()
     if request.vector is not None:
         from ..io.polygonize import driver_for
@@ -202,50 +174,18 @@ def open_job(request: SegmentRequest, device: Any = None, devices: int | None = 
     elif device is not None and model.device != device:
         model = model.to(device)
     model.eval()
-    source = open_source(request.src, request.bands, model)
+    source = open_scene(request.src, request.bands, model.spec)
     try:
         warn_if_unlike(model.metadata, source, str(request.src))
-        part = model.partition_for(source.height, source.width, request.subimage_size)
-        net = model.net
-        area = touched = None
-        if request.aoi is not None:
-            from rasterio.transform import array_bounds
-
-            from ..io.vector import aoi_geometry
-
-            area = aoi_geometry(
-                request.aoi,
-                source.crs,
-                array_bounds(source.height, source.width, source.transform),
-                layer=request.aoi_layer,
-                where=request.aoi_where,
-            )
-            touched = touched_cells(area, part, source.transform)
-        plan = plan_segment(
-            part,
-            stride=net.stride,
-            communicates=net.communicates,
-            comm_halo=net.comm_halo,
-            tile_cells=request.comm_tile_cells,
-            touched=touched,
-        )
-        if devices is None or not net.communicates:
-            schedule = Schedule("two-pass", len(plan.encode) + len(plan.decode))
-        else:
-            schedule = plan.schedule(
-                devices,
-                skip_bytes(model, part.row_sizes[0], request.precision),
-                request.skip_budget_bytes,
-                request.strip_cells,
-                request.schedule,
-            )
-        job = Job(request, model, source, plan, schedule, area, scratch, started)
-        if net.communicates and schedule.kind == "two-pass":
-            check_scratch_space(scratch, part.grid, job.store_shape, request.store_max_ram_bytes)
+        area = read_area(request, source)
+        if world > 1:
+            devices = [str(model.device)]
+        plan = make_plan(request, model.spec, source, area, devices, world, rank)
+        check_scratch_space(scratch, plan.memory.scratch_bytes)
     except BaseException:
         source.close()
         raise
-    return job
+    return Job(request, model, source, plan, area, scratch, started)
 
 
 def finish_outputs(

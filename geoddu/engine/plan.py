@@ -1,11 +1,12 @@
-"""The work of one segment job, described before any of it runs: no torch, no open files.
+"""The cells of one segment job, described before any of it runs: no torch, no open files.
 
 A :class:`SegmentPlan` says which subimages are encoded and decoded (an area of interest adds
 the cells within the communication network's reach), how the bottleneck mosaic is cut into
 communication tiles (each with a halo as wide as the network's receptive field, so tiling
-changes nothing), and which device or rank owns which subimages. :meth:`SegmentPlan.for_rank`
-adds what one torchrun rank exchanges with its neighbours (the halo plan). Build it, inspect
-it, then execute it (`geoddu/engine/execute.py`).
+changes nothing), how the grid is cut into one-pass strips, and which rank owns which
+subimages. :meth:`SegmentPlan.for_rank` adds what one torchrun rank exchanges with its
+neighbours (the halo plan). The steps each device runs are built from it
+(`geoddu/engine/steps.py`), and the whole job's plan from those (`geoddu/engine/planner.py`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..parallel.halo import HaloPlan, halo_plan, owner_grid
-from ..partition import Partition, Subimage, balanced_blocks
+from ..partition import Partition, Subimage
 
 __all__ = [
     "RankPlan",
-    "Schedule",
     "SegmentPlan",
     "Strip",
     "grid_tiles",
@@ -71,22 +71,6 @@ class Strip:
         """The columns this strip runs the encoder on."""
         start = self.cols[0] if self.left_cached else self.context[0]
         return range(start, self.context[1])
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How a one-process job runs: "one-pass" (strips, every skip kept until its row is
-    decoded; `strips` per device) or "two-pass" (encode everything, communicate, encode again
-    and decode). `encoder_runs` is what it will cost in encoder passes."""
-
-    kind: str
-    encoder_runs: int
-    strips: tuple[tuple[Strip, ...], ...] = ()
-    width: int = 0
-
-    @property
-    def label(self) -> str:
-        return "one pass" if self.kind == "one-pass" else "two passes"
 
 
 @dataclass(frozen=True)
@@ -142,46 +126,6 @@ class SegmentPlan:
                 for i, (c0, c1) in enumerate(mine)
             ])
         return blocks
-
-    def one_pass_encoder_runs(self, blocks: Sequence[Sequence[Strip]]) -> int:
-        """Encoder passes the strips cost: every planned cell once, the re-encoded context
-        columns twice."""
-        encode = {c.index for c in self.encode}
-        return sum(
-            1
-            for block in blocks
-            for strip in block
-            for j in strip.encoded_cols()
-            for i in range(self.partition.grid[0])
-            if (i, j) in encode
-        )
-
-    def schedule(
-        self, devices: int, cell_bytes: int, budget: int, strip_cells: int, kind: str = "auto"
-    ) -> Schedule:
-        """One pass where its skips fit `budget` (each cell's skips are `cell_bytes`; a strip
-        keeps `reach + 1` rows of them) and it runs the encoder fewer times than two passes
-        would; else two passes. `kind` forces one ("one-pass", "two-pass")."""
-        two = len(self.encode) + len(self.decode)
-        if not self.communicates:  # independent subimages: the decode pass is the only one
-            return Schedule("one-pass", len(self.decode))
-        used = {c.col for c in self.decode}
-        width = min(strip_cells, max(used) - min(used) + 1)
-        width = min(width, budget // max(1, (self.reach + 1) * cell_bytes))
-        if devices > 1:  # every device gets a strip
-            width = min(width, -(-(max(used) - min(used) + 1) // devices))
-        if kind == "two-pass" or (width < 1 and kind != "one-pass"):
-            return Schedule("two-pass", two)
-        width = max(1, width)
-        blocks = self.strips(width, devices)
-        runs = self.one_pass_encoder_runs(blocks)
-        if kind == "auto" and runs >= two:
-            return Schedule("two-pass", two)
-        return Schedule("one-pass", runs, tuple(tuple(b) for b in blocks), width)
-
-    def device_blocks(self, cells: Sequence[Subimage], devices: int) -> list[list[Subimage]]:
-        """Contiguous, balanced blocks of `cells`, one per device of this process."""
-        return balanced_blocks(list(cells), devices)
 
     def owners(self, world: int) -> np.ndarray:
         """The rank that owns each cell of the grid (contiguous row-major blocks)."""

@@ -1,14 +1,14 @@
-"""The local executor's machinery: a per-subimage function over a list of cells, or the
-one-pass strips, one thread per device, each with its own dataset handle and a prefetching
-reader, so reading overlaps compute. Progress is reported and cancellation polled from the
-calling thread.
+"""The local executor's machinery: a per-subimage function over each device's planned block
+of cells, or each device's planned strips, one thread per device, each with its own dataset
+handle and a prefetching reader (of the device's planned reads), so reading overlaps compute.
+Progress is reported and cancellation polled from the calling thread.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,10 +16,13 @@ import torch
 
 from ..errors import Cancelled
 from ..io.raster import RasterSource
-from ..partition import Partition, Subimage, balanced_blocks
-from .plan import Schedule, SegmentPlan
+from ..partition import Subimage
+from ..resources import release_free_memory
+from .memory import READ_AHEAD
+from .plan import SegmentPlan
 from .stages import Worker
-from .strips import run_strips, strip_order, strip_rows
+from .steps import DeviceWork
+from .strips import run_strips
 
 __all__ = ["CellRunner", "CancelFn", "ProgressFn"]
 
@@ -29,11 +32,18 @@ Tick = Callable[[str], None]  # one more item of a stage is done
 
 
 class CellRunner:
-    """Runs a per-subimage function over the grid, one thread per device, blocks in order."""
+    """Runs a per-subimage function over planned blocks of cells, or planned strips, one thread
+    per device."""
 
-    def __init__(self, source, part, replicas, precision, progress, cancel) -> None:
+    def __init__(
+        self,
+        source: RasterSource,
+        replicas: Sequence[Any],
+        precision: str,
+        progress: ProgressFn | None,
+        cancel: CancelFn | None,
+    ) -> None:
         self.source = source
-        self.part: Partition = part
         self.replicas = replicas
         self.precision = precision
         self.progress = progress
@@ -54,11 +64,9 @@ class CellRunner:
         self,
         stage: str,
         fn: Callable[[Worker, Subimage, Any, Any], bool],
-        cells: list[Subimage] | None = None,
+        blocks: Sequence[Sequence[Subimage]],
     ) -> None:
-        """fn(worker, cell, raw, valid) for `cells` (default: all), split over the devices."""
-        cells = self.part.subimages() if cells is None else cells
-        blocks = balanced_blocks(cells, len(self.replicas))
+        """fn(worker, cell, raw, valid) for each cell of `blocks[k]` on device k."""
 
         def work(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
             for cell, raw, valid in _prefetch(ctx.source, blocks[k], stop):
@@ -72,27 +80,23 @@ class CellRunner:
                         self.skipped += 1
                 tick(stage)
 
-        self._on_devices(len(blocks), work, {stage: len(cells)})
+        self._on_devices(len(blocks), work, {stage: sum(map(len, blocks))})
 
-    def over_strips(self, plan: SegmentPlan, schedule: Schedule, sink: Any, area: Any) -> None:
-        """The one-pass schedule: each device takes its strips top to bottom
-        (:func:`geoddu.engine.strips.run_strips`)."""
-        blocks = schedule.strips
-        orders = [strip_order(plan, block) for block in blocks]
+    def over_strips(
+        self, work: Sequence[DeviceWork], totals: dict[str, int], plan: SegmentPlan, sink: Any,
+        area: Any,
+    ) -> None:
+        """The one-pass schedule: each device runs its planned strips
+        (:func:`geoddu.engine.strips.run_strips`) over its planned reads."""
 
-        def work(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
-            feed = _prefetch(ctx.source, orders[k], stop)
-            runs, skipped = run_strips(ctx, blocks[k], plan, feed, sink, area, tick, stop)
+        def run(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
+            feed = _prefetch(ctx.source, work[k].reads, stop)
+            runs, skipped = run_strips(ctx, work[k].strips, plan, feed, sink, area, tick, stop)
             with self._lock:
                 self.encoder_runs += runs
                 self.skipped += skipped
 
-        totals = {
-            "encode": sum(map(len, orders)),
-            "communicate": sum(strip_rows(plan, block) for block in blocks),
-            "decode": len(plan.decode),
-        }
-        self._on_devices(len(blocks), work, totals)
+        self._on_devices(len(work), run, totals)
 
     def _on_devices(
         self,
@@ -149,12 +153,16 @@ class CellRunner:
             raise
         for t in threads:
             t.join()
+        # The pass's threads are gone, and with them the only users of their heaps' freed
+        # activations: hand those back, or the next pass's threads add theirs on top.
+        release_free_memory()
         if error is not None:
             raise error
 
 
 def _prefetch(
-    source: RasterSource, cells: list[Subimage], stop: threading.Event, depth: int = 2
+    source: RasterSource, cells: Sequence[Subimage], stop: threading.Event,
+    depth: int = READ_AHEAD,
 ) -> Iterator[tuple[Subimage, np.ndarray, np.ndarray]]:
     """Read the next windows in a helper thread while the current one computes."""
     q: queue.Queue = queue.Queue(maxsize=depth)

@@ -25,6 +25,7 @@ from ..parallel.group import global_rank, wrap_comm_error
 from ..parallel.halo import cell_of
 from ..partition import Partition, Subimage
 from ..predictor import SegmentationModel
+from .memory import WRITE_QUEUE
 from .request import SegmentRequest
 
 __all__ = ["BackgroundWriter", "Receiver", "RemoteSink", "message_bytes", "open_writers"]
@@ -88,7 +89,7 @@ class BackgroundWriter:
         self.height, self.width = height, width
         self.num_classes = num_classes
         self.wants_probabilities = "probabilities" in writers or "confidence" in writers
-        self.q: queue.Queue = queue.Queue(maxsize=8)
+        self.q: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, daemon=True)
 

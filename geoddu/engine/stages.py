@@ -32,7 +32,6 @@ __all__ = [
     "decode_window",
     "encode_cell",
     "put_nodata",
-    "skip_bytes",
 ]
 
 
@@ -208,15 +207,3 @@ def decode_window(
         probs[:, ~keep] = np.nan
     sink.put(cell, classes, probs)
 
-
-def skip_bytes(model: SegmentationModel, size: int, precision: str) -> int:
-    """Bytes of one subimage's skip connections at `size` px, the memory a one-pass strip
-    keeps per live cell. Measured once per model by the encoder's output shapes."""
-    layout = getattr(model, "skip_layout", None)
-    if layout is None or layout[0] != size:
-        x = torch.zeros(1, len(model.bands), size, size, device=model.device)
-        with torch.inference_mode(), autocast(model.device, precision):
-            skips, bottleneck = model.net.encode(x)
-        layout = (size, sum(t.numel() for t in [*skips, bottleneck]))
-        model.skip_layout = layout
-    return layout[1] * (4 if precision == "fp32" else 2)

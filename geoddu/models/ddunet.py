@@ -15,7 +15,7 @@ from ..partition import Partition
 from .communication import CommunicationNetwork
 from .encoder_weights import load_encoder_weights
 from .execution import Stacked, SubimageExecution, as_grid, flatten_grid
-from .resnet import RESNET_ENCODERS, ResNetEncoder
+from .resnet import RESNET_DECODER, RESNET_ENCODERS, RESNET_FINAL_UP, ResNetEncoder
 from .unet import UNetDecoder, UNetEncoder
 
 
@@ -66,8 +66,8 @@ class DDUNet(nn.Module):
                 num_classes,
                 up_bias,
                 dropout,
-                decoder_channels=[128, 64, 64],
-                final_up=32,
+                decoder_channels=list(RESNET_DECODER),
+                final_up=RESNET_FINAL_UP,
             )
         else:
             raise GeodduError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")

@@ -68,6 +68,18 @@ _SPECS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet50": (Bottleneck, [3, 4, 6]),
 }
 RESNET_ENCODERS = tuple(_SPECS)
+# The inter-conv's width (the bottleneck the communication network reads), and the decoder the
+# paper's Table IX count implies: up blocks to 128, 64, 64 channels, then one more up block to
+# 32 without a skip (the finest skip sits at 1/2). geoddu.analysis plans memory with these too.
+RESNET_BOTTLENECK = 256
+RESNET_DECODER = (128, 64, 64)
+RESNET_FINAL_UP = 32
+
+
+def resnet_skip_channels(name: str) -> list[int]:
+    """The skips' widths at 1/2, 1/4 and 1/8 (stem, layer1, layer2), known before building."""
+    block, _ = _SPECS[name]
+    return [64, 64 * block.expansion, 128 * block.expansion]
 
 
 class ResNetEncoder(nn.Module):
@@ -84,7 +96,7 @@ class ResNetEncoder(nn.Module):
         self,
         name: str = "resnet18",
         in_channels: int = 3,
-        bottleneck_channels: int = 256,
+        bottleneck_channels: int = RESNET_BOTTLENECK,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
@@ -97,7 +109,6 @@ class ResNetEncoder(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = 64
-        widths = []
         for i, (planes, n) in enumerate(zip((64, 128, 256), counts, strict=True)):
             layers = []
             for b in range(n):
@@ -105,9 +116,8 @@ class ResNetEncoder(nn.Module):
                 layers.append(block(inplanes, planes, stride))
                 inplanes = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
-            widths.append(inplanes)
         self.inter_conv = DoubleConv(inplanes, bottleneck_channels, dropout)
-        self.skip_channels = [64, widths[0], widths[1]]
+        self.skip_channels = resnet_skip_channels(name)
         self.out_channels = bottleneck_channels
         self.frozen = False
 

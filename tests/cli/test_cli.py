@@ -341,3 +341,56 @@ def test_segment_without_a_model_says_where_models_come_from(tmp_path, scene):
     r = run("segment", scene, "-o", tmp_path / "out.tif")
     line = _only_error_line(r, "no model (-m/--model)", "geoddu train", "docs/models.md")
     assert "Missing option" not in line and not (tmp_path / "out.tif").exists()
+
+
+def test_segment_plan_prints_what_the_run_then_does(tmp_path, checkpoint):
+    """`--plan` on a real GeoTIFF: exit 0, nothing written; then the run does what it said
+    (schedule, encoder runs, progress totals), through the CLI and the --request route."""
+    import numpy as np
+
+    import geoddu
+    from geoddu.engine.request import SegmentRequest
+
+    data = np.random.default_rng(7).integers(1, 255, (3, 150, 205), dtype=np.uint8)
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=205, height=150, count=3,
+                       dtype="uint8", crs="EPSG:32631",
+                       transform=rasterio.transform.from_origin(500000, 4000000, 10, 10)) as dst:
+        dst.write(data)
+    out = tmp_path / "out.tif"
+    args = ("segment", scene, "-o", out, "-m", checkpoint, "--device", "cpu,cpu",
+            "--probabilities", tmp_path / "p.tif")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = run(*args, "--plan")
+    assert r.returncode == 0, r.stderr
+    # 7 columns on two devices: strips of 4 and 3; the first encodes its right context
+    # column, the second its left one (5 cells each) as well.
+    assert "schedule   one pass, 45 encoder runs" in r.stdout
+    assert "strips of columns 0-3:" in r.stdout and "strips of columns 4-6:" in r.stdout
+    assert f"probabilities {tmp_path / 'p.tif'}" in r.stdout and "expected peak" in r.stdout
+    r = run(*args, "--plan", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert (plan["schedule"]["label"], plan["encoder_runs"]) == ("one pass", 45)
+    assert plan["totals"] == {"encode": 45, "communicate": 10, "decode": 35}
+    assert [[s["cols"] for s in d["strips"]] for d in plan["devices"]] == [[[0, 4]], [[4, 7]]]
+    assert plan["memory"]["peak_bytes"]["host"] == sum(p["bytes"] for p in plan["memory"]["parts"])
+    # The same plan from a request file.
+    request = SegmentRequest(
+        src=scene, output=out, model=checkpoint, device="cpu,cpu", probabilities=tmp_path / "p.tif"
+    )
+    (tmp_path / "req.json").write_text(request.to_json())
+    r = run("segment", "--request", tmp_path / "req.json", "--plan", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == plan
+    # The run: the same schedule, the planned totals, the planned encoder runs.
+    r = run(*args, "--progress-format", "json")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stderr.splitlines()]
+    last = {e["stage"]: (e["done"], e["total"]) for e in events if e["event"] == "progress"}
+    assert last == {stage: (n, n) for stage, n in plan["totals"].items()}
+    assert "in one pass" in events[-1]["summary"]
+    result = geoddu.segment(scene, tmp_path / "api.tif", checkpoint, device="cpu,cpu")
+    assert result.encoder_runs == plan["encoder_runs"]
+    _only_error_line(run(*args, "--json"), "--json goes with --plan")

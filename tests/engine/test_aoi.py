@@ -11,6 +11,8 @@ from rasterio.features import geometry_mask
 from shapely.geometry import Polygon
 
 import geoddu
+from geoddu.engine.planner import plan_job
+from geoddu.engine.request import SegmentRequest
 from geoddu.errors import GeodduError
 
 
@@ -51,6 +53,10 @@ def test_aoi_in_another_crs(tmp_path, big_scene, checkpoint):
     # polygon may graze one more row/column), plus a one-cell ring for the communication.
     assert part.subimages <= 9
     assert part.encoder_runs <= (3 + 2) * (3 + 2)
+    # Exactly what the plan says, before anything ran.
+    plan = plan_job(SegmentRequest(src=big_scene, output=tmp_path / "p.tif", model=checkpoint,
+                                   aoi=aoi))
+    assert (part.subimages, part.encoder_runs) == (len(plan.cells.decode), plan.encoder_runs)
     # The full scene, 8 x 10 subimages, in one pass: strips of 8 columns and 2 columns, the
     # first strip's right context column (8 cells) encoded twice.
     assert full.schedule == "one pass" and full.encoder_runs == 80 + 8

@@ -14,6 +14,8 @@ import torch
 from helpers import CRS, TRANSFORM, make_checkpoint, write_geotiff
 
 import geoddu
+from geoddu.engine.planner import plan_job
+from geoddu.engine.request import SegmentRequest
 from geoddu.errors import Cancelled, GeodduError
 
 
@@ -89,6 +91,15 @@ def test_one_pass_equals_the_whole_scene_model(tmp_path, checkpoint, options):
         assert result.encoder_runs <= 35 - 1 + 5 * (strips - 1) * (
             2 if "device" in options else 1
         )
+    # Exactly the planned encoder runs, less every planned read of an all-nodata subimage
+    # (read, found empty, not encoded).
+    plan = plan_job(SegmentRequest(src=scene, output=tmp_path / "o.tif", model=checkpoint,
+                                   **options))
+    blank = {c.index for c in plan.cells.encode
+             if not ok[c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width].any()}
+    assert blank == {(1, 2), (4, 0)} and result.skipped == 2
+    empty_reads = sum(c.index in blank for w in plan.work for c in w.reads)
+    assert result.encoder_runs == plan.encoder_runs - empty_reads
     np.testing.assert_array_equal(_read(tmp_path / "out.tif")[0], ref_classes)
     with rasterio.open(tmp_path / "p.tif") as p:
         probs = p.read()
@@ -192,6 +203,12 @@ def test_progress_reports_every_stage(tmp_path, scene, checkpoint):
     stages = [s for s, _, _ in seen]
     assert stages[0] == "encode" and "communicate" in stages and stages[-1] == "decode"
     assert seen[-1] == ("decode", 35, 35)
+    # Every item of every stage reported once, in order, against the planned total (one pass,
+    # one strip of 7 columns: 5 rows communicated).
+    totals = {"encode": 35, "communicate": 5, "decode": 35}
+    for stage, total in totals.items():
+        assert [(d, t) for s, d, t in seen if s == stage] == [(d, total) for d in
+                                                              range(1, total + 1)]
 
 
 def test_output_rules(tmp_path, scene, checkpoint):
