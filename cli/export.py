@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import json_option, overwrite_option, quiet_option
+from .options import json_option, model_option, output_option, overwrite_option, quiet_option
 
 # Not geoddu.export_onnx (it imports torch, and every `--help` reads these): its INPUT_DTYPES
 # and OPSETS.
@@ -30,21 +30,9 @@ def _grid(ctx: click.Context, param: click.Parameter, value: str | None):
 
 
 @click.command(short_help="Export a checkpoint as one ONNX graph (onnxruntime, Deepness).")
-@click.option(
-    "-m",
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="geoddu checkpoint (from `geoddu train` or `geoddu init`).",
-)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="ONNX file to write (one file, weights included).",
-)
+@model_option("geoddu checkpoint (from `geoddu train` or `geoddu init`).", dest="model_path",
+              required=True)
+@output_option("ONNX file to write (one file, weights included).", required=True)
 @click.option(
     "--size",
     nargs=2,

@@ -6,19 +6,12 @@ import json
 
 import click
 
-from .options import json_option, model_config, model_options
+from .options import json_option, model_config, model_option, model_options
 
 
 @click.command(short_help="Parameters and receptive field of a model.")
 @model_options
-@click.option(
-    "-m",
-    "--model",
-    "model_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Describe this checkpoint instead of the model options.",
-)
+@model_option("Describe this checkpoint instead of the model options.", dest="model_path")
 # The old spelling, before every command named a checkpoint -m/--model; hidden, still works.
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, hidden=True)
 @click.option(

@@ -10,24 +10,19 @@ from click.core import ParameterSource
 from geoddu.errors import GeodduError
 
 from .options import (
+    bands_option,
     encoder_weights_options,
     model_config,
     model_options,
+    output_option,
     overwrite_option,
-    parse_bands,
 )
 
 
 @click.command(short_help="Write an untrained checkpoint.")
 @model_options
 @encoder_weights_options
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="Checkpoint file to write.",
-)
+@output_option("Checkpoint file to write.", required=True)
 @click.option(
     "--classes-file",
     type=click.Path(exists=True, dir_okay=False),
@@ -42,13 +37,8 @@ from .options import (
     show_default=True,
     help="Subimage size segment will use (a multiple of the model stride).",
 )
-@click.option(
-    "--bands",
-    callback=lambda ctx, param, v: parse_bands(v),
-    metavar="1,2,3",
-    help="Input bands the model reads, 1-based, in its order (as `geoddu segment --bands`); "
-    "sets --in-channels to their count [1..--in-channels].",
-)
+@bands_option("Input bands the model reads, 1-based, in its order (as `geoddu segment "
+              "--bands`); sets --in-channels to their count [1..--in-channels].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight initialisation seed.")
 @overwrite_option
 def init(output, classes_file, subimage_size, bands, seed, overwrite, encoder_weights, adapt_bands,

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .errors import Cancelled, GeodduError  # noqa: E402
 
-__all__ = ["Cancelled", "GeodduError", "__version__", "load_model", "segment"]
+__all__ = ["Cancelled", "GeodduError", "__version__", "load_model", "segment", "train_model"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from .engine.api import segment
 
         return segment
+    if name == "train_model":
+        from .train.api import train_model
+
+        return train_model
     raise AttributeError(f"module 'geoddu' has no attribute {name!r}")
