@@ -23,20 +23,12 @@ from .options import (
 @model_options
 @encoder_weights_options
 @output_option("Checkpoint file to write.", required=True)
-@click.option(
-    "--classes-file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Classes, the file `geoddu train --classes-file` reads: YAML or JSON, "
-    '[{"name": "water", "color": [0, 0, 255]}, ...] (one per class; docs/training.md).',
-)
-@click.option(
-    "--subimage-size",
-    type=click.IntRange(1),
-    default=256,
-    show_default=True,
-    help="Subimage size segment will use (a multiple of the model stride).",
-)
+@click.option("--classes-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Classes, the file `geoddu train --classes-file` reads: YAML or JSON, "
+                   '[{"name": "water", "color": [0, 0, 255]}, ...] (one per class; '
+                   "docs/training.md).")
+@click.option("--subimage-size", type=click.IntRange(1), default=256, show_default=True,
+              help="Subimage size segment will use (a multiple of the model stride).")
 @bands_option("Input bands the model reads, 1-based, in its order (as `geoddu segment "
               "--bands`); sets --in-channels to their count [1..--in-channels].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight initialisation seed.")

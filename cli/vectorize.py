@@ -29,19 +29,10 @@ def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | Non
               "CRS) into its largest neighbour.",
               "Simplify the borders between polygons (map units), keeping neighbours glued: "
               "no gaps, no overlaps.")
-@click.option(
-    "--classes",
-    callback=parse_class_ids,
-    metavar="1,3",
-    help="Only write these class ids (default: every class).",
-)
-@click.option(
-    "--window-size",
-    type=click.IntRange(16),
-    default=512,
-    show_default=True,
-    help="Pixels per window side; memory grows with its square, not with the map.",
-)
+@click.option("--classes", callback=parse_class_ids, metavar="1,3",
+              help="Only write these class ids (default: every class).")
+@click.option("--window-size", type=click.IntRange(16), default=512, show_default=True,
+              help="Pixels per window side; memory grows with its square, not with the map.")
 @overwrite_option
 @quiet_option
 @json_option
@@ -75,16 +66,9 @@ def vectorize(
         progress.setup(f"opening {src}")
         from geoddu.io.polygonize import vectorize as run_vectorize
 
-        result = run_vectorize(
-            src,
-            output,
-            min_area=min_area,
-            simplify=simplify,
-            classes=classes,
-            window_size=window_size,
-            overwrite=overwrite,
-            progress=progress,
-        )
+        result = run_vectorize(src, output, min_area=min_area, simplify=simplify,
+                               classes=classes, window_size=window_size, overwrite=overwrite,
+                               progress=progress)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif not quiet:
