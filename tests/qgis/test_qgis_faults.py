@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 from qgis_testdata import BANDS, EPSG, GEOTRANSFORM, HEIGHT, PLUGIN_PARENT, SUBIMAGE, WIDTH
 
-MODES = ["cli", "env"]
 #: A name with every character a shell or an option parser could trip on.
 ODD = "-o d'd \";$x"
 
@@ -44,15 +43,6 @@ def _discovery():
     from geoddu_qgis import discovery
 
     return discovery
-
-
-@pytest.fixture(params=MODES)
-def mode(request, engine_mode):
-    if request.param == "env":
-        engine_mode("env", request.getfixturevalue("python_env"))
-    else:
-        engine_mode(request.param)
-    return request.param
 
 
 @pytest.fixture
