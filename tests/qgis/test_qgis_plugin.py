@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import subprocess
 
 import pytest
 from qgis_testdata import (
@@ -74,7 +75,8 @@ def test_plugin_folder_and_metadata():
 # --- processing.run through each engine set-up ------------------------------------------------
 
 
-def test_segment_writes_a_georeferenced_class_map(plugin, data, mode, feedback_cls, tmp_path):
+def test_segment_writes_a_georeferenced_class_map(plugin, data, mode, feedback_cls, geoddu_cli,
+                                                  tmp_path):
     feedback = feedback_cls()
     dst = str(tmp_path / "classes.tif")
     result = _run({"INPUT": data["image"], "MODEL": data["model"], "OUTPUT": dst}, feedback)
@@ -88,6 +90,12 @@ def test_segment_writes_a_georeferenced_class_map(plugin, data, mode, feedback_c
     assert out["count"] == 1 and out["dtype"] == "Byte" and out["nodata"] == 255
     assert set(out["values"].ravel().tolist()) <= {0, 1, 2}
     assert json.loads(out["class_names"]) == [c["name"] for c in data["classes"]]
+    # The classes `geoddu segment` writes for the same scene and checkpoint (to float
+    # rounding: another process, maybe another Python).
+    reference = str(tmp_path / "reference.tif")
+    subprocess.run([geoddu_cli, "segment", "-q", "-o", reference, "-m", data["model"], "--",
+                    data["image"]], check=True)
+    assert (out["values"] == georef(reference)["values"]).mean() > 0.999
 
     # Progress through the Processing feedback: every subimage encoded and decoded (one pass
     # interleaves the stages), never going back, ending at 100.
