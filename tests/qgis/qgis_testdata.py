@@ -110,3 +110,20 @@ def model_step(model, algorithm: str, child_id: str, sources: dict, outputs: dic
     child.setModelOutputs(exposed)
     model.addChildAlgorithm(child)
     return child
+
+
+def recording_command(folder: Path, command: str) -> tuple[str, Path]:
+    """A stand-in for ``command`` (sh, in ``folder``) that records its arguments (``argv``,
+    one a line) and its stdin (``stdin.json``) in the returned record folder, then runs the
+    real one with both."""
+    import shlex
+
+    record = folder / "record"
+    record.mkdir()
+    script = folder / "recording geoddu"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" > {shlex.quote(str(record / "argv"))}\n'
+        f'tee {shlex.quote(str(record / "stdin.json"))} | exec {shlex.quote(command)} "$@"\n')
+    script.chmod(0o755)
+    return str(script), record

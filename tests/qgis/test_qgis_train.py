@@ -14,13 +14,12 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
-from qgis_testdata import EPSG, PLUGIN_PARENT, missing, model_step
+from qgis_testdata import EPSG, PLUGIN_PARENT, missing, model_step, recording_command
 
 SIZE = 96
 X0, Y0, PIXEL = 500000.0, 4600000.0, 10.0
@@ -341,19 +340,12 @@ def test_the_bridge_sends_one_request_and_reads_the_same_events_both_ways(
     its command line) and reports through JSON events; geoddu in-process runs the same request
     with the same events: the same progress, epochs and weights."""
     engine_bridge, discovery = _bridge()
-    record = tmp_path / "record"
-    record.mkdir()
-    script = tmp_path / "recording geoddu"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s\\n" "$@" > {shlex.quote(str(record / "argv"))}\n'
-        f'tee {shlex.quote(str(record / "stdin.json"))} | exec {shlex.quote(geoddu_cli)} "$@"\n')
-    script.chmod(0o755)
+    script, record = recording_command(tmp_path, geoddu_cli)
     request = {"dataset": "synthetic", "data": synthetic, "arch": "DDU-Net(2,8,Y)",
                "base_channels": 4, "epochs": 2, "batch_size": 6, "seed": 3}
     runs = {}
     for route, engine in (
-            ("cli", engine_bridge.CliEngine([str(script)])),
+            ("cli", engine_bridge.CliEngine([script])),
             ("in-process", discovery.find_engine(mode="env", python_env=python_env,
                                                  environ={}))):
         run_dir = str(tmp_path / f"-o {route};$x")
