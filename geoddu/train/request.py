@@ -103,10 +103,11 @@ class TrainRequest(JsonRequest):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise GeodduError(f"{self.flag(name)} must be text, got {value!r}")
-        for name in self.field_names():
+        for name, spec in self.__dataclass_fields__.items():
             value = getattr(self, name)
-            if self.__dataclass_fields__[name].type.startswith("bool") and \
-                    value is not None and not isinstance(value, bool):
+            # spec.type is the annotation as written ("bool | None"): annotations are strings.
+            if spec.type.startswith("bool") and value is not None and \
+                    not isinstance(value, bool):
                 raise GeodduError(f"{self.flag(name)} must be true or false, got {value!r}")
         self.check_fields()
         if self.subimages is not None:
