@@ -10,7 +10,7 @@ import click
 
 from geoddu.errors import GeodduError
 
-from .options import overwrite_option, parse_bands
+from .options import bands_option, output_option, overwrite_option
 
 # What the reference's training script writes next to its unet.pth (vars(args) as JSON).
 TRAINING_ARGS = "training_args.json"
@@ -36,16 +36,14 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
 
 @click.command(short_help="Convert a checkpoint of the paper's reference code.")
 @click.argument("reference", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              help="geoddu checkpoint to write.")
+@output_option("geoddu checkpoint to write.", required=True)
 @click.option("--classes-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Classes, the file `geoddu init/train --classes-file` read (YAML or JSON), "
                    "in the order of the model's outputs.")
 @click.option("--class-names", callback=_names, metavar="NAME,NAME,...",
               help="Or just the class names, in the order of the model's outputs "
                    "(default colours).")
-@click.option("--bands", callback=lambda ctx, param, v: parse_bands(v), metavar="1,2,3",
-              help="Raster bands the model reads, 1-based, in its order [1..input channels].")
+@bands_option("Raster bands the model reads, 1-based, in its order [1..input channels].")
 @click.option("--mean", callback=_floats, metavar="M,M,M",
               help="Per-band mean subtracted after dividing by --scale, as the reference's "
                    "transform does [ImageNet: 0.485,0.456,0.406].")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import quiet_option
+from .options import device_option, output_option, quiet_option
 
 # Shipped in geoddu/assets; trained with `geoddu train` on the paper's synthetic set (k=3), see
 # docs/training.md for the exact commands.
@@ -18,12 +18,12 @@ ASSET_NOCOMM = "demo-synthetic-ddunet-3-32-n.pt"
 
 
 @click.command(short_help="Segment a built-in synthetic scene, with and without communication.")
-@click.option("-o", "--output", default="geoddu-demo", show_default=True,
-              type=click.Path(file_okay=False), help="Folder for the demo's files.")
+@output_option("Folder for the demo's files.", folder=True, default="geoddu-demo",
+               show_default=True)
 @click.option("--rows", type=click.IntRange(1, 64), default=16, show_default=True,
               help="Synthetic images stacked into the scene.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which synthetic images.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option("cpu, cuda or cuda:N.", default="cpu")
 @quiet_option
 def demo(output, rows, seed, device, quiet) -> None:
     """Run the whole pipeline on a small georeferenced scene built from the paper's synthetic

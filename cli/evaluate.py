@@ -9,12 +9,11 @@ import click
 
 from geoddu.data import DATASETS
 
-from .options import json_option, quiet_option
+from .options import device_option, json_option, model_option, quiet_option
 
 
 @click.command(short_help="Per-class IoU and mIoU of a checkpoint on a dataset.")
-@click.option("-m", "--model", "model_path", required=True,
-              type=click.Path(exists=True, dir_okay=False), help="geoddu checkpoint.")
+@model_option("geoddu checkpoint.", dest="model_path", required=True, exists=True)
 @click.option("--dataset", type=click.Choice(DATASETS), default=None,
               help="Kind of data [the one the checkpoint was trained on].")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
@@ -26,7 +25,7 @@ from .options import json_option, quiet_option
 @click.option("--subimage-size", type=click.IntRange(1), default=None,
               help="Fixed subimage size: the grid follows the patch size [the checkpoint's].")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option("cpu, cuda or cuda:N.", default="cpu")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
               help="Data loading processes.")
 @click.option("--patch-size", type=click.IntRange(16), default=None,

@@ -6,7 +6,10 @@ import json
 
 import click
 
-from .options import json_option, overwrite_option, quiet_option
+from geoddu.errors import GeodduError
+from geoddu.train.request import parse_grid
+
+from .options import json_option, model_option, output_option, overwrite_option, quiet_option
 
 # Not geoddu.export_onnx (it imports torch, and every `--help` reads these): its INPUT_DTYPES
 # and OPSETS.
@@ -16,82 +19,34 @@ OPSETS = (10, 20)
 
 def _grid(ctx: click.Context, param: click.Parameter, value: str | None):
     """'2' -> (2, 2); '1x3' -> (1, 3), rows x columns (as `geoddu train --subimages`)."""
-    if value is None:
-        return None
     try:
-        parts = [int(p) for p in value.lower().replace(" ", "").split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise click.BadParameter(f"{value!r}: use P (P x P) or NxM, e.g. 2 or 1x3")
-    return parts[0], parts[1]
+        return parse_grid(value)
+    except GeodduError:
+        raise click.BadParameter(f"{value!r}: use P (P x P) or NxM, e.g. 2 or 1x3") from None
 
 
 @click.command(short_help="Export a checkpoint as one ONNX graph (onnxruntime, Deepness).")
-@click.option(
-    "-m",
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="geoddu checkpoint (from `geoddu train` or `geoddu init`).",
-)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="ONNX file to write (one file, weights included).",
-)
-@click.option(
-    "--size",
-    nargs=2,
-    type=click.IntRange(1),
-    required=True,
-    metavar="H W",
-    help="Image (tile) size the graph takes. Deepness needs H = W.",
-)
-@click.option(
-    "--subimages",
-    callback=_grid,
-    default=None,
-    metavar="P|NxM",
-    help="Subimage grid of the image: 2 = 2 x 2, 1x3 = 1 row of 3 "
-    "[the checkpoint's subimage size].",
-)
-@click.option(
-    "--input",
-    "input_dtype",
-    type=click.Choice(INPUT_DTYPES),
-    default="float32",
-    show_default=True,
-    help="Input type: float32 (what Deepness feeds) or uint8 (8-bit images, cast in the "
-    "graph). Either holds the raster's raw values; normalisation is in the graph.",
-)
-@click.option(
-    "--opset",
-    type=click.IntRange(*OPSETS),
-    default=17,
-    show_default=True,
-    help="ONNX opset (17 runs in onnxruntime 1.12 and later, Deepness's range).",
-)
-@click.option(
-    "--resolution",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="CM",
-    help="Pixel size in cm per pixel for Deepness [the training data's, when in metres].",
-)
-@click.option(
-    "--tiles-overlap",
-    type=click.IntRange(0, 99),
-    default=15,
-    show_default=True,
-    metavar="PCT",
-    help="Tile overlap Deepness proposes, percent of the tile size.",
-)
+@model_option("geoddu checkpoint (from `geoddu train` or `geoddu init`).", dest="model_path",
+              required=True)
+@output_option("ONNX file to write (one file, weights included).", required=True)
+@click.option("--size", nargs=2, type=click.IntRange(1), required=True, metavar="H W",
+              help="Image (tile) size the graph takes. Deepness needs H = W.")
+@click.option("--subimages", callback=_grid, default=None, metavar="P|NxM",
+              help="Subimage grid of the image: 2 = 2 x 2, 1x3 = 1 row of 3 [the checkpoint's "
+                   "subimage size].")
+@click.option("--input", "input_dtype", type=click.Choice(INPUT_DTYPES), default="float32",
+              show_default=True,
+              help="Input type: float32 (what Deepness feeds) or uint8 (8-bit images, cast in "
+                   "the graph). Either holds the raster's raw values; normalisation is in the "
+                   "graph.")
+@click.option("--opset", type=click.IntRange(*OPSETS), default=17, show_default=True,
+              help="ONNX opset (17 runs in onnxruntime 1.12 and later, Deepness's range).")
+@click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="CM",
+              help="Pixel size in cm per pixel for Deepness [the training data's, when in "
+                   "metres].")
+@click.option("--tiles-overlap", type=click.IntRange(0, 99), default=15, show_default=True,
+              metavar="PCT", help="Tile overlap Deepness proposes, percent of the tile size.")
 @overwrite_option
 @quiet_option
 @json_option

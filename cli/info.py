@@ -6,36 +6,18 @@ import json
 
 import click
 
-from .options import json_option, model_config, model_options
+from .options import json_option, model_config, model_option, model_options
 
 
 @click.command(short_help="Parameters and receptive field of a model.")
 @model_options
-@click.option(
-    "-m",
-    "--model",
-    "model_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Describe this checkpoint instead of the model options.",
-)
+@model_option("Describe this checkpoint instead of the model options.", dest="model_path")
 # The old spelling, before every command named a checkpoint -m/--model; hidden, still works.
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, hidden=True)
-@click.option(
-    "--size",
-    nargs=2,
-    type=click.IntRange(1),
-    default=None,
-    metavar="H W",
-    help="Also estimate feature-map memory per block for an H x W input (Table V).",
-)
-@click.option(
-    "--subimages",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Subimages in the communication mosaic (memory estimate only).",
-)
+@click.option("--size", nargs=2, type=click.IntRange(1), default=None, metavar="H W",
+              help="Also estimate feature-map memory per block for an H x W input (Table V).")
+@click.option("--subimages", type=click.IntRange(1), default=1, show_default=True,
+              help="Subimages in the communication mosaic (memory estimate only).")
 @json_option
 def info(model_path, checkpoint, size, subimages, as_json, **kwargs) -> None:
     """Print the parameter counts per part (encoder-decoder, communication network) and the

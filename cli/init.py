@@ -10,45 +10,27 @@ from click.core import ParameterSource
 from geoddu.errors import GeodduError
 
 from .options import (
+    bands_option,
     encoder_weights_options,
     model_config,
     model_options,
+    output_option,
     overwrite_option,
-    parse_bands,
 )
 
 
 @click.command(short_help="Write an untrained checkpoint.")
 @model_options
 @encoder_weights_options
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="Checkpoint file to write.",
-)
-@click.option(
-    "--classes-file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Classes, the file `geoddu train --classes-file` reads: YAML or JSON, "
-    '[{"name": "water", "color": [0, 0, 255]}, ...] (one per class; docs/training.md).',
-)
-@click.option(
-    "--subimage-size",
-    type=click.IntRange(1),
-    default=256,
-    show_default=True,
-    help="Subimage size segment will use (a multiple of the model stride).",
-)
-@click.option(
-    "--bands",
-    callback=lambda ctx, param, v: parse_bands(v),
-    metavar="1,2,3",
-    help="Input bands the model reads, 1-based, in its order (as `geoddu segment --bands`); "
-    "sets --in-channels to their count [1..--in-channels].",
-)
+@output_option("Checkpoint file to write.", required=True)
+@click.option("--classes-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Classes, the file `geoddu train --classes-file` reads: YAML or JSON, "
+                   '[{"name": "water", "color": [0, 0, 255]}, ...] (one per class; '
+                   "docs/training.md).")
+@click.option("--subimage-size", type=click.IntRange(1), default=256, show_default=True,
+              help="Subimage size segment will use (a multiple of the model stride).")
+@bands_option("Input bands the model reads, 1-based, in its order (as `geoddu segment "
+              "--bands`); sets --in-channels to their count [1..--in-channels].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight initialisation seed.")
 @overwrite_option
 def init(output, classes_file, subimage_size, bands, seed, overwrite, encoder_weights, adapt_bands,

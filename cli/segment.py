@@ -6,195 +6,86 @@ import sys
 
 import click
 
-from geoddu.parallel import PRECISIONS
+from geoddu.engine.request import PROBABILITY_DTYPES, SCHEDULES, SegmentRequest
+from geoddu.errors import GeodduError
 
-from .options import bands_option, overwrite_option, quiet_option, timeout_option
+from .options import (
+    area_options,
+    bands_option,
+    device_option,
+    model_option,
+    output_option,
+    overwrite_option,
+    precision_option,
+    progress_option,
+    quiet_option,
+    request_option,
+    timeout_option,
+)
+from .requests import error_events, request_fields
 
 
+# Every option that sets a field of the request is named after it (geoddu.engine.request).
 @click.command(short_help="Segment a raster into a class map GeoTIFF.")
 @click.argument("src", nargs=-1, required=False, type=str)
-@click.option(
-    "-o",
-    "--output",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Class map GeoTIFF to write (uint8, nodata 255, colour table).",
-)
-@click.option(
-    "--output-dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Several scenes (or a folder, or a .txt of paths): write OUTPUT_DIR/<stem>.tif each.",
-)
-@click.option(
-    "--skip-existing",
-    is_flag=True,
-    help="With --output-dir: leave scenes whose output exists (continue a killed batch).",
-)
+@output_option("Class map GeoTIFF to write (uint8, nodata 255, colour table).")
+@click.option("--output-dir", default=None, type=click.Path(file_okay=False),
+              help="Several scenes (or a folder, or a .txt of paths): write OUTPUT_DIR/<stem>.tif "
+                   "each.")
+@click.option("--skip-existing", is_flag=True,
+              help="With --output-dir: leave scenes whose output exists (continue a killed "
+                   "batch).")
 @timeout_option
-@click.option(
-    "-m",
-    "--model",
-    "model_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="geoddu checkpoint (from `geoddu train` or `geoddu init`).",
-)
-@click.option(
-    "--request",
-    "request_file",
-    default=None,
-    type=click.Path(dir_okay=False, allow_dash=True),
-    help="A whole run described as JSON (geoddu.engine.request.SegmentRequest.to_json); "
-    "'-' reads it from stdin. How the QGIS plugin starts a run.",
-)
-@bands_option
-@click.option(
-    "--subimage-size",
-    type=click.IntRange(1),
-    default=None,
-    help="Override the checkpoint's subimage size (a multiple of the model stride).",
-)
-@click.option(
-    "--device",
-    default=None,
-    help="cpu (default), cuda, cuda:1; several comma-separated spread the work.",
-)
-@click.option(
-    "--gpus",
-    type=click.IntRange(1),
-    default=None,
-    help="Spread the subimages over this many CUDA devices on this host.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
-    show_default=True,
-    help="Mixed precision (bf16/fp16 on CUDA).",
-)
-@click.option(
-    "--probabilities",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write per-class probabilities (float32, one band per class).",
-)
-@click.option(
-    "--confidence",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the maximum softmax probability (float32).",
-)
-@click.option(
-    "--probabilities-dtype",
-    type=click.Choice(["float32", "uint8"]),
-    default="float32",
-    show_default=True,
-    help="Data type of --probabilities and --confidence. uint8: p stored as round(p*254), "
-    "nodata 255, with GDAL scale 1/254 so GIS tools read p back; 4x smaller.",
-)
+@model_option("geoddu checkpoint (from `geoddu train` or `geoddu init`).")
+@request_option("geoddu.engine.request.SegmentRequest")
+@bands_option("Input bands to use, 1-based, in the model's order (default: the checkpoint's).")
+@click.option("--subimage-size", type=click.IntRange(1), default=None,
+              help="Override the checkpoint's subimage size (a multiple of the model stride).")
+@device_option("cpu (default), cuda, cuda:1; several comma-separated spread the work.")
+@click.option("--gpus", type=click.IntRange(1), default=None,
+              help="Spread the subimages over this many CUDA devices on this host.")
+@precision_option
+@click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
+              help="Also write per-class probabilities (float32, one band per class).")
+@click.option("--confidence", type=click.Path(dir_okay=False), default=None,
+              help="Also write the maximum softmax probability (float32).")
+@click.option("--probabilities-dtype", type=click.Choice(PROBABILITY_DTYPES),
+              default=SegmentRequest.probabilities_dtype, show_default=True,
+              help="Data type of --probabilities and --confidence. uint8: p stored as "
+                   "round(p*254), nodata 255, with GDAL scale 1/254 so GIS tools read p back; 4x "
+                   "smaller.")
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimised GeoTIFF.")
-@click.option(
-    "--scratch",
-    type=click.Path(file_okay=False),
-    default=None,
-    metavar="DIR",
-    help="Folder for the bottleneck store of large scenes (F/stride² float32 per pixel, "
-    "checked for free space before any work; two-pass runs only). Default: the system's "
-    "temporary folder.",
-)
-@click.option(
-    "--schedule",
-    type=click.Choice(["auto", "one-pass", "two-pass"]),
-    default="auto",
-    show_default=True,
-    help="one-pass: every subimage encoded once, strips of up to 8 subimage columns keep "
-    "their skip connections until their row is decoded (at most 1 GB of them). two-pass: "
-    "encode everything, then encode again to decode; less memory, more work. auto: one "
-    "pass where it fits and costs less. Never changes the result; the summary says which ran.",
-)
-@click.option(
-    "--aoi",
-    type=str,
-    default=None,
-    help="Area of interest (any vector GDAL reads, any CRS): only its pixels are "
-    "segmented; the rest is nodata. Work grows with the area, not the scene.",
-)
-@click.option(
-    "--vector",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the classes as polygons (.gpkg, .geojson, .fgb, .shp), as `geoddu vectorize`.",
-)
-@click.option(
-    "--min-area",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="M2",
-    help="With --vector: sieve away regions smaller than this area.",
-)
-@click.option(
-    "--simplify",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="TOL",
-    help="With --vector: simplify shared borders (map units).",
-)
+@click.option("--scratch", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Folder for the bottleneck store of large scenes (F/stride² float32 per pixel, "
+                   "checked for free space before any work; two-pass runs only). Default: the "
+                   "system's temporary folder.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=SegmentRequest.schedule,
+              show_default=True,
+              help="one-pass: every subimage encoded once, strips of up to 8 subimage columns "
+                   "keep their skip connections until their row is decoded (at most 1 GB of "
+                   "them). two-pass: encode everything, then encode again to decode; less "
+                   "memory, more work. auto: one pass where it fits and costs less. Never "
+                   "changes the result; the summary says which ran.")
+@click.option("--aoi", type=str, default=None,
+              help="Area of interest (any vector GDAL reads, any CRS): only its pixels are "
+                   "segmented; the rest is nodata. Work grows with the area, not the scene.")
+@click.option("--vector", type=click.Path(dir_okay=False), default=None,
+              help="Also write the classes as polygons (.gpkg, .geojson, .fgb, .shp), as "
+                   "`geoddu vectorize`.")
+@area_options("With --vector: sieve away regions smaller than this area.",
+              "With --vector: simplify shared borders (map units).", dest="vector_")
 @click.option("--aoi-layer", default=None, help="Layer of the --aoi file.")
-@click.option(
-    "--aoi-where",
-    default=None,
-    metavar="SQL",
-    help="Attribute filter for --aoi features, e.g. \"name = 'farm'\".",
-)
-@click.option(
-    "--plan",
-    "show_plan",
-    is_flag=True,
-    help="Print the plan (schedule and why, strips per device, steps, expected peak memory, "
-    "outputs) and exit: no pixel is read, nothing is written.",
-)
+@click.option("--aoi-where", default=None, metavar="SQL",
+              help="Attribute filter for --aoi features, e.g. \"name = 'farm'\".")
+@click.option("--plan", "show_plan", is_flag=True,
+              help="Print the plan (schedule and why, strips per device, steps, expected peak "
+                   "memory, outputs) and exit: no pixel is read, nothing is written.")
 @click.option("--json", "as_json", is_flag=True, help="With --plan: print it as JSON.")
 @overwrite_option
 @quiet_option
-@click.option(
-    "--progress-format",
-    type=click.Choice(["rich", "json"]),
-    default="rich",
-    show_default=True,
-    help="json: one JSON object per line on stderr (for QGIS and other programs).",
-)
-def segment(
-    src,
-    output,
-    output_dir,
-    skip_existing,
-    timeout,
-    model_path,
-    request_file,
-    bands,
-    subimage_size,
-    device,
-    gpus,
-    precision,
-    probabilities,
-    confidence,
-    probabilities_dtype,
-    cog,
-    scratch,
-    schedule,
-    aoi,
-    aoi_layer,
-    aoi_where,
-    vector,
-    min_area,
-    simplify,
-    show_plan,
-    as_json,
-    overwrite,
-    quiet,
-    progress_format,
-) -> None:
+@progress_option
+def segment(src, output_dir, skip_existing, timeout, request_file, show_plan, as_json, quiet,
+            progress, **fields) -> None:
     """Segment the raster SRC with a DDU-Net checkpoint and write a georeferenced class map
     (same CRS, transform and size as SRC).
 
@@ -221,71 +112,38 @@ def segment(
     a scene larger than a fair share is cut into blocks of subimages, one per rank, which
     exchange only the halos the communication network needs (docs/distributed.md).
     """
-    from geoddu.errors import GeodduError
-
     from .segment_run import run_segment
 
-    if request_file is not None:
-        from geoddu.engine.request import SegmentRequest
-
-        if src or output or model_path:
-            raise GeodduError("--request describes the whole run: give no SRC, -o or -m with it")
-        with click.open_file(request_file, encoding="utf-8") as f:
-            try:
-                request = SegmentRequest.from_json(f.read())
-            except GeodduError as exc:
-                if progress_format == "json":  # the reading program learns of it in its terms
-                    from geoddu.events import emit_json, error_event
-
-                    emit_json(error_event(str(exc)))
-                raise
-        options = request.to_dict()
-        src, output = (options.pop("src"),), options.pop("output")
-    else:
-        if not src:
+    with error_events(progress == "json"):
+        options = request_fields(click.get_current_context(), SegmentRequest, request_file)
+        if request_file is not None:
+            if src:
+                raise GeodduError("--request names the raster: give no SRC with it")
+            options = SegmentRequest.from_dict(options).to_dict()
+            src = (options.pop("src"),)
+        elif not src:
             raise GeodduError("give the raster to segment (SRC), or --request FILE")
-        if model_path is None:
+        elif options.get("model") is None:
             raise GeodduError(
                 "no model (-m/--model): train one (geoddu train, or the QGIS Train model "
                 "algorithm) or write an untrained one with geoddu init; see docs/models.md"
             )
-        # The command line's flags, by the request's field names (geoddu.engine.request).
-        options = dict(
-            model=model_path,
-            bands=bands,
-            subimage_size=subimage_size,
-            device=device,
-            gpus=gpus,
-            precision=precision,
-            probabilities=probabilities,
-            confidence=confidence,
-            probabilities_dtype=probabilities_dtype,
-            cog=cog,
-            overwrite=overwrite,
-            scratch=scratch,
-            schedule=schedule,
-            aoi=aoi,
-            aoi_layer=aoi_layer,
-            aoi_where=aoi_where,
-            vector=vector,
-            vector_min_area=min_area,
-            vector_simplify=simplify,
-        )
-    if show_plan or as_json:
+        if as_json and not show_plan:
+            raise GeodduError("--json goes with --plan")
+    if show_plan:
         from .segment_run import print_plans
 
-        if not show_plan:
-            raise GeodduError("--json goes with --plan")
-        sys.exit(print_plans(src, output, output_dir, options, as_json=as_json))
+        sys.exit(print_plans(src, options.pop("output", None), output_dir, options,
+                             as_json=as_json))
     sys.exit(
         run_segment(
             src,
-            output,
+            options.pop("output", None),
             output_dir,
             options,
             skip_existing=skip_existing,
             timeout_s=timeout,
             quiet=quiet,
-            progress_format=progress_format,
+            progress_format=progress,
         )
     )

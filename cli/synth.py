@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .options import overwrite_option, quiet_option
+from .options import output_option, overwrite_option, quiet_option
 
 
 @click.command(short_help="Generate the paper's synthetic dataset.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Folder to write (synthetic.json + train/val/test.npz).")
+@output_option("Folder to write (synthetic.json + train/val/test.npz).", required=True,
+               folder=True)
 @click.option("--k", "k", type=click.IntRange(1), default=2, show_default=True,
               help="Subimages per image: images are (k*32) x 32 px. The paper uses "
                    "2, 3, 4, 6, 8 and 16.")

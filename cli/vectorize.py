@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import json_option, overwrite_option, quiet_option
+from .options import area_options, json_option, output_option, overwrite_option, quiet_option
 
 
 def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -23,43 +23,16 @@ def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | Non
 
 @click.command(short_help="Turn a class map into polygons (GeoPackage, GeoJSON, ...).")
 @click.argument("src", type=str)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Vector file to write; the format comes from the extension: "
-    ".gpkg, .geojson/.json, .fgb (FlatGeobuf), .shp (Shapefile).",
-)
-@click.option(
-    "--min-area",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="M2",
-    help="First merge every region smaller than this (square map units, m^2 in a metric "
-    "CRS) into its largest neighbour.",
-)
-@click.option(
-    "--simplify",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="TOL",
-    help="Simplify the borders between polygons (map units), keeping neighbours glued: "
-    "no gaps, no overlaps.",
-)
-@click.option(
-    "--classes",
-    callback=parse_class_ids,
-    metavar="1,3",
-    help="Only write these class ids (default: every class).",
-)
-@click.option(
-    "--window-size",
-    type=click.IntRange(16),
-    default=512,
-    show_default=True,
-    help="Pixels per window side; memory grows with its square, not with the map.",
-)
+@output_option("Vector file to write; the format comes from the extension: .gpkg, "
+               ".geojson/.json, .fgb (FlatGeobuf), .shp (Shapefile).", required=True)
+@area_options("First merge every region smaller than this (square map units, m^2 in a metric "
+              "CRS) into its largest neighbour.",
+              "Simplify the borders between polygons (map units), keeping neighbours glued: "
+              "no gaps, no overlaps.")
+@click.option("--classes", callback=parse_class_ids, metavar="1,3",
+              help="Only write these class ids (default: every class).")
+@click.option("--window-size", type=click.IntRange(16), default=512, show_default=True,
+              help="Pixels per window side; memory grows with its square, not with the map.")
 @overwrite_option
 @quiet_option
 @json_option
@@ -93,16 +66,9 @@ def vectorize(
         progress.setup(f"opening {src}")
         from geoddu.io.polygonize import vectorize as run_vectorize
 
-        result = run_vectorize(
-            src,
-            output,
-            min_area=min_area,
-            simplify=simplify,
-            classes=classes,
-            window_size=window_size,
-            overwrite=overwrite,
-            progress=progress,
-        )
+        result = run_vectorize(src, output, min_area=min_area, simplify=simplify,
+                               classes=classes, window_size=window_size, overwrite=overwrite,
+                               progress=progress)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif not quiet:

@@ -3,7 +3,7 @@
 from .errors import Cancelled, GeodduError
 from .version import __version__
 
-__all__ = ["Cancelled", "GeodduError", "__version__", "load_model", "segment"]
+__all__ = ["Cancelled", "GeodduError", "__version__", "load_model", "segment", "train_model"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from .engine.api import segment
 
         return segment
+    if name == "train_model":
+        from .train.api import train_model
+
+        return train_model
     raise AttributeError(f"module 'geoddu' has no attribute {name!r}")

@@ -9,17 +9,16 @@ of restating its options.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import GeodduError
 from ..io.atomic import check_distinct_paths
 from ..parallel import PRECISIONS
+from ..request_base import JsonRequest
 
 __all__ = ["PRECISIONS", "SegmentRequest"]
 
@@ -46,7 +45,7 @@ def _path(value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class SegmentRequest:
+class SegmentRequest(JsonRequest):
     """A segment job. Paths are kept as given (GDAL paths such as ``/vsicurl/`` included).
 
     ``model`` is a checkpoint path, or an already loaded ``SegmentationModel`` (Python API).
@@ -83,6 +82,10 @@ class SegmentRequest:
     # Filled in, not given: the outputs by the names users know them by.
     outputs: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
+    REQUIRED: ClassVar[tuple[str, ...]] = ("src", "output", "model")
+    FLAGS: ClassVar[Mapping[str, str]] = {"vector_min_area": "--min-area",
+                                          "vector_simplify": "--simplify"}
+
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalised once, here
         for name in ("src", "output", "probabilities", "confidence", "aoi", "vector", "scratch"):
@@ -99,7 +102,7 @@ class SegmentRequest:
         for name in ("subimage_size", "gpus"):
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
-                raise GeodduError(f"--{name.replace('_', '-')} must be a positive integer")
+                raise GeodduError(f"{self.flag(name)} must be a positive integer")
         if self.precision not in PRECISIONS:
             raise GeodduError(
                 f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
@@ -113,8 +116,8 @@ class SegmentRequest:
                 f"--probabilities-dtype: unknown {self.probabilities_dtype!r}; choose from "
                 f"{', '.join(PROBABILITY_DTYPES)}"
             )
-        for name, flag in (("vector_min_area", "--min-area"), ("vector_simplify", "--simplify")):
-            value = getattr(self, name)
+        for name in ("vector_min_area", "vector_simplify"):
+            value, flag = getattr(self, name), self.flag(name)
             if value is None:
                 continue
             if not (math.isfinite(value) and value > 0):
@@ -140,41 +143,9 @@ class SegmentRequest:
     def wants_probabilities(self) -> bool:
         return self.probabilities is not None or self.confidence is not None
 
-    def replace(self, **changes: Any) -> SegmentRequest:
-        """The same request with some fields changed (checked again)."""
-        return dataclasses.replace(self, **changes)
-
     # -- the subprocess route ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields; only for a request whose model is a path."""
         if not isinstance(self.model, str):
             raise GeodduError("a request with an in-memory model cannot be sent to a process")
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        data["bands"] = list(self.bands) if self.bands is not None else None
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SegmentRequest:
-        """The request a front sent (JSON); unknown or missing fields are one-line errors."""
-        names = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise GeodduError(f"request: unknown field(s) {', '.join(unknown)}")
-        missing = sorted(n for n in ("src", "output", "model") if data.get(n) is None)
-        if missing:
-            raise GeodduError(f"request: missing {', '.join(missing)}")
-        # null means "the default", as an absent field does.
-        return cls(**{k: v for k, v in data.items() if v is not None})
-
-    @classmethod
-    def from_json(cls, text: str) -> SegmentRequest:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GeodduError(f"request: not JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise GeodduError("request: expected a JSON object")
-        return cls.from_dict(data)
+        return super().to_dict()

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import GeodduError
 from .batchnorm import RULES
+from .request import parse_grid  # noqa: F401 - defined with the request (no torch there)
 
 
 @dataclass
@@ -102,21 +103,3 @@ def preset(dataset: str, **overrides: Any) -> TrainConfig:
     values = dict(PRESETS[dataset])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values).check()
-
-
-def parse_grid(value: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
-    """'8' -> (8, 8); '1x6' -> (1, 6) (rows x cols)."""
-    if value is None or isinstance(value, tuple):
-        return value
-    if isinstance(value, int):
-        return (value, value)
-    text = value.lower().replace(" ", "")
-    try:
-        parts = [int(p) for p in text.split("x")]
-    except ValueError as exc:
-        raise GeodduError(f"subimage grid {value!r}: use P (P x P) or NxM, e.g. 8 or 1x6") from exc
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise GeodduError(f"subimage grid {value!r}: use P (P x P) or NxM, e.g. 8 or 1x6")
-    return parts[0], parts[1]

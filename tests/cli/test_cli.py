@@ -175,7 +175,8 @@ def test_init_refuses_inconsistent_classes(tmp_path):
     # The same count given twice is no contradiction.
     r = run("init", "-o", ckpt, "--classes", "2", "--classes-file", two, "--depth", "2",
             "--base-channels", "4", "--comm-features", "4", "--subimage-size", "32")
-    assert r.returncode == 0, r.stderr and ckpt.is_file()
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run("info", "-m", ckpt, "--json").stdout)["config"]["num_classes"] == 2
 
 
 def test_resume_from_a_damaged_last_checkpoint_is_one_line(tmp_path):
@@ -236,11 +237,14 @@ def test_the_light_model_constants_are_the_models():
 # -- one flag for one thing -------------------------------------------------------------------
 
 def test_every_checkpoint_option_is_m_model():
+    named = []
     for name, command in cli.commands.items():
         for param in command.params:
-            if param.name in ("model_path", "init_model"):
+            if param.name in ("model", "model_path", "init_model") or "--model" in param.opts:
                 assert param.opts == ["-m", "--model"], (name, param.opts)
+                named.append(name)
             assert "--checkpoint" not in param.opts or param.hidden, (name, param.opts)
+    assert sorted(named) == ["evaluate", "export", "info", "segment", "train"]
 
 
 def test_info_takes_m_and_still_the_old_checkpoint_flag(tmp_path, checkpoint):

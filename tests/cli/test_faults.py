@@ -11,14 +11,10 @@ The rows run concurrently (each in its own folder) so the table costs about one 
 
 from __future__ import annotations
 
-import os
-import pickle
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,349 +24,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers import make_checkpoint, write_geotiff
-
-GEODDU = [sys.executable, "-m", "geoddu.cli"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TEMP = "geoddu-tmp"
-ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-MAP = "out/map.tif"
-_BACKGROUND: dict[Path, object] = {}  # a row's helper run, joined before its outcome is read
-
-
-# -- the world every row starts from ----------------------------------------------------------
-def _world(d: Path) -> None:
-    rng = np.random.default_rng(0)
-    (d / "out").mkdir()
-    tiles = dict(tiled=True, blockxsize=32, blockysize=32, compress="deflate")
-    write_geotiff(d / "scene.tif", rng.integers(0, 255, (3, 64, 96), dtype=np.uint8), **tiles)
-    # Large enough to overflow the small file systems of the disk-full rows.
-    write_geotiff(d / "mid.tif", rng.integers(0, 255, (3, 512, 512), dtype=np.uint8), **tiles)
-    # Long enough to be signalled mid-run.
-    write_geotiff(
-        d / "big.tif", rng.integers(0, 255, (3, 2048, 2048), dtype=np.uint8), tiled=True
-    )
-    make_checkpoint(d / "model.pt", in_channels=3, num_classes=4, subimage_size=32)
-
-
-def seg(*extra: str, src: str = "scene.tif", out: str = MAP, model: str = "model.pt") -> list[str]:
-    return ["segment", "-q", "-o", out, "-m", model, *extra, "--", src]
-
-
-def _ckpt(d: Path, name: str, edit: Callable[[dict], object]) -> str:
-    ckpt = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-    torch.save(edit(ckpt), d / name)
-    return name
-
-
-def _set(path: str, value: object) -> Callable[[dict], dict]:
-    def edit(ckpt: dict) -> dict:
-        node = ckpt
-        keys = path.split(".")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-        return ckpt
-
-    return edit
-
-
-def _bytes(d: Path, name: str, data: bytes) -> str:
-    (d / name).write_bytes(data)
-    return name
-
-
-class _Payload:
-    """Pickled, it would create a marker file when unpickled: loading must never run it."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-def _pickle_payload(d: Path) -> str:
-    with open(d / "evil.pt", "wb") as f:
-        pickle.dump({"format": "geoddu-checkpoint", "x": _Payload(d / "PWNED")}, f)
-    return "evil.pt"
-
-
-def _mount(d: Path, name: str, size: str, stack: ExitStack, ro: bool = False) -> str:
-    """A small tmpfs (a full disk in miniature), or a read-only one; root only."""
-    path = d / name
-    path.mkdir()
-    opts = f"size={size}" + (",ro" if ro else "")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
-                       capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    stack.callback(subprocess.run, ["umount", "-l", str(path)], capture_output=True)
-    return name
-
-
-def _scene(d: Path, name: str, data: np.ndarray, **kw) -> str:
-    write_geotiff(d / name, data, **kw)
-    return name
-
-
-def _truncated(d: Path) -> str:
-    data = (d / "scene.tif").read_bytes()
-    return _bytes(d, "cut.tif", data[: len(data) // 2])
-
-
-def _corrupt(d: Path) -> str:
-    data = bytearray((d / "scene.tif").read_bytes())
-    # The header and tile index stay; the compressed tiles in the middle turn to noise.
-    first = len(data) // 3
-    data[first : first + 2000] = np.random.default_rng(1).integers(0, 255, 2000, np.uint8).tobytes()
-    return _bytes(d, "corrupt.tif", bytes(data))
-
-
-@dataclass
-class Case:
-    id: str
-    argv: Callable[[Path, ExitStack], list[str]]
-    rc: int = 1
-    says: str | None = None
-    outputs: tuple[str, ...] = (MAP,)
-    rerun: Callable[[Path], list[str]] | None = None
-    kill: int | None = None  # a signal sent once the run has created its temporary files
-    ok: bool = False  # a row that must succeed
-    unchanged: tuple[str, ...] = ()  # files that must be byte-identical afterwards
-    absent: tuple[str, ...] = ()  # files that must not exist afterwards (e.g. a payload marker)
-    check: Callable[[Path], None] | None = None  # more to assert right after the faulty run
-    wrote: tuple[str, ...] = ()  # what the rerun writes, when not the row's outputs
-
-
-def _c(id: str, argv, **kw) -> Case:  # noqa: A002 - the table reads better with `id`
-    return Case(id, argv, **kw)
-
-
-def _bad_model(edit_name: str, edit: Callable[[dict], object], says: str) -> Case:
-    return _c(f"checkpoint-{edit_name}", lambda d, s: seg(model=_ckpt(d, "bad.pt", edit)),
-              says=says)
-
-
-def _synth_and_train(d: Path, run: str) -> list[str]:
-    subprocess.run([*GEODDU, "synth", "-q", "-o", str(d / "synth"), "--k", "2", "--train", "4",
-                    "--val", "2", "--test", "0"], check=True, env=ENV, cwd=d)
-    return ["train", "-q", "--dataset", "synthetic", "--data", "synth", "-o", run,
-            "--epochs", "1", "--batch-size", "2", "--arch", "DDU-Net(2,4,Y)", "--in-channels",
-            "1", "--classes", "3", "--base-channels", "4", "--overwrite"]
-
-
-def _aoi(d: Path, name: str, far: bool = False) -> str:
-    import geopandas as gpd
-    import shapely
-    from helpers import CRS
-
-    x0 = 700000 if far else 500100
-    gdf = gpd.GeoDataFrame({"id": [1]}, geometry=[shapely.box(x0, 3999500, x0 + 400, 3999900)],
-                           crs=CRS)
-    gdf.to_file(d / "aoi-plain.gpkg")
-    os.replace(d / "aoi-plain.gpkg", d / name)  # GDAL itself takes odd names only this way
-    return name
-
-
-def _race(d: Path, stack: ExitStack) -> list[str]:
-    """Two runs on one output: the row's run (a large scene) and, started once the first has
-    created its temporary files, a quick one on the small scene that finishes first.
-
-    The quick one's result must stay; the slow one must fail with "exists" at its rename and
-    remove its temporary files, never replace the first result.
-    """
-    import threading
-
-    def quick() -> None:
-        deadline = time.monotonic() + 120
-        while not _temps(d) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        subprocess.run([*GEODDU, *seg()], cwd=d, env=ENV, capture_output=True)
-
-    thread = threading.Thread(target=quick)
-    thread.start()
-    _BACKGROUND[d] = thread
-    return seg(src="big.tif")
-
-
-def _quick_result_kept(d: Path) -> None:
-    with rasterio.open(d / MAP) as ds:
-        assert (ds.width, ds.height) == (96, 64), "the slow run replaced the first result"
-
-
-def _map_then_vectorize(d: Path, dst: str = "out/v.gpkg") -> list[str]:
-    if not (d / "out/cm.tif").exists():
-        subprocess.run([*GEODDU, *seg(out="out/cm.tif")], check=True, env=ENV, cwd=d)
-    return ["vectorize", "-q", "-o", dst, "out/cm.tif"]
-
-
-RGBA = np.concatenate(
-    [np.random.default_rng(2).integers(1, 255, (3, 64, 96), dtype=np.uint8),
-     np.where(np.arange(96) < 40, 0, 255).astype(np.uint8)[None, None, :].repeat(64, 1)]
-)
-RGB_NODATA = np.random.default_rng(3).integers(0, 4, (3, 64, 96), dtype=np.uint8) * 85
-
-
-def _nan_scene() -> np.ndarray:
-    data = np.random.default_rng(4).random((3, 64, 96), dtype=np.float32) * 255
-    data[1, 10:20, 30:50] = np.nan
-    return data
-
-
-CASES: list[Case] = [
-    # -- the input raster ---------------------------------------------------------------------
-    _c("input-not-a-raster", lambda d, s: seg(src=_bytes(d, "text.tif", b"hello\n" * 50)),
-       says="not a raster"),
-    _c("input-0-byte", lambda d, s: seg(src=_bytes(d, "empty.tif", b"")), says="empty.tif"),
-    _c("input-truncated", lambda d, s: seg(src=_truncated(d)), says="cut.tif"),
-    _c("input-corrupt", lambda d, s: seg(src=_corrupt(d)), says="corrupt.tif"),
-    _c("input-directory", lambda d, s: seg(src="out"), says="directory"),
-    _c("input-missing", lambda d, s: seg(src="nothing.tif"), says="no such file"),
-    _c("bands-more-than-model",
-       lambda d, s: seg(src=_scene(d, "four.tif", np.ones((4, 64, 96), np.uint8),
-                                    photometric="minisblack")),
-       says="--bands"),
-    _c("bands-fewer-than-model",
-       lambda d, s: seg(src=_scene(d, "two.tif", np.ones((2, 64, 96), np.uint8))),
-       says="band"),
-    _c("bands-missing-band", lambda d, s: seg("--bands", "1,2,9"), says="band 9"),
-    _c("bands-not-numbers", lambda d, s: seg("--bands", "a,b"), rc=2, says="--bands"),
-    _c("bands-zero", lambda d, s: seg("--bands", "0,1,2"), rc=2, says="start at 1"),
-    _c("subimage-size-not-multiple", lambda d, s: seg("--subimage-size", "30"),
-       says="multiple"),
-    _c("subimage-size-zero", lambda d, s: seg("--subimage-size", "0"), rc=2),
-    # -- the checkpoint -----------------------------------------------------------------------
-    _c("checkpoint-missing", lambda d, s: seg(model="none.pt"), says="not found"),
-    _c("checkpoint-directory", lambda d, s: seg(model="out"), rc=2, says="directory"),
-    _c("checkpoint-random-bytes",
-       lambda d, s: seg(model=_bytes(d, "rnd.pt", os.urandom(5000))), says="not a geoddu"),
-    _c("checkpoint-0-byte", lambda d, s: seg(model=_bytes(d, "zero.pt", b"")),
-       says="not a geoddu"),
-    _c("checkpoint-truncated",
-       lambda d, s: seg(model=_bytes(d, "half.pt", (d / "model.pt").read_bytes()[:20000])),
-       says="not a geoddu"),
-    _c("checkpoint-pickle-payload", lambda d, s: seg(model=_pickle_payload(d)),
-       says="not a geoddu", absent=("PWNED",)),
-    _bad_model("bare-state-dict", lambda c: c["state_dict"], "not a geoddu"),
-    _bad_model("wrong-architecture", _set("config.depth", 3), "weights"),
-    _bad_model("depth-0", _set("config.depth", 0), "depth"),
-    _bad_model("classes-300", _set("config.num_classes", 300), "num_classes"),
-    _bad_model("comm-features-too-many", _set("config.comm_features", 10_000), "comm_features"),
-    _bad_model("unknown-encoder", _set("config.encoder", "vgg"), "encoder"),
-    _bad_model("class-list-short", lambda c: {**c, "classes": c["classes"][:2]}, "classes"),
-    _bad_model("bands-length", _set("bands", [1, 2]), "bands"),
-    _bad_model("std-zero", _set("normalization.std", [255.0, 0.0, 255.0]), "std"),
-    _bad_model("subimage-size", _set("subimage_size", 30), "subimage"),
-    # -- devices ------------------------------------------------------------------------------
-    _c("gpus-without-cuda", lambda d, s: seg("--gpus", "1"), says="cuda"),
-    _c("device-cuda-without-cuda", lambda d, s: seg("--device", "cuda"), says="cuda"),
-    _c("device-unknown", lambda d, s: seg("--device", "tpu9"), says="tpu9"),
-    # -- outputs ------------------------------------------------------------------------------
-    _c("output-dir-missing", lambda d, s: seg(out="nowhere/map.tif"), says="does not exist",
-       outputs=("nowhere/map.tif",)),
-    _c("output-is-directory", lambda d, s: seg(out="out"), rc=2, says="directory", outputs=()),
-    _c("output-dir-read-only",
-       lambda d, s: seg(out=f"{_mount(d, 'ro', '1m', s, ro=True)}/map.tif"),
-       says="not writable", outputs=("ro/map.tif",), rerun=lambda d: seg()),
-    _c("output-disk-full",
-       lambda d, s: seg(src="mid.tif", out=f"{_mount(d, 'full', '64k', s)}/map.tif"),
-       says="no space left on device", outputs=("full/map.tif",), rerun=lambda d: seg()),
-    _c("probabilities-disk-full",
-       lambda d, s: seg("--probabilities", f"{_mount(d, 'full', '300k', s)}/p.tif",
-                        src="mid.tif", out="full/map.tif"),
-       says="no space left on device", outputs=("full/map.tif", "full/p.tif"),
-       rerun=lambda d: seg("--probabilities", "out/p.tif")),
-    _c("cog-disk-full",
-       lambda d, s: seg("--cog", src="big.tif", out=f"{_mount(d, 'full', '2m', s)}/map.tif"),
-       says="no space left on device", outputs=("full/map.tif",),
-       rerun=lambda d: seg("--cog")),
-    _c("vector-disk-full",
-       lambda d, s: seg("--vector", f"{_mount(d, 'full', '32k', s)}/v.gpkg", src="mid.tif"),
-       says="no space left on device", outputs=(MAP, "full/v.gpkg"),
-       rerun=lambda d: seg("--vector", "out/v.gpkg")),
-    _c("output-exists", lambda d, s: _bytes(d, MAP, b"keep") and seg(), says="exists",
-       outputs=(), unchanged=(MAP,), rerun=lambda d: seg("--overwrite")),
-    _c("output-is-input", lambda d, s: seg(out="scene.tif"), says="input", outputs=(),
-       unchanged=("scene.tif",)),
-    _c("two-outputs-one-path", lambda d, s: seg("--probabilities", MAP), says="same file"),
-    _c("vector-is-output", lambda d, s: seg("--vector", MAP), says="same file"),
-    _c("scratch-missing", lambda d, s: seg("--scratch", "noscratch"), says="noscratch"),
-    # -- interruptions ------------------------------------------------------------------------
-    _c("sigint-mid-run", lambda d, s: seg("--probabilities", "out/p.tif", src="big.tif"),
-       rc=130, kill=signal.SIGINT, says="interrupted", outputs=(MAP, "out/p.tif")),
-    _c("sigterm-mid-run", lambda d, s: seg("--probabilities", "out/p.tif", src="big.tif"),
-       rc=143, kill=signal.SIGTERM, says="sigterm", outputs=(MAP, "out/p.tif")),
-    _c("sighup-mid-run", lambda d, s: seg("--probabilities", "out/p.tif", src="big.tif"),
-       rc=129, kill=signal.SIGHUP, says="sighup", outputs=(MAP, "out/p.tif")),
-    _c("sigkill-mid-run", lambda d, s: seg(src="big.tif"), rc=-9, kill=signal.SIGKILL),
-    _c("two-runs-one-output", _race, says="exists", outputs=(), check=_quick_result_kept,
-       rerun=lambda d: seg("--overwrite")),
-    # -- areas of interest --------------------------------------------------------------------
-    _c("aoi-missing", lambda d, s: seg("--aoi", "none.gpkg"), says="not found"),
-    _c("aoi-not-a-vector", lambda d, s: seg("--aoi", _bytes(d, "aoi.gpkg", b"nope")),
-       says="aoi.gpkg"),
-    _c("aoi-outside-raster", lambda d, s: seg("--aoi", _aoi(d, "far.gpkg", far=True)),
-       says="does not overlap"),
-    _c("aoi-bad-where", lambda d, s: seg("--aoi", _aoi(d, "a.gpkg"), "--aoi-where", "nope ="),
-       says="a.gpkg"),
-    _c("aoi-no-crs-raster",
-       lambda d, s: seg("--aoi", _aoi(d, "a.gpkg"),
-                        src=_scene(d, "nocrs.tif", np.ones((3, 64, 96), np.uint8), crs=None)),
-       says="no crs"),
-    # -- other commands -----------------------------------------------------------------------
-    _c("vectorize-not-a-raster",
-       lambda d, s: ["vectorize", "-o", "out/v.gpkg", _bytes(d, "t.tif", b"text")],
-       says="t.tif", outputs=("out/v.gpkg",), rerun=lambda d: _map_then_vectorize(d),
-       wrote=("out/v.gpkg",)),
-    _c("vectorize-disk-full",
-       lambda d, s: _map_then_vectorize(d, f"{_mount(d, 'full', '16k', s)}/v.gpkg"),
-       says="no space left on device", outputs=("full/v.gpkg",),
-       rerun=lambda d: _map_then_vectorize(d), wrote=("out/v.gpkg",)),
-    _c("init-empty-classes",
-       lambda d, s: ["init", "-o", "out/m.pt", "--classes-file",
-                     _bytes(d, "c.json", b'{"classes": []}')],
-       says="class", outputs=("out/m.pt",),
-       rerun=lambda d: ["init", "-o", "out/m.pt", "--classes", "3"]),
-    _c("init-classes-mismatch",
-       lambda d, s: ["init", "-o", "out/m.pt", "--classes", "5", "--classes-file",
-                     _bytes(d, "c.json",
-                            b'{"classes": [{"name": "a", "color": [1, 2, 3]},'
-                            b' {"name": "b", "color": [4, 5, 6]}]}')],
-       says="class", outputs=("out/m.pt",),
-       rerun=lambda d: ["init", "-o", "out/m.pt", "--classes", "3"]),
-    _c("train-empty-folder",
-       lambda d, s: (d / "empty" / "images").mkdir(parents=True) or
-       ["train", "-q", "--dataset", "folder", "--data", "empty", "-o", "out/run",
-        "--epochs", "1"],
-       outputs=("out/run/last.pt", "out/run/best.pt"),
-       rerun=lambda d: _synth_and_train(d, "out/run")),
-    _c("train-resume-corrupt-last",
-       lambda d, s: (d / "out" / "run").mkdir() or
-       _bytes(d, "out/run/last.pt", os.urandom(3000)) and
-       ["train", "-q", "-o", "out/run", "--resume"],
-       says="last.pt", outputs=("out/run/best.pt",),
-       rerun=lambda d: _synth_and_train(d, "out/run")),
-    # -- inputs GDAL accepts: these must succeed ----------------------------------------------
-    _c("ok-alpha-band", lambda d, s: seg(src=_scene(d, "rgba.tif", RGBA, photometric="RGB",
-                                                     alpha="YES")), ok=True),
-    _c("ok-rgb-nodata-0", lambda d, s: seg(src=_scene(d, "nd.tif", RGB_NODATA, nodata=0)),
-       ok=True),
-    _c("ok-16-bit", lambda d, s: seg(src=_scene(
-        d, "u16.tif", np.random.default_rng(5).integers(0, 4000, (3, 64, 96), np.uint16))),
-       ok=True),
-    _c("ok-float-nan", lambda d, s: seg(src=_scene(d, "nan.tif", _nan_scene())), ok=True),
-    _c("ok-no-crs", lambda d, s: seg(src=_scene(d, "plain.tif", np.ones((3, 64, 96), np.uint8),
-                                               crs=None)), ok=True),
-    _c("ok-odd-names",
-       lambda d, s: shutil.copy(d / "scene.tif", d / "-my scene;$x 'q'.tif") and
-       seg("--probabilities", "out/p $;'1'.tif", src="-my scene;$x 'q'.tif",
-           out="out/-map;$ 'q'.tif"),
-       ok=True, outputs=("out/-map;$ 'q'.tif", "out/p $;'1'.tif")),
-    _c("ok-odd-vector-and-aoi-names",
-       lambda d, s: seg("--aoi", _aoi(d, "aoi;x #1.gpkg"), "--vector", "out/v;u $'.gpkg"),
-       ok=True, outputs=(MAP, "out/v;u $'.gpkg")),
-]
+from fault_table import BACKGROUND, CASES, ENV, GEODDU, MAP, Case, mount, seg, temps, world
 
 
 # -- running a row ----------------------------------------------------------------------------
@@ -389,10 +43,6 @@ class Outcome:
     changed: list[str] = field(default_factory=list)
     folder: Path | None = None
     error: str | None = None
-
-
-def _temps(d: Path) -> list[str]:
-    return sorted(str(p.relative_to(d)) for p in d.rglob(f"*{TEMP}*"))
 
 
 def _readable(path: Path) -> bool:
@@ -423,7 +73,7 @@ def _run(argv: list[str], d: Path, kill: int | None) -> subprocess.CompletedProc
     proc = subprocess.Popen([*GEODDU, *argv], cwd=d, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not _temps(d) and proc.poll() is None and time.monotonic() < deadline:
+    while not temps(d) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # well inside the run: its writers are open and writing
     proc.send_signal(kill)
@@ -439,9 +89,9 @@ def _play(case: Case, d: Path) -> Outcome:
             return Outcome(0, "", [], [], skipped=str(exc))
         snapshot = {p: (d / p).read_bytes() for p in case.unchanged if (d / p).exists()}
         r = _run(argv, d, case.kill)
-        if d in _BACKGROUND:
-            _BACKGROUND.pop(d).join()
-        outcome = Outcome(r.returncode, r.stderr, _temps(d),
+        if d in BACKGROUND:
+            BACKGROUND.pop(d).join()
+        outcome = Outcome(r.returncode, r.stderr, temps(d),
                           [o for o in case.outputs if (d / o).exists()], folder=d)
         outcome.changed = [p for p, b in snapshot.items() if (d / p).read_bytes() != b]
         if case.check is not None:
@@ -454,7 +104,7 @@ def _play(case: Case, d: Path) -> Outcome:
     r2 = subprocess.run([*GEODDU, *rerun], cwd=d, env=ENV, capture_output=True, text=True,
                         timeout=300)
     outcome.rerun_rc, outcome.rerun_stderr = r2.returncode, r2.stderr
-    outcome.rerun_temps = _temps(d)
+    outcome.rerun_temps = temps(d)
     written = case.wrote or [o for o in case.outputs if o.startswith("out/")] or [MAP]
     outcome.unreadable = [o for o in written if not _readable(d / o)]
     return outcome
@@ -488,7 +138,7 @@ def _default_rerun(argv: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("world")
-    _world(d)
+    world(d)
     return d
 
 
@@ -572,13 +222,13 @@ def test_scratch_space_is_checked_before_any_work(template: Path, tmp_path: Path
     from geoddu.errors import GeodduError
 
     with ExitStack() as stack:
-        scratch = tmp_path / _mount(tmp_path, "scratch", "16k", stack)
+        scratch = tmp_path / mount(tmp_path, "scratch", "16k", stack)
         out = tmp_path / "map.tif"
         # Two passes keep the bottleneck mosaic between them (one pass keeps no store).
         with pytest.raises(GeodduError, match=r"--scratch .*needs \d+ MB, 0 MB free"):
             geoddu.segment(template / "big.tif", out, template / "model.pt",
                            store_max_ram_bytes=0, scratch=scratch, schedule="two-pass")
-        assert not out.exists() and not _temps(tmp_path)
+        assert not out.exists() and not temps(tmp_path)
         # With room, the same store on disk gives the same classes as in RAM.
         geoddu.segment(template / "scene.tif", out, template / "model.pt",
                        store_max_ram_bytes=0, scratch=tmp_path, schedule="two-pass")

@@ -48,6 +48,7 @@ else:
         SUBIMAGE,
         WIDTH,
         missing,
+        recording_feedback,
     )
 
     @pytest.fixture(scope="session")
@@ -151,3 +152,18 @@ else:
                 monkeypatch.delenv("GEODDU_PYTHON_ENV", raising=False)
 
         return select
+
+    @pytest.fixture(params=["cli", "env"])
+    def mode(request, engine_mode):
+        """Each engine set-up a test runs through: ``cli`` (the geoddu command) and ``env``
+        (a configured Python environment, imported in-process)."""
+        if request.param == "env":
+            engine_mode("env", request.getfixturevalue("python_env"))
+        else:
+            engine_mode(request.param)
+        return request.param
+
+    @pytest.fixture
+    def feedback_cls(qgis_app):
+        """:func:`qgis_testdata.recording_feedback`'s class."""
+        return recording_feedback()

@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 from qgis_testdata import BANDS, EPSG, GEOTRANSFORM, HEIGHT, PLUGIN_PARENT, SUBIMAGE, WIDTH
 
-MODES = ["cli", "env"]
 #: A name with every character a shell or an option parser could trip on.
 ODD = "-o d'd \";$x"
 
@@ -44,15 +43,6 @@ def _discovery():
     from geoddu_qgis import discovery
 
     return discovery
-
-
-@pytest.fixture(params=MODES)
-def mode(request, engine_mode):
-    if request.param == "env":
-        engine_mode("env", request.getfixturevalue("python_env"))
-    else:
-        engine_mode(request.param)
-    return request.param
 
 
 @pytest.fixture
@@ -352,16 +342,11 @@ def test_cli_request_goes_on_stdin_never_on_the_command_line(qgis_app, data, geo
                "model": str(folder / f"{ODD} model.pt"), "bands": [3, 2, 1],
                "probabilities": str(folder / "--p;$x.tif"), "subimage_size": 2 * SUBIMAGE,
                "overwrite": True}
+    from qgis_testdata import recording_command
+
     # A stand-in command that records its arguments and stdin, then runs the real one.
-    record = tmp_path / "record"
-    record.mkdir()
-    script = tmp_path / "recording geoddu"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s\\n" "$@" > {shlex.quote(str(record / "argv"))}\n'
-        f'tee {shlex.quote(str(record / "stdin.json"))} | exec {shlex.quote(geoddu_cli)} "$@"\n')
-    script.chmod(0o755)
-    engine = engine_bridge.CliEngine([str(script)])
+    script, record = recording_command(tmp_path, geoddu_cli)
+    engine = engine_bridge.CliEngine([script])
 
     out = engine.segment(request)
     argv = (record / "argv").read_text().splitlines()

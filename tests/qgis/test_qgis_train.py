@@ -3,8 +3,10 @@ with a tiny DDU-Net, and geoddu:segment with the checkpoint it wrote.
 
 The raster has two clearly different halves (green "forest" on the left, red "urban" on the
 right); a handful of polygons label parts of each. Through both engine set-ups (``env``: the
-trainer's Python API in-process; ``cli``: ``geoddu train`` as a subprocess), in a model chained
-to geoddu:segment, with a label raster, cancelled and resumed, and from ``qgis_process``.
+trainer's Python API in-process; ``cli``: ``geoddu train --request -`` as a subprocess, read
+through its JSON progress), in a model chained to geoddu:segment, with a label raster,
+cancelled and resumed, and from ``qgis_process``; and the bridge alone: one request, the same
+events and the same run through both routes.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import re
 import shutil
 import subprocess
+import sys
 
 import pytest
-from qgis_testdata import EPSG, PLUGIN_PARENT, missing
+from qgis_testdata import EPSG, PLUGIN_PARENT, missing, model_step, recording_command
 
 SIZE = 96
 X0, Y0, PIXEL = 500000.0, 4600000.0, 10.0
@@ -26,36 +28,6 @@ TINY = {"ARCH": 1, "BASE_CHANNELS": 4, "EPOCHS": 2, "PATCH_SIZE": 32,
         "SUBIMAGES": 2, "BATCH_SIZE": 2, "LEARNING_RATE": 0.03}
 #: The label layer's categories: what the checkpoint's classes must be named and coloured.
 CATEGORIES = [("forest", "Forest", (20, 140, 40)), ("urban", "Urban", (220, 30, 30))]
-
-
-def _feedback_class():
-    from qgis.core import QgsProcessingFeedback
-
-    class RecordingFeedback(QgsProcessingFeedback):
-        """Records progress and messages; cancels itself at the first message matching
-        ``cancel_at``."""
-
-        def __init__(self, cancel_at: str | None = None):
-            super().__init__()
-            self.progress_values: list[float] = []
-            self.messages: list[str] = []
-            self.cancel_at = cancel_at
-            self.progressChanged.connect(self.progress_values.append)
-
-        def pushInfo(self, info):  # noqa: N802
-            self.messages.append(info)
-            if self.cancel_at and re.search(self.cancel_at, info):
-                self.cancel()
-
-        def setProgressText(self, text):  # noqa: N802
-            self.messages.append(text)
-
-    return RecordingFeedback
-
-
-@pytest.fixture
-def feedback_cls(qgis_app):
-    return _feedback_class()
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +122,6 @@ def _class_map(path):
     return info
 
 
-@pytest.fixture(params=["env", "cli"])
-def mode(request, engine_mode):
-    engine_mode(request.param,
-                request.getfixturevalue("python_env") if request.param == "env" else None)
-    return request.param
-
-
 def test_train_then_segment(plugin, scene, mode, feedback_cls, tmp_path):
     import processing
 
@@ -212,39 +177,25 @@ def test_label_raster_in_a_model_chained_to_segment(plugin, scene, engine_mode, 
     import processing
     from qgis.core import (
         QgsProcessingModelAlgorithm,
-        QgsProcessingModelChildAlgorithm,
         QgsProcessingModelChildParameterSource,
-        QgsProcessingModelOutput,
         QgsProcessingModelParameter,
         QgsProcessingParameterRasterLayer,
     )
 
+    source = QgsProcessingModelChildParameterSource
     engine_mode("env", python_env)
     model = QgsProcessingModelAlgorithm("train and segment", "tests")
     for name in ("scene", "labels"):
         model.addModelParameter(QgsProcessingParameterRasterLayer(name, name),
                                 QgsProcessingModelParameter(name))
-    train = QgsProcessingModelChildAlgorithm("geoddu:train")
-    train.setChildId("train")
-    train.addParameterSources(
-        "INPUTS", [QgsProcessingModelChildParameterSource.fromModelParameter("scene")])
-    train.addParameterSources(
-        "LABEL_RASTER", [QgsProcessingModelChildParameterSource.fromModelParameter("labels")])
-    for name, value in TINY.items():
-        train.addParameterSources(name, [QgsProcessingModelChildParameterSource.fromStaticValue(
-            value)])
-    segment = QgsProcessingModelChildAlgorithm("geoddu:segment")
-    segment.setChildId("segment")
-    segment.addParameterSources(
-        "INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("scene")])
-    segment.addParameterSources(
-        "MODEL", [QgsProcessingModelChildParameterSource.fromChildOutput("train", "OUTPUT")])
-    output = QgsProcessingModelOutput("landcover", "Land cover")
-    output.setChildId("segment")
-    output.setChildOutputName("OUTPUT")
-    segment.setModelOutputs({"landcover": output})
-    model.addChildAlgorithm(train)
-    model.addChildAlgorithm(segment)
+    model_step(model, "geoddu:train", "train",
+               {"INPUTS": source.fromModelParameter("scene"),
+                "LABEL_RASTER": source.fromModelParameter("labels"),
+                **{name: source.fromStaticValue(value) for name, value in TINY.items()}})
+    model_step(model, "geoddu:segment", "segment",
+               {"INPUT": source.fromModelParameter("scene"),
+                "MODEL": source.fromChildOutput("train", "OUTPUT")},
+               {"OUTPUT": ("landcover", "Land cover")})
 
     dst = str(tmp_path / "landcover.tif")
     result = processing.run(model, {"scene": scene["image"], "labels": scene["label_raster"],
@@ -355,3 +306,87 @@ def test_qgis_process_trains_and_prints_plain_help(plugin, scene, python_env, tm
     results = json.loads(done.stdout[done.stdout.index("{"):])["results"]
     assert results["OUTPUT"] == ckpt and results["ENGINE"] == "import"
     assert results["EPOCHS_RUN"] == 1 and os.path.isfile(ckpt)
+
+
+# --- the bridge alone: one training request, both routes ---------------------------------------
+
+
+def _bridge():
+    if str(PLUGIN_PARENT) not in sys.path:
+        sys.path.insert(0, str(PLUGIN_PARENT))
+    from geoddu_qgis import discovery, engine_bridge
+
+    return engine_bridge, discovery
+
+
+@pytest.fixture(scope="module")
+def synthetic(geoddu_cli, tmp_path_factory) -> str:
+    data = tmp_path_factory.mktemp("synthetic") / "k2"
+    subprocess.run([geoddu_cli, "synth", "-q", "-o", str(data), "--k", "2", "--train", "12",
+                    "--val", "6", "--test", "0"], check=True)
+    return str(data)
+
+
+def _train(engine, request):
+    progress, rows = [], []
+    summary = engine.train(request, progress=lambda *report: progress.append(report),
+                           epoch=rows.append)
+    return progress, rows, summary
+
+
+def test_the_bridge_sends_one_request_and_reads_the_same_events_both_ways(
+        qgis_app, synthetic, geoddu_cli, python_env, tmp_path):
+    """The command gets the training request as JSON on stdin (fixed arguments, no path on
+    its command line) and reports through JSON events; geoddu in-process runs the same request
+    with the same events: the same progress, epochs and weights."""
+    engine_bridge, discovery = _bridge()
+    script, record = recording_command(tmp_path, geoddu_cli)
+    request = {"dataset": "synthetic", "data": synthetic, "arch": "DDU-Net(2,8,Y)",
+               "base_channels": 4, "epochs": 2, "batch_size": 6, "seed": 3}
+    runs = {}
+    for route, engine in (
+            ("cli", engine_bridge.CliEngine([script])),
+            ("in-process", discovery.find_engine(mode="env", python_env=python_env,
+                                                 environ={}))):
+        run_dir = str(tmp_path / f"-o {route};$x")
+        runs[route] = _train(engine, {**request, "run_dir": run_dir})
+        progress, rows, summary = runs[route]
+        assert progress[0] == ("train", 0, 4) and progress[-1] == ("train", 4, 4)
+        assert [done for _, done, _ in progress] == sorted(done for _, done, _ in progress)
+        assert [(row["epoch"], row["epochs"]) for row in rows] == [(1, 2), (2, 2)]
+        with open(os.path.join(run_dir, "history.json")) as stream:
+            history = json.load(stream)
+        assert [row["val_loss"] for row in rows] == [row["val_loss"] for row in history]
+        assert summary["epochs_run"] == 2 and os.path.isfile(summary["best"])
+    assert (record / "argv").read_text().splitlines() == [
+        "train", "--request", "-", "--progress=json"]
+    sent = json.loads((record / "stdin.json").read_text())
+    assert sent == {**request, "run_dir": str(tmp_path / "-o cli;$x")}
+    # The same progress and epochs (two Pythons with their own numpy: equal to rounding).
+    (cli_progress, cli_rows, _), (own_progress, own_rows, _) = runs["cli"], runs["in-process"]
+    assert cli_progress == own_progress
+    for mine, theirs in zip(cli_rows, own_rows, strict=True):
+        assert mine == {**theirs, **{key: pytest.approx(theirs[key], rel=1e-4)
+                                     for key in ("train_loss", "val_loss", "val_miou")}}
+
+
+def test_bridge_training_errors_are_one_line(qgis_app, python_env, geoddu_cli, tmp_path):
+    engine_bridge, discovery = _bridge()
+    old = tmp_path / "old geoddu"  # a geoddu from before `geoddu train --request`
+    old.write_text("#!/bin/sh\necho \"Error: No such option: --request (see 'geoddu train "
+                   "--help')\" >&2\nexit 2\n")
+    old.chmod(0o755)
+    bad = {"run_dir": str(tmp_path / "run"), "dataset": "folder", "data": str(tmp_path),
+           "colour": "red"}
+    engines = {"cli": engine_bridge.CliEngine([geoddu_cli]),
+               "in-process": discovery.find_engine(mode="env", python_env=python_env,
+                                                   environ={}),
+               "old": engine_bridge.CliEngine([str(old)])}
+    for route, engine in engines.items():
+        with pytest.raises(engine_bridge.EngineError) as info:
+            engine.train(bad)
+        want = (engine_bridge.TOO_OLD["train"] if route == "old"
+                else "request: unknown field(s) colour")
+        assert str(info.value) == want, route
+    assert os.listdir(tmp_path) == ["old geoddu"]
+

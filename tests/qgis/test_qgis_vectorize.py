@@ -13,13 +13,6 @@ from qgis_testdata import CLASSES, EPSG, GEOTRANSFORM
 SIZE = 64
 
 
-@pytest.fixture(params=["env", "cli"])
-def mode(request, engine_mode):
-    engine_mode(request.param,
-                request.getfixturevalue("python_env") if request.param == "env" else None)
-    return request.param
-
-
 @pytest.fixture(scope="module")
 def class_map(tmp_path_factory, qgis_app) -> str:
     """A 64 x 64 class map: three blocks of classes 0, 1, 2, a few single-pixel specks of
@@ -50,27 +43,6 @@ def class_map(tmp_path_factory, qgis_app) -> str:
     return str(path)
 
 
-def _feedback(cancel_at: str | None = None):
-    from qgis.core import QgsProcessingFeedback
-
-    class RecordingFeedback(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.progress_values: list[float] = []
-            self.messages: list[str] = []
-            self.progressChanged.connect(self.progress_values.append)
-
-        def pushInfo(self, info):  # noqa: N802
-            self.messages.append(info)
-
-        def setProgressText(self, text):  # noqa: N802
-            self.messages.append(text)
-            if cancel_at and cancel_at in text:
-                self.cancel()
-
-    return RecordingFeedback()
-
-
 def _features(path):
     from osgeo import ogr
 
@@ -85,12 +57,12 @@ def _features(path):
     return rows, epsg
 
 
-def test_vectorize_writes_styled_polygons(plugin, class_map, mode, tmp_path):
+def test_vectorize_writes_styled_polygons(plugin, class_map, mode, feedback_cls, tmp_path):
     import processing
     from qgis.core import QgsCategorizedSymbolRenderer, QgsProject
 
     dst = str(tmp_path / "out" / "regions.gpkg")  # its folder is made
-    feedback = _feedback()
+    feedback = feedback_cls()
     result = processing.runAndLoadResults(
         "geoddu:vectorize", {"INPUT": class_map, "OUTPUT": dst}, feedback=feedback)
     assert result["OUTPUT"] == dst and result["ENGINE"] == mode
@@ -116,11 +88,11 @@ def test_vectorize_writes_styled_polygons(plugin, class_map, mode, tmp_path):
     del loaded, renderer
 
 
-def test_min_area_and_simplify_reach_the_engine(plugin, class_map, mode, tmp_path):
+def test_min_area_and_simplify_reach_the_engine(plugin, class_map, mode, feedback_cls, tmp_path):
     import processing
 
     dst = str(tmp_path / "sieved.geojson")
-    feedback = _feedback()
+    feedback = feedback_cls()
     processing.run("geoddu:vectorize", {"INPUT": class_map, "MIN_AREA": 250.0,
                                         "SIMPLIFY": 5.0, "OUTPUT": dst}, feedback=feedback)
     rows, _ = _features(dst)
@@ -131,19 +103,19 @@ def test_min_area_and_simplify_reach_the_engine(plugin, class_map, mode, tmp_pat
         assert any("simplify" in m for m in feedback.messages)
 
 
-def test_cancel_and_errors_leave_nothing(plugin, class_map, mode, tmp_path):
+def test_cancel_and_errors_leave_nothing(plugin, class_map, mode, feedback_cls, tmp_path):
     import processing
     from osgeo import gdal
     from qgis.core import QgsProcessingException
 
     with pytest.raises(QgsProcessingException, match="cancel"):
         processing.run("geoddu:vectorize", {"INPUT": class_map, "OUTPUT": str(
-            tmp_path / "x" / "cancelled.gpkg")}, feedback=_feedback(cancel_at="geoddu:"))
+            tmp_path / "x" / "cancelled.gpkg")}, feedback=feedback_cls(cancel_at="geoddu:"))
     not_a_map = tmp_path / "image.tif"
     ds = gdal.GetDriverByName("GTiff").Create(str(not_a_map), 8, 8, 1, gdal.GDT_Float32)
     del ds  # closed: a float raster without a CRS
     with pytest.raises(QgsProcessingException) as info:
         processing.run("geoddu:vectorize", {"INPUT": str(not_a_map), "OUTPUT": str(
-            tmp_path / "y" / "bad.gpkg")}, feedback=_feedback())
+            tmp_path / "y" / "bad.gpkg")}, feedback=feedback_cls())
     assert "\n" not in str(info.value).strip()
     assert sorted(os.listdir(tmp_path)) == ["image.tif"]  # no output, no folder made for it

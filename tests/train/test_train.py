@@ -64,7 +64,8 @@ def test_run_writes_self_describing_checkpoints(synthetic, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"train_loss", "val_loss", "val_miou", "iou_line", "lr"} <= set(rows[0])
     assert len(json.loads((run / "history.json").read_text())) == 2
-    # segment/predict need nothing but the checkpoint.
+    # segment/predict need nothing but the checkpoint: the classes the trained network itself
+    # gives (its 1 x 2 subimages, the stored normalisation), up to BatchNorm folding's rounding.
     model = load_model(run / "best.pt")
     image, _ = open_dataset("synthetic", synthetic, "test")[0]
     classes = model.predict(image)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import traceback
 
 from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -20,14 +18,13 @@ from qgis.core import (
     QgsProcessingParameterVectorLayer,
 )
 
-from . import engine_bridge, settings
-from .algorithm_base import GeodduAlgorithm, existing_file
-from .discovery import find_engine
+from . import engine_bridge
+from .algorithm_base import GeodduAlgorithm, docs_url, existing_file
 from .styling import ClassMapStyler, ClassPolygonStyler, read_classes
 
-#: The Processing group of every geoddu algorithm.
-#: The project's repository (metadata.txt names the same); the docs are its docs/ folder.
-REPOSITORY = "https://github.com/geoddu/geoddu"
+__all__ = ["DEVICES", "PRECISIONS", "SegmentAlgorithm", "docs_url", "make_folders",
+           "remove_folders"]
+
 DEVICES = ["cpu", "cuda"]
 PRECISIONS = ["fp32", "bf16", "fp16"]
 #: Optional raster outputs: (request field, parameter).
@@ -35,76 +32,53 @@ EXTRA_RASTERS = (("probabilities", "PROBABILITIES"), ("confidence", "CONFIDENCE"
 
 
 class SegmentAlgorithm(GeodduAlgorithm):
-    INPUT = "INPUT"
-    MODEL = "MODEL"
-    BANDS = "BANDS"
-    DEVICE = "DEVICE"
-    GPUS = "GPUS"
-    PRECISION = "PRECISION"
-    SUBIMAGE_SIZE = "SUBIMAGE_SIZE"
-    OUTPUT = "OUTPUT"
-    PROBABILITIES = "PROBABILITIES"
-    CONFIDENCE = "CONFIDENCE"
-    POLYGONS = "POLYGONS"
+    # Parameters besides INPUT, OUTPUT, MIN_AREA and SIMPLIFY: the model and how it runs, the
+    # optional outputs, the area of interest.
+    MODEL, BANDS, DEVICE, GPUS = "MODEL", "BANDS", "DEVICE", "GPUS"
+    PRECISION, SUBIMAGE_SIZE = "PRECISION", "SUBIMAGE_SIZE"
+    PROBABILITIES, CONFIDENCE, POLYGONS = "PROBABILITIES", "CONFIDENCE", "POLYGONS"
     AOI = "AOI"
-    MIN_AREA = "MIN_AREA"
-    SIMPLIFY = "SIMPLIFY"
-    ENGINE = "ENGINE"
-
-    def name(self):
-        return "segment"
-
-    def displayName(self):  # noqa: N802
-        return self.tr("Segment raster (DDU-Net)")
-
-    def shortDescription(self):  # noqa: N802
-        return self.tr("Segments a raster into a class map with a DDU-Net checkpoint.")
-
-    def helpUrl(self):  # noqa: N802
-        return docs_url("segment-raster-ddu-net")
-
-    def shortHelpString(self):  # noqa: N802
-        # Plain text: the algorithm dialog shows each line as a paragraph, and
-        # `qgis_process help geoddu:segment` prints it as it is.
-        return self.tr(
-            "Segments a raster, however large, into a land-cover class map with a geoddu "
-            "(DDU-Net) checkpoint. The image is cut into subimages that exchange features, so "
-            "the result has no tile seams.\n"
-            "\n"
-            "Input raster (INPUT): the image, any raster file GDAL reads.\n"
-            "Checkpoint (MODEL): a .pt file written by geoddu (Train model, geoddu train, or "
-            "geoddu init).\n"
-            "Bands (BANDS): the input bands to use, in the model's order (none: the "
-            "checkpoint's).\n"
-            "Device (DEVICE): cpu, or cuda for an NVIDIA GPU.\n"
-            "GPUs (GPUS, advanced): spread the subimages over this many CUDA devices (0: just "
-            "the device).\n"
-            "Precision (PRECISION, advanced): fp32, or bf16/fp16 mixed precision (fp16 needs "
-            "CUDA).\n"
-            "Subimage size (SUBIMAGE_SIZE, advanced): pixels per subimage side (0: the "
-            "checkpoint's).\n"
-            "Area of interest (AOI, optional): a polygon layer, in any CRS; only the pixels "
-            "inside its polygons are segmented, the rest of the class map is nodata (255).\n"
-            "Class map (OUTPUT): a GeoTIFF (uint8, nodata 255) with the input's CRS and "
-            "transform; it is added to the project with the checkpoint's class colours and "
-            "names.\n"
-            "Class probabilities (PROBABILITIES) and Confidence (CONFIDENCE), optional: "
-            "float32 GeoTIFFs with one band per class, and the highest class probability.\n"
-            "Polygons (POLYGONS, optional): the class map as polygons (GeoPackage, GeoJSON, "
-            "FlatGeobuf or Shapefile), one per connected region, with class_id and "
-            "class_name.\n"
-            "Polygons: merge regions smaller than (MIN_AREA, advanced): square map units; "
-            "smaller regions are merged into their largest neighbour first (0: none).\n"
-            "Polygons: simplify borders by (SIMPLIFY, advanced): map units; shared borders "
-            "are simplified once, without gaps or overlaps (0: none).\n"
-            "\n"
-            "Outputs: the class map (and the optional outputs asked for), and ENGINE, the "
-            "engine set-up that ran (import, env or cli). Cancelling stops between subimages "
-            "and leaves no output file.\n"
-            "The engine is geoddu imported in QGIS's Python, a configured Python environment, "
-            "or the geoddu command (Settings > Options > Processing > Providers > geoddu, or "
-            "Plugins > geoddu > Set up engine)."
-        )
+    NAME, TITLE, HELP_ANCHOR = "segment", "Segment raster (DDU-Net)", "segment-raster-ddu-net"
+    DESCRIPTION = "Segments a raster into a class map with a DDU-Net checkpoint."
+    HELP = (
+        "Segments a raster, however large, into a land-cover class map with a geoddu "
+        "(DDU-Net) checkpoint. The image is cut into subimages that exchange features, so "
+        "the result has no tile seams.\n"
+        "\n"
+        "Input raster (INPUT): the image, any raster file GDAL reads.\n"
+        "Checkpoint (MODEL): a .pt file written by geoddu (Train model, geoddu train, or "
+        "geoddu init).\n"
+        "Bands (BANDS): the input bands to use, in the model's order (none: the "
+        "checkpoint's).\n"
+        "Device (DEVICE): cpu, or cuda for an NVIDIA GPU.\n"
+        "GPUs (GPUS, advanced): spread the subimages over this many CUDA devices (0: just "
+        "the device).\n"
+        "Precision (PRECISION, advanced): fp32, or bf16/fp16 mixed precision (fp16 needs "
+        "CUDA).\n"
+        "Subimage size (SUBIMAGE_SIZE, advanced): pixels per subimage side (0: the "
+        "checkpoint's).\n"
+        "Area of interest (AOI, optional): a polygon layer, in any CRS; only the pixels "
+        "inside its polygons are segmented, the rest of the class map is nodata (255).\n"
+        "Class map (OUTPUT): a GeoTIFF (uint8, nodata 255) with the input's CRS and "
+        "transform; it is added to the project with the checkpoint's class colours and "
+        "names.\n"
+        "Class probabilities (PROBABILITIES) and Confidence (CONFIDENCE), optional: "
+        "float32 GeoTIFFs with one band per class, and the highest class probability.\n"
+        "Polygons (POLYGONS, optional): the class map as polygons (GeoPackage, GeoJSON, "
+        "FlatGeobuf or Shapefile), one per connected region, with class_id and "
+        "class_name.\n"
+        "Polygons: merge regions smaller than (MIN_AREA, advanced): square map units; "
+        "smaller regions are merged into their largest neighbour first (0: none).\n"
+        "Polygons: simplify borders by (SIMPLIFY, advanced): map units; shared borders "
+        "are simplified once, without gaps or overlaps (0: none).\n"
+        "\n"
+        "Outputs: the class map (and the optional outputs asked for), and ENGINE, the "
+        "engine set-up that ran (import, env or cli). Cancelling stops between subimages "
+        "and leaves no output file.\n"
+        "The engine is geoddu imported in QGIS's Python, a configured Python environment, "
+        "or the geoddu command (Settings > Options > Processing > Providers > geoddu, or "
+        "Plugins > geoddu > Set up engine)."
+    )
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
@@ -127,9 +101,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
         size = QgsProcessingParameterNumber(
             self.SUBIMAGE_SIZE, self.tr("Subimage size in pixels (0: the checkpoint's)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, optional=True, minValue=0)
-        for param in (gpus, precision, size):
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
+        self.add_advanced(gpus, precision, size)
         self.addParameter(QgsProcessingParameterVectorLayer(
             self.AOI, self.tr("Area of interest (only these pixels; the rest is nodata)"),
             [QgsProcessing.TypeVectorPolygon], optional=True))
@@ -143,15 +115,9 @@ class SegmentAlgorithm(GeodduAlgorithm):
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.POLYGONS, self.tr("Polygons"), QgsProcessing.TypeVectorPolygon, optional=True,
             createByDefault=False))
-        min_area = QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Polygons: merge regions smaller than (map units², 0: none)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, optional=True, minValue=0.0)
-        simplify = QgsProcessingParameterNumber(
-            self.SIMPLIFY, self.tr("Polygons: simplify borders by (map units, 0: none)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, optional=True, minValue=0.0)
-        for param in (min_area, simplify):
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
+        self.add_advanced(*self.polygon_parameters(
+            "Polygons: merge regions smaller than (map units², 0: none)",
+            "Polygons: simplify borders by (map units, 0: none)"))
         self.addOutput(QgsProcessingOutputString(self.ENGINE, self.tr("Engine used")))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
@@ -216,61 +182,31 @@ class SegmentAlgorithm(GeodduAlgorithm):
         dst = request["output"]
         extra = {key: request.get(key) for key, _ in EXTRA_RASTERS}
         polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
-        min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context) or None
-        simplify = self.parameterAsDouble(parameters, self.SIMPLIFY, context) or None
+        min_area, simplify = self.polygon_options(parameters, context)
 
-        try:
-            engine = find_engine(**settings.engine_settings())
-        except engine_bridge.EngineError as exc:
-            raise QgsProcessingException(str(exc)) from None
-        feedback.pushInfo(self.tr("Engine: {}").format(engine.description))
+        engine = self.find_engine(feedback)
         # Output folders that do not exist yet are made (as QGIS's own algorithms do), and
         # removed again, if still empty, when the run fails.
         made = make_folders([dst, polygons, *extra.values()])
-
         # With polygons, segmenting is the first 80 % of the bar and polygonising the rest.
         share = 80.0 if polygons else 100.0
-        seen = []
-
-        def reporter(stages, start, span):
-            overall = engine_bridge.OverallPercent(stages)
-
-            def progress(stage: str, done: int, total: int) -> None:
-                if stage not in seen:  # one line per stage, not per subimage
-                    seen.append(stage)
-                    steps = self.tr("1 step") if total == 1 else self.tr("{} steps").format(total)
-                    feedback.setProgressText(self.tr("geoddu: {} ({})").format(stage, steps))
-                percent = overall(stage, done, total)
-                feedback.setProgress(start + span * percent / 100.0)
-
-            return progress
-
         written = []  # this run's outputs: a cancelled or failed run removes them all
-        try:
+        # The engine leaves nothing at its outputs; those of the steps before (the class map
+        # when polygonising fails) are removed here: a failed run leaves nothing.
+        with self.engine_errors(feedback, lambda: discard(written, made)):
             output = engine.segment(
                 request, cancel=feedback.isCanceled,
-                progress=reporter(engine_bridge.STAGES, 0.0, share),
+                progress=self.stage_progress(feedback, engine_bridge.STAGES, 0.0, share),
                 log=feedback.pushConsoleInfo)
             written += [output, *[path for path in extra.values() if path]]
             if polygons:
                 feedback.setProgressText(self.tr("geoddu: polygons"))
                 polygons = engine.vectorize(
                     output, polygons, min_area=min_area, simplify=simplify,
-                    progress=reporter(engine_bridge.vector_stages(min_area, simplify), share,
-                                      100.0 - share),
+                    progress=self.stage_progress(
+                        feedback, engine_bridge.vector_stages(min_area, simplify), share,
+                        100.0 - share),
                     cancel=feedback.isCanceled, log=feedback.pushConsoleInfo)
-        except engine_bridge.EngineError as exc:
-            # The engine left nothing at its outputs; outputs of the steps before (the class
-            # map when polygonising fails) are removed here: a failed run leaves nothing.
-            discard(written, made)
-            if exc.details and not isinstance(exc, engine_bridge.EngineCancelled):
-                feedback.pushDebugInfo(exc.details)
-            raise QgsProcessingException(str(exc)) from None
-        except Exception as exc:  # a bug: still no output left, and still a one-line error
-            discard(written, made)
-            feedback.pushDebugInfo(traceback.format_exc())
-            raise QgsProcessingException(
-                str(engine_bridge.EngineError(f"{type(exc).__name__}: {exc}"))) from None
         feedback.setProgress(100)
 
         classes = read_classes(output)
@@ -285,11 +221,6 @@ class SegmentAlgorithm(GeodduAlgorithm):
         if polygons:
             results[self.POLYGONS] = polygons
         return results
-
-
-def docs_url(anchor: str = "") -> str:
-    """The plugin's documentation page (docs/qgis.md in the repository), at ``anchor``."""
-    return f"{REPOSITORY}/blob/main/docs/qgis.md" + (f"#{anchor}" if anchor else "")
 
 
 def make_folders(paths) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import traceback
 
 from qgis.core import (
     QgsProcessing,
@@ -20,7 +19,6 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
@@ -33,15 +31,9 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from . import engine_bridge, settings
-from .algorithm import (
-    DEVICES,
-    docs_url,
-    make_folders,
-    remove_folders,
-)
+from . import engine_bridge
+from .algorithm import DEVICES, make_folders, remove_folders
 from .algorithm_base import GeodduAlgorithm, raster_path
-from .discovery import find_engine
 from .training_data import (
     CLASS_COLUMN,
     STAGED,
@@ -70,93 +62,68 @@ ARCHITECTURES = [
 
 
 class TrainAlgorithm(GeodduAlgorithm):
-    INPUTS = "INPUTS"
-    LABELS = "LABELS"
-    CLASS_FIELD = "CLASS_FIELD"
-    LABEL_RASTER = "LABEL_RASTER"
-    CLASSES_FILE = "CLASSES_FILE"
-    ARCH = "ARCH"
-    BASE_CHANNELS = "BASE_CHANNELS"
-    EPOCHS = "EPOCHS"
-    PATCH_SIZE = "PATCH_SIZE"
-    SUBIMAGES = "SUBIMAGES"
-    BATCH_SIZE = "BATCH_SIZE"
-    LEARNING_RATE = "LEARNING_RATE"
-    SEED = "SEED"
-    DEVICE = "DEVICE"
-    RESUME = "RESUME"
-    RUN_FOLDER = "RUN_FOLDER"
-    OUTPUT = "OUTPUT"
-    ENGINE = "ENGINE"
-    EPOCHS_RUN = "EPOCHS_RUN"
-    BEST_EPOCH = "BEST_EPOCH"
-    BEST_VAL_MIOU = "BEST_VAL_MIOU"
-
-    def name(self):
-        return "train"
-
-    def displayName(self):  # noqa: N802
-        return self.tr("Train model (DDU-Net)")
-
-    def shortDescription(self):  # noqa: N802
-        return self.tr("Trains a DDU-Net checkpoint on rasters and labelled polygons or a label "
-                       "raster.")
-
-    def helpUrl(self):  # noqa: N802
-        return docs_url("train-model-ddu-net")
-
-    def shortHelpString(self):  # noqa: N802
-        # Plain text: one paragraph per line in the dialog, printed as is by qgis_process help.
-        return self.tr(
-            "Trains a DDU-Net (domain-decomposition U-Net) on your rasters and labels, with the "
-            "trainer of geoddu train --dataset folder, and writes a checkpoint that Segment "
-            "raster (DDU-Net) uses.\n"
-            "\n"
-            "Input rasters (INPUTS): one or more images with the same bands (any raster GDAL "
-            "reads).\n"
-            "Label polygons (LABELS, optional): a polygon layer whose features carry a class; "
-            "pixels no polygon covers are ignored. Give it, or a label raster.\n"
-            "Class field (CLASS_FIELD): the attribute of the label polygons holding the class. "
-            "Each distinct value is a class, named after the value, or after the layer's "
-            "categories when it is styled by this field (their colours too).\n"
-            "Label raster (LABEL_RASTER, optional): integer class values instead of polygons, "
-            "resampled (nearest) to each input raster's grid; its nodata is ignored. Each "
-            "distinct value is a class, named after its paletted style's or its own category "
-            "names.\n"
-            "Classes file (CLASSES_FILE, optional): a YAML or JSON file with the classes (name, "
-            "color, value) instead of the distinct values, as geoddu train takes it.\n"
-            "Architecture (ARCH): DDU-Net(D,F,C): depth D, F feature maps communicated between "
-            "subimages, C communication yes (Y) or no (N). 0: DDU-Net(3,32,Y), the paper's "
-            "model; 1: DDU-Net(2,8,Y), small and quick; 2: DDU-Net(4,64,Y), large; 3: "
-            "DDU-Net(3,32,N), no communication; 4: U-Net(3), a plain U-Net.\n"
-            "Base channels (BASE_CHANNELS, advanced): channels of the first block, doubled at "
-            "each level (0: geoddu's default, 16).\n"
-            "Epochs (EPOCHS): the most epochs to train; after 30, training stops early when the "
-            "validation loss has not improved for 15 epochs.\n"
-            "Patch size (PATCH_SIZE): the images are cut into square patches of this many "
-            "pixels; 10 % of them validate, 10 % are kept out for geoddu evaluate.\n"
-            "Subimages per patch side (SUBIMAGES): each patch is cut into P x P subimages that "
-            "exchange features, as in segmentation.\n"
-            "Batch size (BATCH_SIZE, advanced): patches per training step.\n"
-            "Learning rate (LEARNING_RATE, advanced): Adam's initial rate, halved when the "
-            "validation loss stalls.\n"
-            "Seed (SEED, advanced): seeds initialisation, data order and the splits.\n"
-            "Device (DEVICE): cpu, or cuda for an NVIDIA GPU.\n"
-            "Resume (RESUME, advanced): continue the run in the run folder from its last.pt "
-            "(after a cancel, say) with the data and settings it was started with; only Epochs "
-            "and Device apply.\n"
-            "Run folder (RUN_FOLDER, optional): where the run lives: best.pt, last.pt, "
-            "history.csv/json and the staged training data (skipped: a folder named like the "
-            "checkpoint, with _run).\n"
-            "Trained checkpoint (OUTPUT): a copy of the run's best.pt (lowest validation "
-            "loss), written only when the run completes.\n"
-            "\n"
-            "Outputs: the checkpoint, the run folder, EPOCHS_RUN, BEST_EPOCH, BEST_VAL_MIOU "
-            "and ENGINE, the engine set-up that ran (import, env or cli). Every epoch's loss and "
-            "validation mIoU go to the log. Cancelling stops between batches: the checkpoint "
-            "is not written, and the run folder's last.pt (if an epoch finished) resumes the "
-            "run, here with Resume or with geoddu train -o RUN_FOLDER --resume."
-        )
+    # Parameters: the data and its labels, the model, the recipe, where it runs and lives.
+    INPUTS, LABELS, CLASS_FIELD = "INPUTS", "LABELS", "CLASS_FIELD"
+    LABEL_RASTER, CLASSES_FILE = "LABEL_RASTER", "CLASSES_FILE"
+    ARCH, BASE_CHANNELS = "ARCH", "BASE_CHANNELS"
+    EPOCHS, PATCH_SIZE, SUBIMAGES, BATCH_SIZE = "EPOCHS", "PATCH_SIZE", "SUBIMAGES", "BATCH_SIZE"
+    LEARNING_RATE, SEED = "LEARNING_RATE", "SEED"
+    DEVICE, RESUME, RUN_FOLDER = "DEVICE", "RESUME", "RUN_FOLDER"
+    # Outputs besides OUTPUT (the checkpoint) and ENGINE.
+    EPOCHS_RUN, BEST_EPOCH, BEST_VAL_MIOU = "EPOCHS_RUN", "BEST_EPOCH", "BEST_VAL_MIOU"
+    NAME, TITLE, HELP_ANCHOR = "train", "Train model (DDU-Net)", "train-model-ddu-net"
+    DESCRIPTION = ("Trains a DDU-Net checkpoint on rasters and labelled polygons or a label "
+                   "raster.")
+    HELP = (
+        "Trains a DDU-Net (domain-decomposition U-Net) on your rasters and labels, with the "
+        "trainer of geoddu train --dataset folder, and writes a checkpoint that Segment "
+        "raster (DDU-Net) uses.\n"
+        "\n"
+        "Input rasters (INPUTS): one or more images with the same bands (any raster GDAL "
+        "reads).\n"
+        "Label polygons (LABELS, optional): a polygon layer whose features carry a class; "
+        "pixels no polygon covers are ignored. Give it, or a label raster.\n"
+        "Class field (CLASS_FIELD): the attribute of the label polygons holding the class. "
+        "Each distinct value is a class, named after the value, or after the layer's "
+        "categories when it is styled by this field (their colours too).\n"
+        "Label raster (LABEL_RASTER, optional): integer class values instead of polygons, "
+        "resampled (nearest) to each input raster's grid; its nodata is ignored. Each "
+        "distinct value is a class, named after its paletted style's or its own category "
+        "names.\n"
+        "Classes file (CLASSES_FILE, optional): a YAML or JSON file with the classes (name, "
+        "color, value) instead of the distinct values, as geoddu train takes it.\n"
+        "Architecture (ARCH): DDU-Net(D,F,C): depth D, F feature maps communicated between "
+        "subimages, C communication yes (Y) or no (N). 0: DDU-Net(3,32,Y), the paper's "
+        "model; 1: DDU-Net(2,8,Y), small and quick; 2: DDU-Net(4,64,Y), large; 3: "
+        "DDU-Net(3,32,N), no communication; 4: U-Net(3), a plain U-Net.\n"
+        "Base channels (BASE_CHANNELS, advanced): channels of the first block, doubled at "
+        "each level (0: geoddu's default, 16).\n"
+        "Epochs (EPOCHS): the most epochs to train; after 30, training stops early when the "
+        "validation loss has not improved for 15 epochs.\n"
+        "Patch size (PATCH_SIZE): the images are cut into square patches of this many "
+        "pixels; 10 % of them validate, 10 % are kept out for geoddu evaluate.\n"
+        "Subimages per patch side (SUBIMAGES): each patch is cut into P x P subimages that "
+        "exchange features, as in segmentation.\n"
+        "Batch size (BATCH_SIZE, advanced): patches per training step.\n"
+        "Learning rate (LEARNING_RATE, advanced): Adam's initial rate, halved when the "
+        "validation loss stalls.\n"
+        "Seed (SEED, advanced): seeds initialisation, data order and the splits.\n"
+        "Device (DEVICE): cpu, or cuda for an NVIDIA GPU.\n"
+        "Resume (RESUME, advanced): continue the run in the run folder from its last.pt "
+        "(after a cancel, say) with the data and settings it was started with; only Epochs "
+        "and Device apply.\n"
+        "Run folder (RUN_FOLDER, optional): where the run lives: best.pt, last.pt, "
+        "history.csv/json and the staged training data (skipped: a folder named like the "
+        "checkpoint, with _run).\n"
+        "Trained checkpoint (OUTPUT): a copy of the run's best.pt (lowest validation "
+        "loss), written only when the run completes.\n"
+        "\n"
+        "Outputs: the checkpoint, the run folder, EPOCHS_RUN, BEST_EPOCH, BEST_VAL_MIOU "
+        "and ENGINE, the engine set-up that ran (import, env or cli). Every epoch's loss and "
+        "validation mIoU go to the log. Cancelling stops between batches: the checkpoint "
+        "is not written, and the run folder's last.pt (if an epoch finished) resumes the "
+        "run, here with Resume or with geoddu train -o RUN_FOLDER --resume."
+    )
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
@@ -206,9 +173,7 @@ class TrainAlgorithm(GeodduAlgorithm):
                 self.RESUME, self.tr("Resume the run in the run folder (its last.pt)"),
                 defaultValue=False),
         ]
-        for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
+        self.add_advanced(*advanced)
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.RUN_FOLDER, self.tr("Run folder (skip: beside the checkpoint)"), optional=True,
             createByDefault=False))
@@ -247,18 +212,21 @@ class TrainAlgorithm(GeodduAlgorithm):
         device = self.parameterAsEnumString(parameters, self.DEVICE, context) or DEVICES[0]
         epochs = self.parameterAsInt(parameters, self.EPOCHS, context)
 
-        try:
-            engine = find_engine(**settings.engine_settings())
-        except engine_bridge.EngineError as exc:
-            raise QgsProcessingException(str(exc)) from None
-        feedback.pushInfo(self.tr("Engine: {}").format(engine.description))
+        engine = self.find_engine(feedback)
         feedback.pushInfo(self.tr("Run folder: {}").format(run_dir))
 
         had_run_dir = os.path.isdir(run_dir)
         made = make_folders([output, os.path.join(run_dir, engine_bridge.LAST)])
         data_dir = os.path.join(run_dir, STAGED)
-        staged = False
-        try:
+        staged = not resume  # a new run stages its data: a failed one removes it again
+
+        def discard() -> None:
+            self.discard(run_dir, staged, had_run_dir, made)
+
+        with self.engine_errors(feedback, discard, lambda: self.cancelled_message(
+                run_dir, staged, had_run_dir, made)):
+            # The run, described once: TrainRequest's fields (geoddu.train.request), checked by
+            # the engine in-process or, through the command, as JSON on `--request -`.
             if resume:
                 request = {"run_dir": run_dir, "resume": True, "epochs": epochs,
                            "device": device}
@@ -266,25 +234,9 @@ class TrainAlgorithm(GeodduAlgorithm):
                     request["data"] = data_dir
             else:
                 feedback.setProgressText(self.tr("geoddu: staging the training data"))
-                staged = True
                 labels = self.stage(parameters, context, feedback, data_dir)
-                request = {
-                    "dataset": "folder", "data": data_dir, "run_dir": run_dir,
-                    "arch": ARCHITECTURES[self.parameterAsEnum(parameters, self.ARCH,
-                                                               context)][0],
-                    "base_channels": self.parameterAsInt(parameters, self.BASE_CHANNELS,
-                                                         context) or None,
-                    "epochs": epochs,
-                    "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                    "subimages": self.parameterAsInt(parameters, self.SUBIMAGES, context),
-                    "lr": self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
-                    "seed": self.parameterAsInt(parameters, self.SEED, context),
-                    "device": device,
-                    "patch_size": self.parameterAsInt(parameters, self.PATCH_SIZE, context),
-                    "class_column": labels.get("class_column"),
-                    "overwrite": True,  # Processing replaces its outputs: so does the run
-                }
-                request = {key: value for key, value in request.items() if value is not None}
+                request = self.train_request(parameters, context, data_dir, run_dir, device,
+                                             epochs, labels)
             if feedback.isCanceled():
                 raise engine_bridge.EngineCancelled("cancelled")
             summary = self.run_training(engine, request, feedback)
@@ -293,22 +245,6 @@ class TrainAlgorithm(GeodduAlgorithm):
                 raise engine_bridge.EngineError(
                     f"{best}: geoddu reported success but did not write it")
             copy_atomically(best, output)
-        except engine_bridge.EngineCancelled:
-            raise QgsProcessingException(
-                self.cancelled_message(run_dir, staged, had_run_dir, made)) from None
-        except engine_bridge.EngineError as exc:
-            self.discard(run_dir, staged, had_run_dir, made)
-            if exc.details:
-                feedback.pushDebugInfo(exc.details)
-            raise QgsProcessingException(str(exc)) from None
-        except QgsProcessingException:
-            self.discard(run_dir, staged, had_run_dir, made)
-            raise
-        except Exception as exc:  # a bug: still a one-line error, and the staging removed
-            self.discard(run_dir, staged, had_run_dir, made)
-            feedback.pushDebugInfo(traceback.format_exc())
-            raise QgsProcessingException(
-                str(engine_bridge.EngineError(f"{type(exc).__name__}: {exc}"))) from None
         feedback.setProgress(100)
         feedback.pushInfo(self.tr("Checkpoint: {} (best epoch {} of {})").format(
             output, summary["best_epoch"], summary["epochs_run"]))
@@ -316,6 +252,26 @@ class TrainAlgorithm(GeodduAlgorithm):
                    self.EPOCHS_RUN: summary["epochs_run"], self.BEST_EPOCH: summary["best_epoch"],
                    self.BEST_VAL_MIOU: summary["best_val_miou"]}
         return {key: value for key, value in results.items() if value is not None}
+
+    def train_request(self, parameters, context, data_dir, run_dir, device, epochs,
+                      labels) -> dict:
+        """A new run on the staged folder dataset, as TrainRequest fields (None: the engine's
+        default, left out)."""
+        arch = ARCHITECTURES[self.parameterAsEnum(parameters, self.ARCH, context)][0]
+        request = {
+            "dataset": "folder", "data": data_dir, "run_dir": run_dir, "arch": arch,
+            "base_channels": self.parameterAsInt(parameters, self.BASE_CHANNELS, context) or None,
+            "epochs": epochs,
+            "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            "subimages": self.parameterAsInt(parameters, self.SUBIMAGES, context),
+            "lr": self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+            "seed": self.parameterAsInt(parameters, self.SEED, context),
+            "device": device,
+            "patch_size": self.parameterAsInt(parameters, self.PATCH_SIZE, context),
+            "class_column": labels.get("class_column"),
+            "overwrite": True,  # Processing replaces its outputs: so does the run
+        }
+        return {key: value for key, value in request.items() if value is not None}
 
     def run_training(self, engine, request, feedback) -> dict:
         feedback.setProgressText(self.tr("geoddu: training"))

@@ -1,35 +1,63 @@
-"""A training run as the plugin describes it (a dict of ``geoddu train``'s options), the
-command line for it, the epoch lines the command prints, and what a finished run reached.
+"""A training run as the plugin follows it: the engine's training events (``geoddu.events``:
+``start``, ``progress`` for the stages "train" and "validate", ``epoch``) turned into the
+algorithm's progress and epoch lines, and what a finished run reached.
 
-Plain Python (no QGIS import), used by both engines of :mod:`.engine_bridge`.
+Both engines of :mod:`.engine_bridge` feed :class:`TrainEvents` the same events: the command
+writes them as JSON lines (``geoddu train --request - --progress json``), geoddu imported
+in-process hands them over as dicts (``geoddu.train_model(on_event=...)``). Plain Python (no
+QGIS import).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 
-#: A training run, described once (what ``geoddu train`` takes, by its option names with ``_``
-#: for ``-``): ``dataset`` (only ``folder`` here), ``data``, ``run_dir`` (RUN_DIR: best.pt,
-#: last.pt, history.json), ``arch``, ``base_channels``, ``epochs``, ``batch_size``,
-#: ``subimages`` (P or "NxM"), ``lr``, ``seed``, ``device``, ``patch_size``, ``class_column``,
-#: ``classes_file``, ``val_fraction``, ``resume`` (continue RUN_DIR/last.pt: only ``epochs``,
-#: ``device`` and ``data`` apply) and ``overwrite``. A field left out is geoddu's default.
-TRAIN_FIELDS = ("dataset", "data", "run_dir", "arch", "base_channels", "epochs", "batch_size",
-                "subimages", "lr", "seed", "device", "patch_size", "class_column",
-                "classes_file", "val_fraction", "resume", "overwrite")
-#: Fields that only a new run takes (a resumed run keeps what it was started with).
-TRAIN_NEW_ONLY = ("dataset", "arch", "base_channels", "batch_size", "subimages", "lr", "seed",
-                  "patch_size", "class_column", "classes_file", "val_fraction")
-#: What ``geoddu train`` prints after each epoch (rich, plain when not on a terminal).
-EPOCH_LINE = re.compile(
-    r"^epoch\s+(?P<epoch>\d+)/(?P<epochs>\d+)\s+train loss\s+(?P<train_loss>\S+)"
-    r"\s+val loss\s+(?P<val_loss>\S+)\s+val mIoU\s+(?P<val_miou>\S+)(?P<rest>.*)$")
 #: Tags written by the trainer: best.pt (lowest validation loss), last.pt (resumable).
 BEST, LAST = "best.pt", "last.pt"
+ProgressFn = Callable[[str, int, int], None]
 EpochFn = Callable[[dict], None]
+
+
+class TrainEvents:
+    """Call with each training event: ``progress("train", done, total)`` counts batches over
+    the whole run (a resumed run starts at the epochs already done), ``epoch(row)`` gets each
+    finished epoch (see :meth:`.engine_base.Engine.train`). ``check()`` runs after each start
+    and progress event: an exception it raises (the engine's Cancelled) stops the run between
+    batches."""
+
+    def __init__(self, progress: ProgressFn | None = None, epoch: EpochFn | None = None,
+                 check: Callable[[], None] | None = None) -> None:
+        self.progress, self.epoch, self.check = progress, epoch, check
+        self.epochs, self.batches = 0, 1
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            self.epochs = int(event.get("epochs", 0))
+            self.batches = max(int(event.get("batches", 1)), 1)
+            self._report(int(event.get("start_epoch", 0)) * self.batches)
+        elif kind == "progress" and event.get("stage") == "train":
+            self._report((int(event.get("epoch", 1)) - 1) * self.batches
+                         + int(event.get("done", 0)))
+        elif kind == "epoch":
+            if self.epoch is not None:
+                self.epoch({"epoch": event.get("epoch"),
+                            "epochs": event.get("epochs") or self.epochs,
+                            "train_loss": number(event.get("train_loss")),
+                            "val_loss": number(event.get("val_loss")),
+                            "val_miou": number(event.get("val_miou")),
+                            "best": bool(event.get("best"))})
+            return
+        else:
+            return
+        if self.check is not None:
+            self.check()
+
+    def _report(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress("train", done, self.epochs * self.batches)
 
 
 def train_summary(run_dir: str) -> dict:
@@ -61,37 +89,3 @@ def number(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if value == value else None  # NaN: none
-
-
-def parse_epoch_line(line: str) -> dict | None:
-    """One epoch line of ``geoddu train`` as an epoch row (see :meth:`Engine.train`)."""
-    match = EPOCH_LINE.match(line.strip())
-    if match is None:
-        return None
-    row = {"epoch": int(match["epoch"]), "epochs": int(match["epochs"]),
-           **{key: number(match[key]) for key in ("train_loss", "val_loss", "val_miou")}}
-    row["best"] = "best" in match["rest"].split()
-    return row
-
-
-def train_args(request: dict) -> list[str]:
-    """``geoddu train`` options for a training request (every value as ``--name=VALUE``, so
-    that values starting with ``-`` are read as values)."""
-    unknown = set(request) - set(TRAIN_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown training field(s): {', '.join(sorted(unknown))}")
-    resume = bool(request.get("resume"))
-    args = []
-    for key in TRAIN_FIELDS:
-        value = request.get(key)
-        if value is None or value is False or key in ("run_dir", "resume", "overwrite"):
-            continue
-        if resume and key in TRAIN_NEW_ONLY:
-            continue
-        args.append(f"--{key.replace('_', '-')}={value}")
-    args.append(f"--output={request['run_dir']}")
-    if resume:
-        args.append("--resume")
-    elif request.get("overwrite"):
-        args.append("--overwrite")
-    return args
