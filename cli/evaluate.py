@@ -62,7 +62,7 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
     from geoddu.parallel.devices import resolve_device
     from geoddu.train import evaluate as run_evaluate
     from geoddu.train import parse_grid
-    from geoddu.train.evaluate import check_model_fits
+    from geoddu.train.evaluation import check_model_fits
 
     ckpt = load_checkpoint(model_path)
     record = ckpt.get("training") or {}
@@ -107,7 +107,7 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
             with Progress(transient=True) as bar:
                 task = bar.add_task("evaluate", total=None)
                 result = run(lambda done, total: bar.update(task, completed=done, total=total))
-    from geoddu.train.evaluate import make_partition
+    from geoddu.train.evaluation import make_partition
 
     h, w = ds.patch_shape
     part = make_partition(h, w, model.stride, grid, subimage_size)

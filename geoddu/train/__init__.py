@@ -7,8 +7,6 @@ the CLI's option types included) must import without torch, and importing it run
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 # name -> the submodule that defines it
@@ -18,8 +16,8 @@ _EXPORTS = {
     "preset": ".config",
     "parse_grid": ".request",
     "TrainRequest": ".request",
-    "evaluate": ".evaluate",
-    "make_partition": ".evaluate",
+    "evaluate": ".evaluation",
+    "make_partition": ".evaluation",
     "Callbacks": ".loop",
     "Trainer": ".loop",
     "TrainResult": ".loop",
@@ -27,6 +25,9 @@ _EXPORTS = {
     "resume_training": ".run",
     "start_training": ".run",
     "train_model": ".api",
+    "SubimageTraining": ".execution",
+    "SpatialTraining": ".spatial",
+    "dropout_masks": ".dropout",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,16 +40,3 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-class _Package(types.ModuleType):
-    """`geoddu.train.evaluate` is the function, as it was when this package imported everything
-    up front: importing the submodule of that name (which Python binds on its package) must
-    not replace it."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "evaluate" and isinstance(value, types.ModuleType):
-            value = value.evaluate
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -42,7 +42,7 @@ from .augment import apply_augmentation, draw_augmentation
 from .batchnorm import PER_SUBIMAGE
 from .config import TrainConfig
 from .dropout import dropout_masks
-from .evaluate import Normalizer, cell_size, check_model_fits, evaluate, make_partition
+from .evaluation import Normalizer, cell_size, check_model_fits, evaluate, make_partition
 from .execution import SubimageTraining
 from .losses import get_loss
 from .mesh import TrainMesh

@@ -18,7 +18,7 @@ from ..errors import GeodduError
 from ..models.ddunet import create_model
 from ..models.encoder_weights import imagenet_normalization, load_encoder_weights
 from .config import TrainConfig
-from .evaluate import check_model_fits
+from .evaluation import check_model_fits
 from .loop import (
     LAST,
     Callbacks,

@@ -80,9 +80,8 @@ def test_json_round_trip_unknown_and_missing_fields():
 
 
 def test_light_names_are_the_trainers():
-    from geoddu.train.batchnorm import RULES
-
     from geoddu.train import losses
+    from geoddu.train.batchnorm import RULES
 
     assert LOSSES == tuple(losses.LOSSES) and BATCHNORM_RULES == RULES
 
