@@ -31,13 +31,18 @@ def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | Non
               "no gaps, no overlaps.")
 @click.option("--classes", callback=parse_class_ids, metavar="1,3",
               help="Only write these class ids (default: every class).")
+@click.option("--sieve", type=click.Choice(["gdal", "exact"]), default="gdal", show_default=True,
+              help="How --min-area merges: gdal, GDAL's sieve (fast; a group of small regions "
+                   "that are each other's largest neighbours is kept); exact, geoddu's own "
+                   "(merges those too, so no region stays below --min-area unless it has no "
+                   "neighbour; slower, memory grows with the number of regions).")
 @click.option("--window-size", type=click.IntRange(16), default=512, show_default=True,
               help="Pixels per window side; memory grows with its square, not with the map.")
 @overwrite_option
 @quiet_option
 @json_option
 def vectorize(
-    src, output, min_area, simplify, classes, window_size, overwrite, quiet, as_json
+    src, output, min_area, simplify, classes, sieve, window_size, overwrite, quiet, as_json
 ) -> None:
     """Polygonise the class map SRC into one polygon layer: one polygon per connected region
     (4-connectivity), with the columns class_id and class_name (from the map's CLASS_NAMES
@@ -46,14 +51,16 @@ def vectorize(
     The map is read window by window and the pieces of a region cut by window borders are
     merged, so a region is one polygon whatever the window size; polygons are written as soon
     as they are complete, so memory does not grow with the map. --min-area sieves the raster
-    first (exactly, over the whole map); --simplify simplifies shared borders once for both
-    neighbours (and holds the whole layer for it). The layer is written to a temporary file
-    and renamed when complete: a failed run leaves nothing.
+    first, over the whole map (GDAL's sieve; --sieve exact for geoddu's own); --simplify
+    simplifies shared borders once for both neighbours (and holds the whole layer for it). The
+    layer is written to a temporary file and renamed when complete: a failed run leaves
+    nothing.
 
     \b
     Examples:
       geoddu vectorize landcover.tif -o landcover.gpkg
       geoddu vectorize landcover.tif -o landcover.gpkg --min-area 500 --simplify 5
+      geoddu vectorize landcover.tif -o landcover.gpkg --min-area 500 --sieve exact
       geoddu vectorize landcover.tif -o water.geojson --classes 1 --overwrite
       geoddu vectorize landcover.tif -o landcover.fgb --json
     """
@@ -64,10 +71,11 @@ def vectorize(
     # on stderr. Every stage is shown as it comes, writing the layer included.
     with progress_reporter(quiet or as_json) as progress:
         progress.setup(f"opening {src}")
-        from geoddu.io.polygonize import vectorize as run_vectorize
+        from geoddu.vectorize.polygonize import vectorize as run_vectorize
 
         result = run_vectorize(src, output, min_area=min_area, simplify=simplify,
-                               classes=classes, window_size=window_size, overwrite=overwrite,
+                               classes=classes, sieve=sieve, window_size=window_size,
+                               overwrite=overwrite,
                                progress=progress)
     if as_json:
         click.echo(json.dumps(result.to_dict()))

@@ -103,7 +103,10 @@ FORBIDDEN = {
     "geoddu.train": ("geoddu.engine", "geoddu.cli"),
     "geoddu.parallel": ("geoddu.models", "geoddu.train", "geoddu.engine", "geoddu.cli"),
     "geoddu.engine": ("geoddu.train", "geoddu.cli"),
-    "geoddu.io": ("geoddu.models", "geoddu.train", "geoddu.engine", "geoddu.cli"),
+    "geoddu.io": ("geoddu.models", "geoddu.train", "geoddu.engine", "geoddu.vectorize",
+                  "geoddu.cli"),
+    "geoddu.vectorize": ("geoddu.models", "geoddu.train", "geoddu.engine", "geoddu.parallel",
+                         "geoddu.cli"),
 }
 
 

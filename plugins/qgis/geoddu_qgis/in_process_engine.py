@@ -36,13 +36,16 @@ class InProcessEngine(Engine):
 
     def vectorize(self, src, dst, *, min_area=None, simplify=None, progress=None, cancel=None,
                   log=None):
-        function = getattr(self.module, "vectorize", None)
-        if function is None:
+        function = None
+        # geoddu.vectorize (the package), or geoddu.io.polygonize in geoddu before 0.2
+        for where in (".vectorize", ".io.polygonize"):
             try:
-                function = importlib.import_module(
-                    self.module.__name__ + ".io.polygonize").vectorize
+                function = importlib.import_module(self.module.__name__ + where).vectorize
+                break
             except (ImportError, AttributeError) as exc:
-                raise EngineError(TOO_OLD["vectorize"], f"{type(exc).__name__}: {exc}") from None
+                problem = f"{type(exc).__name__}: {exc}"
+        if function is None:
+            raise EngineError(TOO_OLD["vectorize"], problem)
         options = {key: value for key, value in
                    (("min_area", min_area), ("simplify", simplify), ("progress", progress),
                     ("cancel", cancel)) if value is not None}

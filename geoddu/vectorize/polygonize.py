@@ -7,26 +7,27 @@ How it works (details and guarantees in ``docs/vectorize.md``):
   coordinates of the whole raster. Vertices are integers there, so the pieces of one region
   cut at a window border share their border vertex for vertex and their union is exact; the
   affine transform is applied to every vertex the same way.
-* **Stitch** the pieces (:mod:`geoddu.io.stitch`): a region inside one window is complete at
+* **Stitch** the pieces (:mod:`geoddu.vectorize.stitch`): a region inside one window is complete at
   once; the pieces of a region cut by window borders are joined in a union-find along the
   borders and merged with ``shapely.union_all`` once the region can no longer grow. Only the
   last pixel row of the previous window row and the last column of the previous window are
   kept, never pixel arrays.
 * **Write as it goes**: complete regions are written in batches of ``batch_size`` polygons
   into the temporary output, so memory holds the open regions and one batch, not the layer.
-* **Sieve** (``min_area``) in a first streaming pass that measures every region exactly (size,
-  first pixel, neighbours, joined across windows the same way), then decides globally which
-  small region merges into which neighbour; the second pass applies those decisions pixel by
-  pixel while polygonising. The result does not depend on the window size.
+* **Sieve** (``min_area``) first, over the whole map: by default GDAL's sieve
+  (:mod:`geoddu.vectorize.gdal_sieve`; the map goes to scratch files and GDAL sieves it from
+  disk), or geoddu's exact sieve (:mod:`geoddu.vectorize.exact_sieve`), a streaming pass that
+  measures every region and decides the merges globally, applied window by window while
+  polygonising. Neither depends on the window size.
 * **Simplify** (``simplify``): vertices are added where a neighbour's edge ends (so edges match
   vertex for vertex, a valid GEOS coverage) and the whole layer goes through
   ``shapely.coverage_simplify``; shared edges are simplified once for both sides. This needs
   the whole coverage at once, so with ``simplify`` the layer is held until it is simplified.
 
-Where each step lives: :mod:`geoddu.io.class_windows` (reading), :mod:`geoddu.io.window_regions`
-(one window's regions), :mod:`geoddu.io.seams` and :mod:`geoddu.io.stitch` (stitching),
-:mod:`geoddu.io.sieve`, :mod:`geoddu.io.polygon_edges` (repair, edge matching, map coordinates)
-and :mod:`geoddu.io.vector_write` (the atomic, batched write). This module runs them in order.
+Where each step lives (all in :mod:`geoddu.vectorize`): ``class_windows`` (reading),
+``window_regions`` (one window's regions), ``seams`` and ``stitch`` (stitching), ``gdal_sieve``
+and ``exact_sieve``, ``polygon_edges`` (repair, edge matching, map coordinates) and
+``layer_writer`` (the atomic, batched write). This module runs them in order.
 
 The layer is written with pyogrio into a temporary folder beside the destination and renamed
 into place when complete (:class:`geoddu.io.writer.AtomicOutput`); a failed run leaves nothing.
@@ -47,7 +48,8 @@ import shapely
 from affine import Affine
 
 from geoddu.errors import Cancelled, GeodduError
-from geoddu.io.class_windows import (
+from geoddu.io.writer import AtomicOutput
+from geoddu.vectorize.class_windows import (
     NONE,
     CancelFn,
     ClassReader,
@@ -55,14 +57,15 @@ from geoddu.io.class_windows import (
     class_names_of,
     window_grid,
 )
-from geoddu.io.polygon_edges import match_edges, orient_polygons, repair, to_map
-from geoddu.io.sieve import measure_regions
-from geoddu.io.stitch import RegionStitcher
-from geoddu.io.vector_write import DRIVERS, LayerWriter, driver_for, remove_vector
-from geoddu.io.writer import AtomicOutput
+from geoddu.vectorize.exact_sieve import measure_regions
+from geoddu.vectorize.gdal_sieve import gdal_sieve
+from geoddu.vectorize.layer_writer import DRIVERS, LayerWriter, driver_for, remove_vector
+from geoddu.vectorize.polygon_edges import match_edges, orient_polygons, repair, to_map
+from geoddu.vectorize.stitch import RegionStitcher
 
 __all__ = [
     "DRIVERS",
+    "SIEVES",
     "VectorizeResult",
     "class_names_of",
     "driver_for",
@@ -78,6 +81,8 @@ DEFAULT_WINDOW = 512
 # coordinates and WKB), and the file is reopened for appending only every this many polygons
 # (~0.05 s per append).
 DEFAULT_BATCH = 10_000
+# --min-area's sieve: GDAL's (the default), or geoddu's own, which leaves no region below it.
+SIEVES = ("gdal", "exact")
 
 
 @dataclass
@@ -147,6 +152,7 @@ def vectorize(
     min_area: float | None = None,
     simplify: float | None = None,
     classes: Sequence[int] | None = None,
+    sieve: str = "gdal",
     window_size: int = DEFAULT_WINDOW,
     batch_size: int = DEFAULT_BATCH,
     overwrite: bool = False,
@@ -159,7 +165,9 @@ def vectorize(
     raster's ``CLASS_NAMES`` tag), in the raster's CRS. Nodata makes no polygon.
 
     ``min_area`` (square map units): regions smaller than this are first merged into their
-    largest neighbour (a sieve, computed exactly over the whole map). ``simplify`` (map
+    largest neighbour: ``sieve="gdal"`` by GDAL's sieve (`GDALSieveFilter`), ``"exact"`` by
+    geoddu's own, which merges groups of small regions too, so that none is left below the
+    area (docs/vectorize.md). ``simplify`` (map
     units): topology-preserving simplification of the edges shared by neighbouring polygons;
     the layer's outline (raster edge, nodata) is kept. ``classes``: class ids to write (the
     others are still used for sieving and simplification). ``window_size``: pixels per window
@@ -179,6 +187,8 @@ def vectorize(
         raise GeodduError(f"batch size must be at least 1 polygon, got {batch_size}")
     if min_area is not None and not (min_area > 0 and math.isfinite(min_area)):
         raise GeodduError(f"--min-area must be a positive area, got {min_area}")
+    if sieve not in SIEVES:
+        raise GeodduError(f"unknown sieve {sieve!r}; choose from {', '.join(SIEVES)}")
     if simplify is not None and not (simplify > 0 and math.isfinite(simplify)):
         raise GeodduError(f"--simplify must be a positive distance, got {simplify}")
     if simplify is not None and not hasattr(shapely, "coverage_simplify"):
@@ -226,10 +236,14 @@ def vectorize(
             threshold = max(1, math.ceil(min_area / pixel_area - 1e-9))
 
         windows = window_grid(height, width, window_size)
-        plan = None
-        if threshold is not None and threshold > 1:
-            plan = measure_regions(reader, windows, width, height, threshold, report, cancel)
+        plan = sieved = None
+        sieved_pixels = 0
         with LayerWriter(dst_path, driver, overwrite, crs.to_wkt()) as writer:
+            if threshold is not None and threshold > 1 and sieve == "exact":
+                plan = measure_regions(reader, windows, width, height, threshold, report, cancel)
+                sieved_pixels = plan.sieved_pixels
+            elif threshold is not None and threshold > 1 and width * height > 2:
+                sieved = gdal_sieve(reader, windows, threshold, writer.folder, report, cancel)
             sink = _Sink(writer, transform, names, src, batch_size, hold=simplify is not None)
             # With --simplify every class is polygonised: shared edges with classes that are
             # not written still have to be simplified the same way on both sides.
@@ -243,6 +257,10 @@ def vectorize(
                 cls = reader.read(r0, c0, h, w)
                 if plan is not None:
                     cls = plan.apply(index, cls)
+                elif sieved is not None:
+                    after = sieved.read(r0, c0, h, w)
+                    sieved_pixels += int(np.count_nonzero(after != cls))
+                    cls = after
                 if lut is not None:
                     cls = lut[cls]
                 for geoms, ids in stitcher.window(r0, c0, cls):
@@ -279,7 +297,7 @@ def vectorize(
         windows=len(windows),
         window_size=window_size,
         min_area_pixels=threshold,
-        sieved_pixels=plan.sieved_pixels if plan is not None else 0,
+        sieved_pixels=sieved_pixels,
         simplify=simplify,
         seconds=time.perf_counter() - started,
         classes=selected,

@@ -16,9 +16,9 @@ import numpy as np
 import rasterio.features
 
 from geoddu.errors import Cancelled
-from geoddu.io.class_windows import NONE, CancelFn, ClassReader, ProgressFn
-from geoddu.io.seams import Seams, UnionFind, unique_pairs
-from geoddu.io.window_regions import label_raster, region_shapes
+from geoddu.vectorize.class_windows import NONE, CancelFn, ClassReader, ProgressFn
+from geoddu.vectorize.seams import Seams, UnionFind, unique_pairs
+from geoddu.vectorize.window_regions import label_raster, region_shapes
 
 
 @dataclass

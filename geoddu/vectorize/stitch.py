@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import numpy as np
 import shapely
 
-from geoddu.io.seams import Seams, UnionFind
-from geoddu.io.window_regions import line_labels, polygon_chunks
+from geoddu.vectorize.seams import Seams, UnionFind
+from geoddu.vectorize.window_regions import line_labels, polygon_chunks
 
 Batch = tuple[np.ndarray, np.ndarray]  # polygons in whole-raster pixel coordinates, classes
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoddu.io.class_windows import NONE
+from geoddu.vectorize.class_windows import NONE
 
 
 class UnionFind:

@@ -13,7 +13,7 @@ import numpy as np
 import rasterio.features
 import shapely
 
-from geoddu.io.class_windows import NONE
+from geoddu.vectorize.class_windows import NONE
 
 
 def region_shapes(cls: np.ndarray) -> list[tuple[dict, float]]:
