@@ -104,7 +104,10 @@ def batch_size(item: Any) -> int:
 
 def tree_rows(tree: Any, rows: range) -> Any:
     if tree is None or isinstance(tree, torch.Tensor):
-        return None if tree is None else tree[rows.start : rows.stop]
+        if tree is None or (rows.start == 0 and rows.stop >= tree.shape[0]):
+            # all rows: the tensor itself (a slice's backward would zero-fill a copy)
+            return tree
+        return tree[rows.start : rows.stop]
     return type(tree)(tree_rows(t, rows) for t in tree)
 
 
