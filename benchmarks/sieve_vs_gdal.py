@@ -1,13 +1,21 @@
-"""geoddu's exact sieve (``vectorize --min-area --sieve exact``) against GDAL's
-(``rasterio.features.sieve``, which is ``GDALSieveFilter``; ``vectorize``'s default, run from
-scratch files as ``geoddu.vectorize.gdal_sieve`` does) on the same class map: how long each
-takes, how many small regions each leaves, how many pixels differ, and why.
+"""geoddu's two sieves (``vectorize --min-area``, ``--sieve gdal|smallest-first``) against GDAL's
+sieve of the whole array in memory (``rasterio.features.sieve``, which is ``GDALSieveFilter``)
+on the same class map: time, memory, what is left below the threshold, and why they differ.
 
-Both use 4-connectivity, the same threshold T (pixels; a region of fewer than T pixels is
-removed) and the same nodata (255, never a neighbour, never changed). geoddu's sieved raster is
-what ``vectorize`` polygonises: pass 1 (``measure_regions``) window by window, then the plan
-applied to every window. Every region of the map with pixels that differ is put in one of these
-classes, by what the two rules do with it:
+* ``gdal`` (the default): the map staged window by window into a scratch file, GDAL's sieve
+  from that file into a memory-mapped one, the windows read back (``sieve_gdal``). It must give
+  exactly what GDAL gives on the array in memory: "pixels that differ" is 0.
+* ``smallest-first`` (geoddu's own rule): pass 1 (``measure_regions``) window by window, the
+  merges decided on the region graph, the plan applied to every window.
+
+Each runs in its own process: seconds and CPU seconds of the sieve (reading the sieved windows
+back included), and the process's peak resident memory (VmHWM, imports included, before the
+comparison array is made; with ``gdal`` it counts the pages of the memory-mapped scratch file
+still in memory: file-backed, dropped by the kernel when memory is short).
+
+"Small regions left" counts the regions below T that still have a valid neighbour: the
+guarantee of ``smallest-first`` (0) that GDAL's rule does not give. Every region whose pixels
+differ between ``smallest-first`` and GDAL is put in one of these classes:
 
 * ``gdal kept``: GDAL left a small region as it was: the chain of biggest neighbours (sizes
   before any merge) never reaches a region of T pixels (two small regions are each other's
@@ -30,13 +38,14 @@ classes, by what the two rules do with it:
     python benchmarks/sieve_vs_gdal.py [--size 2048] [--noise 0.05 | --regions 500000]
         [--threshold 10] [--window-size 512] [--workdir DIR]
 
-Each side is timed in this one process (the map is read once into memory for GDAL; geoddu reads
-it window by window), so the times are indicative only.
+Wall times move with whatever else the machine is doing; CPU seconds are printed beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,54 +58,40 @@ import rasterio.features
 sys.path.insert(0, str(Path(__file__).parent))
 from vectorize_scaling import make_class_map  # noqa: E402
 
+from geoddu.resources import peak_rss_mb  # noqa: E402
 from geoddu.vectorize.class_windows import NONE, ClassReader, window_grid  # noqa: E402
-from geoddu.vectorize.exact_sieve import measure_regions  # noqa: E402
-from geoddu.vectorize.gdal_sieve import gdal_sieve  # noqa: E402
+from geoddu.vectorize.sieve_gdal import gdal_sieve  # noqa: E402
+from geoddu.vectorize.sieve_smallest_first import measure_regions  # noqa: E402
+
+REASONS = ("gdal kept", "geoddu kept", "tie", "chain", "neighbour grew")
 
 
-def geoddu_sieve(src: str, threshold: int, window: int) -> np.ndarray:
+def run_sieve(method: str, src: str, threshold: int, window: int, out: Path) -> dict:
+    """One sieve as ``vectorize`` runs it (in this process); the sieved map saved to ``out``."""
     reader = ClassReader(src)
-    try:
-        width, height = reader.source.width, reader.source.height
-        windows = window_grid(height, width, window)
-        plan = measure_regions(reader, windows, width, height, threshold, lambda *a: None, None)
-        out = np.empty((height, width), np.uint8)
+    width, height = reader.source.width, reader.source.height
+    windows = window_grid(height, width, window)
+    quiet = lambda *a: None  # noqa: E731
+    t, cpu = time.perf_counter(), time.process_time()
+    with tempfile.TemporaryDirectory(prefix="sieve-", dir=out.parent) as folder:
+        if method == "gdal":
+            source = gdal_sieve(reader, windows, threshold, Path(folder), out, quiet, None)
+            plan = None
+        else:
+            plan = measure_regions(reader, windows, width, height, threshold, quiet, None)
+            source = reader
+        peak = peak_rss_mb()
+        sieved = np.empty((height, width), np.uint8)
         for index, (r0, c0, h, w) in enumerate(windows):
             if index and c0 == 0:
-                reader.next_row()
-            cls = reader.read(r0, c0, h, w)
-            out[r0 : r0 + h, c0 : c0 + w] = cls if plan is None else plan.apply(index, cls)
-        return out
-    finally:
+                source.next_row()
+            cls = source.read(r0, c0, h, w)
+            sieved[r0 : r0 + h, c0 : c0 + w] = cls if plan is None else plan.apply(index, cls)
+        source.close()
         reader.close()
-
-
-def default_sieve(src: str, threshold: int, window: int, folder: Path) -> np.ndarray:
-    """What `vectorize` does by default: GDAL's sieve from scratch files (gdal_sieve)."""
-    reader = ClassReader(src)
-    try:
-        width, height = reader.source.width, reader.source.height
-        windows = window_grid(height, width, window)
-        sieved = gdal_sieve(reader, windows, threshold, folder, lambda *a: None, None)
-        return np.fromfile(sieved.path, np.uint8).reshape(height, width)
-    finally:
-        reader.close()
-
-
-def small_left(cls: np.ndarray, threshold: int) -> tuple[int, int]:
-    """(regions, pixels) still below `threshold` that have a valid neighbour."""
-    lab = label_regions(cls)
-    valid = lab >= 0
-    ids, inverse = np.unique(lab[valid], return_inverse=True)
-    region = np.full(lab.shape, -1, np.int64)
-    region[valid] = inverse
-    size = np.bincount(inverse, minlength=ids.size)
-    touches = np.zeros(ids.size, bool)
-    for a, b in ((region[:, :-1], region[:, 1:]), (region[:-1, :], region[1:, :])):
-        m = (a >= 0) & (b >= 0) & (a != b)
-        touches[a[m]] = touches[b[m]] = True
-    small = (size < threshold) & touches
-    return int(small.sum()), int(size[small].sum())
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    np.save(out, sieved)
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak}
 
 
 def label_regions(cls: np.ndarray) -> np.ndarray:
@@ -121,29 +116,41 @@ def label_regions(cls: np.ndarray) -> np.ndarray:
     return lab
 
 
-def explain(cls: np.ndarray, ours: np.ndarray, gdal: np.ndarray, threshold: int) -> dict:
-    """Pixels that differ, by the reason (see the module docstring)."""
+def regions(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Region index per pixel (-1 = none), size per region, neighbour pairs (both ways)."""
     lab = label_regions(cls)
     valid = lab >= 0
-    ids, inverse = np.unique(lab[valid], return_inverse=True)
+    _, inverse = np.unique(lab[valid], return_inverse=True)
     region = np.full(lab.shape, -1, np.int64)
     region[valid] = inverse
-    n = ids.size
-    size = np.bincount(region[valid], minlength=n)
+    size = np.bincount(inverse)
+    pairs = []
+    for a, b in ((region[:, :-1], region[:, 1:]), (region[:-1, :], region[1:, :])):
+        m = (a >= 0) & (b >= 0) & (a != b)
+        pairs.append(np.column_stack((a[m], b[m])))
+    p = np.unique(np.concatenate(pairs), axis=0)
+    return region, size, np.concatenate([p, p[:, ::-1]])
+
+
+def small_left(cls: np.ndarray, threshold: int) -> int:
+    """Regions below ``threshold`` pixels that have a valid neighbour."""
+    _, size, pairs = regions(cls)
+    has_neighbour = np.zeros(size.size, bool)
+    has_neighbour[pairs[:, 0]] = True
+    return int(((size < threshold) & has_neighbour).sum())
+
+
+def explain(cls: np.ndarray, ours: np.ndarray, gdal: np.ndarray, threshold: int) -> dict:
+    """Pixels where ``ours`` (smallest-first) and ``gdal`` differ, by the reason (above)."""
+    region, size, p = regions(cls)
+    valid = region >= 0
+    n = size.size
     klass = np.zeros(n, np.int64)
     klass[region[valid]] = cls[valid]
     ours_r = np.zeros(n, np.int64)
     ours_r[region[valid]] = ours[valid]
     gdal_r = np.zeros(n, np.int64)
     gdal_r[region[valid]] = gdal[valid]
-
-    # Neighbour pairs of different regions (both valid), both directions.
-    pairs = []
-    for a, b in ((region[:, :-1], region[:, 1:]), (region[:-1, :], region[1:, :])):
-        m = (a >= 0) & (b >= 0) & (a != b)
-        pairs.append(np.column_stack((a[m], b[m])))
-    p = np.unique(np.concatenate(pairs), axis=0)
-    p = np.concatenate([p, p[:, ::-1]])
     nb_size = size[p[:, 1]]
     biggest = np.zeros(n, np.int64)
     np.maximum.at(biggest, p[:, 0], nb_size)
@@ -152,7 +159,6 @@ def explain(cls: np.ndarray, ours: np.ndarray, gdal: np.ndarray, threshold: int)
     tie = np.bincount(top_classes[:, 0], minlength=n) > 1
 
     differs = ours_r != gdal_r
-    small = size < threshold
     reason = np.full(n, "", dtype=object)
     reason[differs & (gdal_r == klass)] = "gdal kept"
     reason[differs & (ours_r == klass)] = "geoddu kept"
@@ -160,12 +166,9 @@ def explain(cls: np.ndarray, ours: np.ndarray, gdal: np.ndarray, threshold: int)
     reason[moved & tie] = "tie"
     reason[moved & ~tie & (biggest < threshold)] = "chain"
     reason[moved & ~tie & (biggest >= threshold)] = "neighbour grew"
-    out = {}
-    for name in ("gdal kept", "geoddu kept", "tie", "chain", "neighbour grew"):
-        sel = reason == name
-        out[name] = (int(sel.sum()), int(size[sel].sum()))
+    out = {name: (int((reason == name).sum()), int(size[reason == name].sum())) for name in REASONS}
     out["regions"] = n
-    out["small regions"] = int(small.sum())
+    out["small regions"] = int((size < threshold).sum())
     return out
 
 
@@ -185,9 +188,16 @@ def main() -> None:
     ap.add_argument("--threshold", type=int, default=10, help="T in pixels (1 m pixels)")
     ap.add_argument("--window-size", type=int, default=512)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--one", nargs=2, metavar=("METHOD", "SRC"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="geoddu-sieve-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.one:  # a child: one sieve, its figures as JSON on stdout
+        method, src = args.one
+        out = work / f"{method}.npy"
+        print(json.dumps(run_sieve(method, src, args.threshold, args.window_size, out)))
+        return
+
     if args.regions:
         src = work / f"classes_{args.size}_{args.regions}r.tif"
         make_class_map(src, args.size, regions=args.regions)
@@ -196,50 +206,47 @@ def main() -> None:
         src = work / f"classes_{args.size}_noise{args.noise:g}.tif"
         make_class_map(src, args.size, noise=args.noise)
         what = f"wavy blocks, {100 * args.noise:g} % random pixels"
+    figures = {}
+    for method in ("gdal", "smallest-first"):
+        cmd = [sys.executable, __file__, "--one", method, str(src), "--workdir", str(work),
+               "--threshold", str(args.threshold), "--window-size", str(args.window_size)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{method} failed:\n{done.stderr[-2000:]}")
+        figures[method] = json.loads(done.stdout.strip().splitlines()[-1])
     with rasterio.open(src) as ds:
         cls = ds.read(1)
     valid = cls != NONE
+    t = time.perf_counter()
+    array = rasterio.features.sieve(cls, args.threshold, mask=valid, connectivity=4)
+    t_array = time.perf_counter() - t
+    sieved = {m: np.load(work / f"{m}.npy") for m in figures}
 
-    t = time.perf_counter()
-    ours = geoddu_sieve(str(src), args.threshold, args.window_size)
-    t_ours = time.perf_counter() - t
-    t = time.perf_counter()
-    gdal = rasterio.features.sieve(cls, args.threshold, mask=valid, connectivity=4)
-    t_gdal = time.perf_counter() - t
-    scratch = work / "scratch"
-    scratch.mkdir(exist_ok=True)
-    t = time.perf_counter()
-    default = default_sieve(str(src), args.threshold, args.window_size, scratch)
-    t_default = time.perf_counter() - t
-    if not np.array_equal(default, gdal):
-        raise SystemExit("geoddu's default sieve differs from GDAL's on the array")
-
-    diff = ours != gdal
-    print(f"{args.size}^2 map ({what}), T = {args.threshold} px, 4-connectivity")
-    print(
-        f"geoddu exact sieve (windows {args.window_size}^2, from the file): {t_ours:.1f} s; "
-        f"GDAL sieve (the array in memory): {t_gdal:.1f} s; "
-        f"vectorize's default (GDAL's, from scratch files): {t_default:.1f} s, identical"
-    )
-    for name, out in (("exact", ours), ("GDAL", gdal)):
-        regions, pixels = small_left(out, args.threshold)
-        print(f"left below T with a neighbour after the {name} sieve: {regions} regions, "
-              f"{pixels} px")
     n_valid = int(valid.sum())
+    print(f"{args.size}^2 map ({what}), T = {args.threshold} px, 4-connectivity, "
+          f"windows {args.window_size}^2")
+    print("| sieve | seconds | CPU seconds | peak RSS (MB) | pixels changed | small regions left |")
+    print("|---|---|---|---|---|---|")
+    for method, f in figures.items():
+        print(f"| {method} | {f['seconds']:.2f} | {f['cpu_seconds']:.2f} | "
+              f"{f['peak_rss_mb']:.0f} | {int((sieved[method] != cls).sum())} | "
+              f"{small_left(sieved[method], args.threshold)} |")
+    print(f"| GDAL on the array in memory | {t_array:.2f} | | | {int((array != cls).sum())} | "
+          f"{small_left(array, args.threshold)} |")
+    print(f"scratch disk of gdal: {2 * cls.size / 2**20:.1f} MB (one byte per pixel, twice)")
+    differ = int((sieved["gdal"] != array).sum())
+    print(f"gdal against GDAL on the array: {differ} pixels differ")
+    diff = sieved["smallest-first"] != array
     print(
-        f"pixels changed: geoddu {int((ours != cls).sum())}, GDAL {int((gdal != cls).sum())} "
-        f"of {n_valid} valid"
+        f"smallest-first against GDAL: {int(diff.sum())} pixels differ "
+        f"({100 * diff.sum() / n_valid:.2f} % of valid); in nodata: {int((diff & ~valid).sum())}"
     )
-    print(
-        f"pixels that differ: {int(diff.sum())} ({100 * diff.sum() / n_valid:.2f} % of valid); "
-        f"in nodata: {int((diff & ~valid).sum())}"
-    )
-    why = explain(cls, ours, gdal, args.threshold)
+    why = explain(cls, sieved["smallest-first"], array, args.threshold)
     print(f"{why.pop('regions')} regions, {why.pop('small regions')} below T")
     print("| reason | regions | pixels |")
     print("|---|---|---|")
-    for name, (regions, pixels) in why.items():
-        print(f"| {name} | {regions} | {pixels} |")
+    for name, (count, pixels) in why.items():
+        print(f"| {name} | {count} | {pixels} |")
 
 
 if __name__ == "__main__":

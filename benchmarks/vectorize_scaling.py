@@ -108,7 +108,7 @@ def make_class_map(
 def run_windowed(src: str, out: str, options: dict) -> dict:
     import geopandas  # noqa: F401 - imported before the clock starts, as in run_whole
 
-    from geoddu.vectorize.polygonize import vectorize
+    from geoddu.vectorize import vectorize
 
     t = time.perf_counter()
     r = vectorize(src, out, overwrite=True, **options)

@@ -31,11 +31,14 @@ def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | Non
               "no gaps, no overlaps.")
 @click.option("--classes", callback=parse_class_ids, metavar="1,3",
               help="Only write these class ids (default: every class).")
-@click.option("--sieve", type=click.Choice(["gdal", "exact"]), default="gdal", show_default=True,
-              help="How --min-area merges: gdal, GDAL's sieve (fast; a group of small regions "
-                   "that are each other's largest neighbours is kept); exact, geoddu's own "
-                   "(merges those too, so no region stays below --min-area unless it has no "
-                   "neighbour; slower, memory grows with the number of regions).")
+@click.option("--sieve", type=click.Choice(["gdal", "smallest-first"]), default="gdal",
+              show_default=True,
+              help="How --min-area merges. gdal: GDAL's sieve (GDALSieveFilter, as gdal_sieve "
+                   "-4): each small region takes the class of its largest neighbour by the sizes "
+                   "before any merge; a group of small regions that are each other's largest "
+                   "neighbours stays. smallest-first: geoddu's own, slower sieve: smallest region "
+                   "first, judged by its neighbours as they are then, until no region with a "
+                   "neighbour is below --min-area.")
 @click.option("--window-size", type=click.IntRange(16), default=512, show_default=True,
               help="Pixels per window side; memory grows with its square, not with the map.")
 @overwrite_option
@@ -51,16 +54,16 @@ def vectorize(
     The map is read window by window and the pieces of a region cut by window borders are
     merged, so a region is one polygon whatever the window size; polygons are written as soon
     as they are complete, so memory does not grow with the map. --min-area sieves the raster
-    first, over the whole map (GDAL's sieve; --sieve exact for geoddu's own); --simplify
-    simplifies shared borders once for both neighbours (and holds the whole layer for it). The
-    layer is written to a temporary file and renamed when complete: a failed run leaves
-    nothing.
+    first, over the whole map (by default with GDAL's sieve, on a scratch copy of the map
+    beside the output: one byte per pixel, twice); --simplify simplifies shared borders once
+    for both neighbours (and holds the whole layer for it). The layer is written to a
+    temporary file and renamed when complete: a failed run leaves nothing.
 
     \b
     Examples:
       geoddu vectorize landcover.tif -o landcover.gpkg
       geoddu vectorize landcover.tif -o landcover.gpkg --min-area 500 --simplify 5
-      geoddu vectorize landcover.tif -o landcover.gpkg --min-area 500 --sieve exact
+      geoddu vectorize landcover.tif -o landcover.gpkg --min-area 500 --sieve smallest-first
       geoddu vectorize landcover.tif -o water.geojson --classes 1 --overwrite
       geoddu vectorize landcover.tif -o landcover.fgb --json
     """
@@ -71,7 +74,7 @@ def vectorize(
     # on stderr. Every stage is shown as it comes, writing the layer included.
     with progress_reporter(quiet or as_json) as progress:
         progress.setup(f"opening {src}")
-        from geoddu.vectorize.polygonize import vectorize as run_vectorize
+        from geoddu.vectorize import vectorize as run_vectorize
 
         result = run_vectorize(src, output, min_area=min_area, simplify=simplify,
                                classes=classes, sieve=sieve, window_size=window_size,

@@ -162,7 +162,7 @@ def open_job(
     the job of torchrun rank `rank`, on `device`."""
     started = time.perf_counter()
     if request.vector is not None:
-        from ..vectorize.polygonize import driver_for
+        from ..vectorize import driver_for
 
         driver_for(request.vector)  # an unknown format fails now, not after the whole scene
         if Path(request.vector).exists() and not request.overwrite:
@@ -201,7 +201,7 @@ def finish_outputs(
     if request.vector is None:
         commit_all(w.output for w in writers.values())
         return extra
-    from ..vectorize.polygonize import remove_vector, vectorize
+    from ..vectorize import remove_vector, vectorize
 
     # If this fails, no output appears; if the rasters' rename fails, the polygons go too.
     vectorize(

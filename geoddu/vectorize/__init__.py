@@ -1,20 +1,20 @@
-"""Class map -> polygons, window by window, without seams (`geoddu vectorize`, `--vector`).
+"""Class maps to polygon layers: ``geoddu vectorize`` and ``geoddu segment --vector``.
 
-* `polygonize`: `vectorize()`, which runs the steps below in order;
-* `class_windows`: reading the class map window by window, its class names;
-* `window_regions`, `seams`, `stitch`: one window's regions, and joining a region's pieces
-  across window borders;
-* `gdal_sieve` (the default for `--min-area`) and `exact_sieve` (geoddu's own, which leaves
-  no region below the area): the sieve over the whole map;
-* `polygon_edges`: repair, matching edges for simplification, map coordinates;
-* `layer_writer`: the polygon layer, written in batches and renamed into place when complete.
+What is where:
 
-Never imports torch or the models (docs/vectorize.md says how and how fast).
+* :mod:`.polygonize`: :func:`vectorize`, which runs the steps below in order, and its result.
+* :mod:`.class_windows`: reading the class map window by window (class ids, names, the grid).
+* :mod:`.sieve_gdal`: ``--min-area`` with GDAL's sieve (the default), on a scratch copy.
+* :mod:`.sieve_smallest_first`: ``--sieve smallest-first``, geoddu's own whole-map sieve.
+* :mod:`.window_regions`: one window's regions (GDAL's polygons, border labels).
+* :mod:`.seams` and :mod:`.stitch`: joining the pieces of regions cut by window borders.
+* :mod:`.polygon_edges`: repair, edge matching, map coordinates, orientation.
+* :mod:`.writers`: the layer written atomically, batch by batch; formats by extension.
+
+Raster reading and atomic outputs are shared with the rest of geoddu and stay in
+:mod:`geoddu.io`.
 """
 
-from .class_windows import class_names_of
-from .layer_writer import DRIVERS, driver_for, remove_vector
-from .polygonize import SIEVES, VectorizeResult, vectorize
+from .polygonize import DRIVERS, SIEVES, VectorizeResult, driver_for, remove_vector, vectorize
 
-__all__ = ["DRIVERS", "SIEVES", "VectorizeResult", "class_names_of", "driver_for",
-           "remove_vector", "vectorize"]
+__all__ = ["DRIVERS", "SIEVES", "VectorizeResult", "driver_for", "remove_vector", "vectorize"]

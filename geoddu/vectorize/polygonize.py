@@ -3,34 +3,37 @@ it goes.
 
 How it works (details and guarantees in ``docs/vectorize.md``):
 
+* **Sieve** (``min_area``) first, over the whole map: by default with GDAL's sieve
+  (:mod:`geoddu.vectorize.sieve_gdal`: the map staged into a scratch file, sieved by
+  ``GDALSieveFilter``, read back window by window); or, with ``sieve="smallest-first"``,
+  geoddu's own rule (:mod:`geoddu.vectorize.sieve_smallest_first`: a first streaming pass
+  measures every region, the merges are decided on the region graph and applied window by
+  window). Neither depends on the window size.
 * **Polygonise each window** with ``rasterio.features.shapes`` (4-connectivity), in *pixel*
   coordinates of the whole raster. Vertices are integers there, so the pieces of one region
   cut at a window border share their border vertex for vertex and their union is exact; the
   affine transform is applied to every vertex the same way.
-* **Stitch** the pieces (:mod:`geoddu.vectorize.stitch`): a region inside one window is complete at
-  once; the pieces of a region cut by window borders are joined in a union-find along the
-  borders and merged with ``shapely.union_all`` once the region can no longer grow. Only the
-  last pixel row of the previous window row and the last column of the previous window are
-  kept, never pixel arrays.
+* **Stitch** the pieces (:mod:`geoddu.vectorize.stitch`): a region inside one window is
+  complete at once; the pieces of a region cut by window borders are joined in a union-find
+  along the borders and merged with ``shapely.union_all`` once the region can no longer grow.
+  Only the last pixel row of the previous window row and the last column of the previous
+  window are kept, never pixel arrays.
 * **Write as it goes**: complete regions are written in batches of ``batch_size`` polygons
   into the temporary output, so memory holds the open regions and one batch, not the layer.
-* **Sieve** (``min_area``) first, over the whole map: by default GDAL's sieve
-  (:mod:`geoddu.vectorize.gdal_sieve`; the map goes to scratch files and GDAL sieves it from
-  disk), or geoddu's exact sieve (:mod:`geoddu.vectorize.exact_sieve`), a streaming pass that
-  measures every region and decides the merges globally, applied window by window while
-  polygonising. Neither depends on the window size.
 * **Simplify** (``simplify``): vertices are added where a neighbour's edge ends (so edges match
   vertex for vertex, a valid GEOS coverage) and the whole layer goes through
   ``shapely.coverage_simplify``; shared edges are simplified once for both sides. This needs
   the whole coverage at once, so with ``simplify`` the layer is held until it is simplified.
 
-Where each step lives (all in :mod:`geoddu.vectorize`): ``class_windows`` (reading),
-``window_regions`` (one window's regions), ``seams`` and ``stitch`` (stitching), ``gdal_sieve``
-and ``exact_sieve``, ``polygon_edges`` (repair, edge matching, map coordinates) and
-``layer_writer`` (the atomic, batched write). This module runs them in order.
+Where each step lives: :mod:`geoddu.vectorize.class_windows` (reading),
+:mod:`geoddu.vectorize.window_regions` (one window's regions), :mod:`geoddu.vectorize.seams`
+and :mod:`geoddu.vectorize.stitch` (stitching), the two sieves,
+:mod:`geoddu.vectorize.polygon_edges` (repair, edge matching, map coordinates) and
+:mod:`geoddu.vectorize.writers` (the atomic, batched write). This module runs them in order.
 
-The layer is written with pyogrio into a temporary folder beside the destination and renamed
-into place when complete (:class:`geoddu.io.writer.AtomicOutput`); a failed run leaves nothing.
+The layer is written with pyogrio into a private temporary folder beside the destination and
+renamed into place when complete (:class:`geoddu.io.atomic.AtomicOutput`); a failed run leaves
+nothing, the sieve's scratch files included.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import shapely
 from affine import Affine
 
 from geoddu.errors import Cancelled, GeodduError
-from geoddu.io.writer import AtomicOutput
+from geoddu.io.atomic import AtomicOutput
 from geoddu.vectorize.class_windows import (
     NONE,
     CancelFn,
@@ -57,11 +60,11 @@ from geoddu.vectorize.class_windows import (
     class_names_of,
     window_grid,
 )
-from geoddu.vectorize.exact_sieve import measure_regions
-from geoddu.vectorize.gdal_sieve import gdal_sieve
-from geoddu.vectorize.layer_writer import DRIVERS, LayerWriter, driver_for, remove_vector
 from geoddu.vectorize.polygon_edges import match_edges, orient_polygons, repair, to_map
+from geoddu.vectorize.sieve_gdal import SievedMap, gdal_sieve
+from geoddu.vectorize.sieve_smallest_first import SievePlan, measure_regions
 from geoddu.vectorize.stitch import RegionStitcher
+from geoddu.vectorize.writers import DRIVERS, LayerWriter, driver_for, remove_vector
 
 __all__ = [
     "DRIVERS",
@@ -81,8 +84,9 @@ DEFAULT_WINDOW = 512
 # coordinates and WKB), and the file is reopened for appending only every this many polygons
 # (~0.05 s per append).
 DEFAULT_BATCH = 10_000
-# --min-area's sieve: GDAL's (the default), or geoddu's own, which leaves no region below it.
-SIEVES = ("gdal", "exact")
+# The ways to sieve (``min_area``), the default first: GDAL's rule, or geoddu's own rule, which
+# also merges groups of small regions (docs/vectorize.md compares them).
+SIEVES = ("gdal", "smallest-first")
 
 
 @dataclass
@@ -97,6 +101,7 @@ class VectorizeResult:
     windows: int
     window_size: int
     min_area_pixels: int | None = None
+    sieve: str | None = None  # which sieve ran (SIEVES), None without min_area
     sieved_pixels: int = 0
     simplify: float | None = None
     seconds: float = 0.0
@@ -109,7 +114,8 @@ class VectorizeResult:
         parts.append(f"{len(self.polygons_per_class)} classes")
         if self.min_area_pixels is not None:
             parts.append(
-                f"sieved regions < {self.min_area_pixels} px ({self.sieved_pixels} px changed)"
+                f"sieved regions < {self.min_area_pixels} px ({self.sieve} sieve, "
+                f"{self.sieved_pixels} px changed)"
             )
         if self.simplify is not None:
             parts.append(f"simplified at {self.simplify:g}")
@@ -127,6 +133,7 @@ class VectorizeResult:
             "windows": self.windows,
             "window_size": self.window_size,
             "min_area_pixels": self.min_area_pixels,
+            "sieve": self.sieve,
             "sieved_pixels": self.sieved_pixels,
             "simplify": self.simplify,
             "classes": self.classes,
@@ -150,9 +157,9 @@ def vectorize(
     dst: str | os.PathLike[str],
     *,
     min_area: float | None = None,
+    sieve: str = SIEVES[0],
     simplify: float | None = None,
     classes: Sequence[int] | None = None,
-    sieve: str = "gdal",
     window_size: int = DEFAULT_WINDOW,
     batch_size: int = DEFAULT_BATCH,
     overwrite: bool = False,
@@ -165,9 +172,10 @@ def vectorize(
     raster's ``CLASS_NAMES`` tag), in the raster's CRS. Nodata makes no polygon.
 
     ``min_area`` (square map units): regions smaller than this are first merged into their
-    largest neighbour: ``sieve="gdal"`` by GDAL's sieve (`GDALSieveFilter`), ``"exact"`` by
-    geoddu's own, which merges groups of small regions too, so that none is left below the
-    area (docs/vectorize.md). ``simplify`` (map
+    largest neighbour (a sieve over the whole map). ``sieve``: ``"gdal"`` (GDAL's
+    ``GDALSieveFilter``: each small region takes the class of its largest neighbour, sizes
+    before any merge) or ``"smallest-first"`` (geoddu's rule: smallest region first, sizes as
+    they are then, until no region with a neighbour is small). ``simplify`` (map
     units): topology-preserving simplification of the edges shared by neighbouring polygons;
     the layer's outline (raster edge, nodata) is kept. ``classes``: class ids to write (the
     others are still used for sieving and simplification). ``window_size``: pixels per window
@@ -188,7 +196,7 @@ def vectorize(
     if min_area is not None and not (min_area > 0 and math.isfinite(min_area)):
         raise GeodduError(f"--min-area must be a positive area, got {min_area}")
     if sieve not in SIEVES:
-        raise GeodduError(f"unknown sieve {sieve!r}; choose from {', '.join(SIEVES)}")
+        raise GeodduError(f"--sieve must be one of {', '.join(SIEVES)}, got {sieve!r}")
     if simplify is not None and not (simplify > 0 and math.isfinite(simplify)):
         raise GeodduError(f"--simplify must be a positive distance, got {simplify}")
     if simplify is not None and not hasattr(shapely, "coverage_simplify"):
@@ -236,40 +244,19 @@ def vectorize(
             threshold = max(1, math.ceil(min_area / pixel_area - 1e-9))
 
         windows = window_grid(height, width, window_size)
-        plan = sieved = None
-        sieved_pixels = 0
         with LayerWriter(dst_path, driver, overwrite, crs.to_wkt()) as writer:
-            if threshold is not None and threshold > 1 and sieve == "exact":
-                plan = measure_regions(reader, windows, width, height, threshold, report, cancel)
-                sieved_pixels = plan.sieved_pixels
-            elif threshold is not None and threshold > 1 and width * height > 2:
-                sieved = gdal_sieve(reader, windows, threshold, writer.folder, report, cancel)
+            source, plan = _sieve(
+                reader, sieve, threshold, windows, writer.folder, dst_path, report, cancel
+            )
             sink = _Sink(writer, transform, names, src, batch_size, hold=simplify is not None)
             # With --simplify every class is polygonised: shared edges with classes that are
             # not written still have to be simplified the same way on both sides.
             lut = None if simplify is not None else keep_lut
-            stitcher = RegionStitcher(width, height)
-            for index, (r0, c0, h, w) in enumerate(windows):
-                if cancel is not None and cancel():
-                    raise Cancelled("vectorize cancelled; nothing was written")
-                if index and c0 == 0:
-                    reader.next_row()
-                cls = reader.read(r0, c0, h, w)
-                if plan is not None:
-                    cls = plan.apply(index, cls)
-                elif sieved is not None:
-                    after = sieved.read(r0, c0, h, w)
-                    sieved_pixels += int(np.count_nonzero(after != cls))
-                    cls = after
-                if lut is not None:
-                    cls = lut[cls]
-                for geoms, ids in stitcher.window(r0, c0, cls):
-                    sink.add(geoms, ids, stitcher.pieces)
-                del cls
-                report("polygonize", index + 1, len(windows))
-            reader.close()
-            for geoms, ids in stitcher.finish():
-                sink.add(geoms, ids, stitcher.pieces)
+            try:
+                _polygonize(source, plan, windows, lut, RegionStitcher(width, height), sink,
+                            report, cancel)
+            finally:
+                source.close()
             if simplify is not None:
                 report("simplify", 0, 1)
                 sink.simplify(simplify, keep_lut)
@@ -297,13 +284,73 @@ def vectorize(
         windows=len(windows),
         window_size=window_size,
         min_area_pixels=threshold,
-        sieved_pixels=sieved_pixels,
+        sieve=sieve if threshold is not None else None,
+        sieved_pixels=_sieved_pixels(source, plan),
         simplify=simplify,
         seconds=time.perf_counter() - started,
         classes=selected,
         batches=writer.batches,
         peak_held=sink.peak_held,
     )
+
+
+def _sieve(
+    reader: ClassReader,
+    sieve: str,
+    threshold: int | None,
+    windows: list[tuple[int, int, int, int]],
+    folder: Path,
+    dst: Path,
+    report: ProgressFn,
+    cancel: CancelFn | None,
+) -> tuple[ClassReader | SievedMap, SievePlan | None]:
+    """What the polygonising pass reads (the class map, or GDAL's sieved copy of it), and the
+    plan of geoddu's own sieve where that one runs."""
+    if threshold is None or threshold <= 1:
+        return reader, None
+    height, width = reader.source.height, reader.source.width
+    if sieve == "smallest-first":
+        return reader, measure_regions(reader, windows, width, height, threshold, report, cancel)
+    if threshold > width * height:
+        # No region can reach the threshold, so GDAL merges none (and rasterio refuses it).
+        return reader, None
+    return gdal_sieve(reader, windows, threshold, folder, dst, report, cancel), None
+
+
+def _polygonize(
+    source: ClassReader | SievedMap,
+    plan: SievePlan | None,
+    windows: list[tuple[int, int, int, int]],
+    lut: np.ndarray | None,
+    stitcher: RegionStitcher,
+    sink: _Sink,
+    report: ProgressFn,
+    cancel: CancelFn | None,
+) -> None:
+    """The polygonising pass: every window, sieved, stitched; complete regions into ``sink``."""
+    for index, (r0, c0, h, w) in enumerate(windows):
+        if cancel is not None and cancel():
+            raise Cancelled("vectorize cancelled; nothing was written")
+        if index and c0 == 0:
+            source.next_row()
+        cls = source.read(r0, c0, h, w)
+        if plan is not None:
+            cls = plan.apply(index, cls)
+        if lut is not None:
+            cls = lut[cls]
+        for geoms, ids in stitcher.window(r0, c0, cls):
+            sink.add(geoms, ids, stitcher.pieces)
+        del cls
+        report("polygonize", index + 1, len(windows))
+    source.close()
+    for geoms, ids in stitcher.finish():
+        sink.add(geoms, ids, stitcher.pieces)
+
+
+def _sieved_pixels(source: ClassReader | SievedMap, plan: SievePlan | None) -> int:
+    if isinstance(source, SievedMap):
+        return source.changed
+    return plan.sieved_pixels if plan is not None else 0
 
 
 class _Sink:

@@ -1,6 +1,5 @@
-"""Class maps for the vectorize tests: real GeoTIFFs written by rasterio, and the references
-the layers are checked against. Windows of 64 px on 200 x 300 maps, so every test crosses
-window borders."""
+"""Class maps for the vectorize tests: written by rasterio, 200 x 300 pixels of 10 m, so that
+64-pixel windows cut every map both ways; and the references the layers are compared with."""
 
 from __future__ import annotations
 
@@ -75,3 +74,35 @@ def pixel_regions(cls: np.ndarray) -> list[tuple[int, shapely.Geometry]]:
 def canonical(gdf: gpd.GeoDataFrame) -> list[tuple[int, bytes]]:
     geoms = shapely.normalize(gdf.geometry.values)
     return sorted(zip(gdf.class_id.tolist(), shapely.to_wkb(geoms), strict=True))
+
+
+
+def burn(gdf: gpd.GeoDataFrame, shape: tuple[int, int] = (H, W)) -> np.ndarray:
+    """A layer burnt back into a class raster (255 where no polygon): pixel-aligned polygons
+    give back exactly the pixels they were made of."""
+    return rasterio.features.rasterize(
+        zip(gdf.geometry, gdf.class_id, strict=True),
+        out_shape=shape,
+        transform=TRANSFORM,
+        fill=255,
+        dtype="uint8",
+    )
+
+
+def cells(seed: int = 0) -> np.ndarray:
+    """Random classes in 2 x 2 cells (regions of 4, 8, 12... pixels) and a nodata patch: most
+    regions are small, and many small regions are each other's largest neighbour."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, 4, (H // 2, W // 2)).astype(np.uint8).repeat(2, 0).repeat(2, 1)
+    cls[150:170, 30:60] = 255
+    return cls
+
+
+def region_sizes(cls: np.ndarray) -> np.ndarray:
+    """Pixels of every 4-connected region of a class raster (255: none)."""
+    return np.array(
+        [
+            shapely.geometry.shape(g).area
+            for g, _ in rasterio.features.shapes(cls, mask=cls != 255, connectivity=4)
+        ]
+    )

@@ -1,4 +1,6 @@
-"""The class map most vectorize tests start from."""
+"""Fixtures of the vectorize tests (the maps themselves are in class_maps.py)."""
+
+from __future__ import annotations
 
 from pathlib import Path
 

@@ -1,9 +1,15 @@
-"""The exact whole-map sieve for ``--min-area``: measure every region, decide the merges.
+"""``--sieve smallest-first``: geoddu's own whole-map sieve for ``--min-area``.
+
+Kept beside GDAL's (the default, :mod:`geoddu.vectorize.sieve_gdal`) for its rule, which GDAL
+cannot express: small regions are merged smallest first, each judged by its neighbours as they
+are then, and groups of small regions merge together until they reach the threshold, so no
+region with a valid neighbour stays below it (GDAL leaves such groups as they were; the
+figures are in ``docs/vectorize.md``).
 
 Pass 1 streams the windows and measures every region exactly (size, class, first pixel,
 neighbours, joined across windows); then every region below the threshold is merged into a
-neighbour like ``gdal_sieve``. The resulting :class:`SievePlan` is applied window by window in
-pass 2. Nothing depends on the window size.
+neighbour. The resulting :class:`SievePlan` is applied window by window in pass 2. Nothing
+depends on the window size.
 """
 
 from __future__ import annotations
@@ -198,7 +204,7 @@ def _merge_small(
     cls: np.ndarray,
     threshold: int,
 ) -> np.ndarray:
-    """Merge every region below ``threshold`` pixels into a neighbour, like ``gdal_sieve``.
+    """Merge every region below ``threshold`` pixels into its largest neighbour.
 
     Smallest region first (ties: first pixel in raster order); it takes the class of its
     largest neighbour (ties: lower class id, then first pixel) and joins that neighbour and
