@@ -174,7 +174,8 @@ def segment_batch(
             dev = None
         # Loaded once for every scene (the requests take the loaded model).
         if not isinstance(options["model"], SegmentationModel):
-            options["model"] = load_model(options["model"], device=dev or "cpu")
+            options["model"] = load_model(options["model"], device=dev or "cpu",
+                                          precision=options.get("precision") or "fp32")
         # Every rank probes a strided share of the scenes: sizes for the assignment, and
         # whether the output exists (on this rank's disk: hosts need not share one).
         probes = [_probe(s, d) if k % world == rank else None for k, (s, d) in enumerate(jobs)]

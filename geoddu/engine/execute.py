@@ -42,7 +42,7 @@ def execute(
     job = open_job(request, devices=[str(d) for d in devices])
     model, plan, cells = job.model, job.plan, job.plan.cells
     replicas = [model if model.device == d else copy.deepcopy(model).to(d).eval() for d in devices]
-    run = CellRunner(job.source, replicas, request.precision, progress, cancel)
+    run = CellRunner(job.source, replicas, progress, cancel)
     writers: dict[str, Any] = {}
     with job.running(writers):
         writers.update(open_writers(request, job.source, model))
@@ -60,7 +60,7 @@ def execute(
                     )
                     communicated = job.store()
                     communicate_tiles(
-                        run, replicas[0], request.precision, plan.work[0].tiles,
+                        run, replicas[0], plan.work[0].tiles,
                         cells.partition.grid, cells.cell, encoded.get, communicated.put,
                     )
                     encoded.close()

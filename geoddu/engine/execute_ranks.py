@@ -121,7 +121,7 @@ def execute_on_ranks(
     job, writers = _open_on_every_rank(request, rank, world, group)
     model, cells = job.model, job.plan.cells
     (mine,) = job.plan.work  # this rank's steps
-    run = CellRunner(job.source, [model], request.precision, progress, cancel)
+    run = CellRunner(job.source, [model], progress, cancel)
     num_classes = len(model.classes)
     wants_probs = request.wants_probabilities  # every rank holds the same request
     msg_bytes = message_bytes(cells.partition, num_classes, wants_probs)
@@ -147,7 +147,7 @@ def execute_on_ranks(
 
             communicated = job.store()
             communicate_tiles(
-                run, model, request.precision, mine.tiles, cells.partition.grid, cells.cell,
+                run, model, mine.tiles, cells.partition.grid, cells.cell,
                 get_maps, communicated.put,
             )
             encoded.close()

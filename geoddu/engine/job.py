@@ -170,9 +170,11 @@ def open_job(
     scratch = scratch_dir(request.scratch)
     model = request.model
     if not isinstance(model, SegmentationModel):
-        model = load_model(model) if device is None else load_model(model, device=device)
-    elif device is not None and model.device != device:
-        model = model.to(device)
+        model = load_model(model, device=device or "cpu", precision=request.precision)
+    else:
+        if device is not None and model.device != device:
+            model = model.to(device)
+        model = model.with_precision(request.precision)
     model.eval()
     source = open_scene(request.src, request.bands, model.spec)
     try:

@@ -39,13 +39,11 @@ class CellRunner:
         self,
         source: RasterSource,
         replicas: Sequence[Any],
-        precision: str,
         progress: ProgressFn | None,
         cancel: CancelFn | None,
     ) -> None:
         self.source = source
         self.replicas = replicas
-        self.precision = precision
         self.progress = progress
         self.cancel = cancel
         self.skipped = 0
@@ -115,7 +113,7 @@ class CellRunner:
 
         def run(k: int) -> None:
             handle = self.source.reopen()
-            ctx = Worker(self.replicas[k], handle, self.precision)
+            ctx = Worker(self.replicas[k], handle)
             try:
                 with torch.inference_mode():
                     work(k, ctx, stop, tick)

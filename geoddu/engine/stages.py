@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from ..io.raster import RasterSource
-from ..parallel.devices import autocast
 from ..partition import Subimage
 from ..predictor import NODATA, SegmentationModel
 from .mapstore import MapStore
@@ -52,13 +51,11 @@ class Progress(Protocol):
 class Worker:
     """What one device's thread owns: its model replica and its own dataset handle."""
 
-    def __init__(self, model: SegmentationModel, source: RasterSource, precision: str) -> None:
+    def __init__(self, model: SegmentationModel, source: RasterSource) -> None:
         self.model = model
         self.net = model.net
         self.device = model.device
         self.source = source
-        self.precision = precision
-
 
 
 def encode_cell(
@@ -69,7 +66,7 @@ def encode_cell(
     if not valid.any():
         return False  # contributes zeros to the mosaic
     x = ctx.model.prepare(raw, valid)
-    with autocast(ctx.device, ctx.precision):
+    with ctx.model.computing():
         _, bottleneck = ctx.net.encode(x)
         maps = ctx.net.comm_input(bottleneck)
     store.put(cell.index, maps[0].float().cpu().numpy())
@@ -78,7 +75,6 @@ def encode_cell(
 
 def communicate_tile(
     model: SegmentationModel,
-    precision: str,
     tile: Tile,
     grid: tuple[int, int],
     cell: int,
@@ -110,8 +106,8 @@ def communicate_tile(
                 :, ya - i * cell : yb - i * cell, xa - j * cell : xb - j * cell
             ]
     with torch.inference_mode():
-        x = torch.from_numpy(region).unsqueeze(0).to(model.device)
-        with autocast(model.device, precision):
+        x = torch.from_numpy(region).unsqueeze(0).to(model.device, model.dtype)
+        with model.computing():
             out = net.communicate(x)[0].float().cpu().numpy()
     return {
         (i, j): out[:, i * cell - y0 : (i + 1) * cell - y0, j * cell - x0 : (j + 1) * cell - x0]
@@ -123,7 +119,6 @@ def communicate_tile(
 def communicate_tiles(
     run: Progress,
     model: SegmentationModel,
-    precision: str,
     tiles: Sequence[Tile],
     grid: tuple[int, int],
     cell: int,
@@ -134,7 +129,7 @@ def communicate_tiles(
     (:func:`communicate_tile`); each cell's result goes to `put_maps`."""
     for n, tile in enumerate(tiles, 1):
         run.check_cancel()
-        for index, maps in communicate_tile(model, precision, tile, grid, cell, get_maps).items():
+        for index, maps in communicate_tile(model, tile, grid, cell, get_maps).items():
             put_maps(index, maps)
         run.report("communicate", n, len(tiles))
 
@@ -155,7 +150,7 @@ def decode_cell(
         return False
     net = ctx.net
     x = ctx.model.prepare(raw, valid)
-    with autocast(ctx.device, ctx.precision):
+    with ctx.model.computing():
         skips, bottleneck = net.encode(x)
     maps = None
     if communicated is not None:
@@ -186,9 +181,11 @@ def decode_window(
     h = min(cell.height, ctx.source.height - cell.row_off)
     w = min(cell.width, ctx.source.width - cell.col_off)
     net = ctx.net
-    with autocast(ctx.device, ctx.precision):
+    with ctx.model.computing():
         logits = net.decode(skips, bottleneck, maps)
-    logits = logits[0, :, :h, :w].float()
+    # argmax in the network's own dtype: widening bf16 to fp32 is exact, so the classes are
+    # those of predict's fp32 argmax, without a copy of the logits.
+    logits = logits[0, :, :h, :w]
     classes = logits.argmax(0).to(torch.uint8).cpu().numpy()
     keep = valid[:h, :w]
     if area is not None:
@@ -203,7 +200,7 @@ def decode_window(
     classes[~keep] = NODATA
     probs = None
     if sink.wants_probabilities:
-        probs = torch.softmax(logits, 0).cpu().numpy()
+        probs = torch.softmax(logits.float(), 0).cpu().numpy()
         probs[:, ~keep] = np.nan
     sink.put(cell, classes, probs)
 

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..parallel.devices import autocast
 from ..partition import Subimage
 from ..resources import release_free_memory
 from .plan import SegmentPlan
@@ -106,7 +105,7 @@ class _StripRun:
             return
         ctx = self.ctx
         x = ctx.model.prepare(raw, valid)
-        with autocast(ctx.device, ctx.precision):
+        with ctx.model.computing():
             skips, bottleneck = ctx.net.encode(x)
             maps = ctx.net.comm_input(bottleneck)[0].float().cpu().numpy()
         self.runs += 1
@@ -131,7 +130,7 @@ class _StripRun:
         if todo:
             d = step.row
             out = communicate_tile(
-                ctx.model, ctx.precision, (d, d + 1, todo[0].col, todo[-1].col + 1),
+                ctx.model, (d, d + 1, todo[0].col, todo[-1].col + 1),
                 self.plan.partition.grid, self.plan.cell,
                 lambda k: self.maps.get(k, self.zeros),
             )

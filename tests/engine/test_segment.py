@@ -24,16 +24,20 @@ def _read(path):
         return src.read(1), src
 
 
-def _reference(model_path, image, mask=None):
-    model = geoddu.load_model(model_path)
+def _reference(model_path, image, mask=None, precision="fp32"):
+    model = geoddu.load_model(model_path, precision=precision)
     classes, logits = model.predict(image, mask, return_logits=True)
     return classes, torch.softmax(torch.from_numpy(logits), 0).numpy()
 
 
-def test_streaming_equals_whole_scene_model(tmp_path, scene, checkpoint):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_streaming_equals_whole_scene_model(tmp_path, scene, checkpoint, precision):
+    """Exact within each precision: a bf16 segment is the bf16 model on the whole scene."""
     with rasterio.open(scene) as src:
         image = src.read()
-    ref_classes, ref_probs = _reference(checkpoint, image)
+    ref_classes, ref_probs = _reference(checkpoint, image, precision=precision)
+    if precision == "bf16":  # the bf16 model really computes in bf16
+        assert np.abs(_reference(checkpoint, image)[1] - ref_probs).max() > 1e-3
     # Two passes with a tiny map store budget and tiles: the disk store and the halo'd
     # communication tiles run.
     result = geoddu.segment(
@@ -45,6 +49,7 @@ def test_streaming_equals_whole_scene_model(tmp_path, scene, checkpoint):
         store_max_ram_bytes=0,
         comm_tile_cells=16,
         schedule="two-pass",
+        precision=precision,
     )
     assert result.communicated and result.map_store_on_disk
     assert result.subimages == 5 * 7 and result.encoder_runs == 2 * 35
@@ -67,6 +72,8 @@ def test_streaming_equals_whole_scene_model(tmp_path, scene, checkpoint):
         {"strip_cells": 1},  # every column a strip
         {"strip_cells": 2, "device": "cpu,cpu,cpu"},  # strips over three devices
         {"skip_budget_bytes": 1},  # no strip fits: two passes
+        {"strip_cells": 3, "precision": "bf16"},  # exact within bf16 too
+        {"skip_budget_bytes": 1, "precision": "bf16"},
     ],
 )
 def test_one_pass_equals_the_whole_scene_model(tmp_path, checkpoint, options):
@@ -79,7 +86,8 @@ def test_one_pass_equals_the_whole_scene_model(tmp_path, checkpoint, options):
     scene = write_geotiff(tmp_path / "nd.tif", image, nodata=0)
     with rasterio.open(scene) as src:
         ok = src.dataset_mask() > 0
-        ref_classes, ref_probs = _reference(checkpoint, src.read(), ok)
+        ref_classes, ref_probs = _reference(checkpoint, src.read(), ok,
+                                            options.get("precision", "fp32"))
     result = geoddu.segment(
         scene, tmp_path / "out.tif", checkpoint, probabilities=tmp_path / "p.tif", **options
     )

@@ -187,3 +187,24 @@ def test_fused_inference_copy_computes_the_same_function(name):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fused(x, (2, 2)), m(x, (2, 2)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["DDU-Net(2,4,Y)", "resnet18"])
+def test_conv_relu_fusion_gives_the_same_bits_in_bf16(name):
+    """The bf16 inference copy runs conv + ReLU as one oneDNN call, inside Sequentials only
+    (a ResNet block calls its ReLU module twice): the same bits as the two modules."""
+    from geoddu.models.fusion import ConvReLU, fuse_for_inference
+
+    torch.manual_seed(0)
+    m = create_model(name, in_channels=3, num_classes=3, base_channels=4, comm_features=4).eval()
+    plain = fuse_for_inference(m).to(torch.bfloat16)
+    fused = fuse_for_inference(m, conv_relu=True).to(torch.bfloat16)
+    pairs = [x for x in fused.modules() if isinstance(x, ConvReLU)]
+    assert pairs and not any(isinstance(x, ConvReLU) for x in plain.modules())
+    blocks = [b for b in fused.modules() if not isinstance(b, torch.nn.Sequential)
+              and any(isinstance(c, torch.nn.ReLU) for c in b.children())]
+    assert (name == "resnet18") == bool(blocks)  # ResNet blocks keep their own ReLU
+    assert not any(isinstance(c, ConvReLU) for b in blocks for c in b.children())
+    x = torch.randn(1, 3, 64, 64).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(fused(x, (2, 2)), plain(x, (2, 2)))
