@@ -23,11 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def conv_ceiling(repeats: int = 5) -> float:
-    """GFLOP/s of torch on one large convolution (the best of `repeats`)."""
+def conv_ceiling(repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of torch on one large convolution (the best of `repeats`), in `dtype` (bf16:
+    bf16 weights and input, as the engine's bf16 copy of the model runs)."""
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval()
-    conv = conv.to(memory_format=torch.channels_last)
-    x = torch.randn(1, 64, 512, 512).contiguous(memory_format=torch.channels_last)
+    conv = conv.to(dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 64, 512, 512).to(dtype).contiguous(memory_format=torch.channels_last)
     flops = 2 * 64 * 64 * 9 * 512 * 512
     best = float("inf")
     with torch.inference_mode():
@@ -44,6 +45,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="the model's arithmetic; the ceiling is timed in the same")
     add_model_options(ap)
     args = ap.parse_args()
 
@@ -57,7 +60,8 @@ def main() -> None:
     ckpt = make_checkpoint(work / "roofline.pt", args.model, args.base_channels,
                            args.subimage_size)
     scene = make_scene(work / f"scene_{args.size}.tif", args.size)
-    model = geoddu.load_model(ckpt)
+    model = geoddu.load_model(ckpt, precision=args.precision)
+    dtype = model.dtype
     # FLOPs are counted on the plain module tree (the loaded model's encoder and decoder are
     # traced and frozen for the CPU, which hides their layers from hooks).
     plain = geoddu.load_model(ckpt, fuse=False).net
@@ -70,11 +74,12 @@ def main() -> None:
 
     # The ceiling is the best of many timings before and after the run: a single short
     # convolution timed on a shared machine reads anywhere from half to all of it.
-    before = conv_ceiling(20)
+    before = conv_ceiling(20, dtype)
     t = time.perf_counter()
-    result = geoddu.segment(scene, work / "out.tif", model, overwrite=True)
+    result = geoddu.segment(scene, work / "out.tif", model, overwrite=True,
+                            precision=args.precision)
     seconds = time.perf_counter() - t
-    after = conv_ceiling(20)
+    after = conv_ceiling(20, dtype)
     ceiling = max(before, after)
     mpx_s = result.width * result.height / 1e6 / seconds
     extra = (result.encoder_runs - result.subimages) / result.subimages
@@ -90,8 +95,8 @@ def main() -> None:
     executed = model_flops + extra * encoder_flops + halo_share * comm_flops
     delivered = model_flops * mpx_s / 1e9
     print(f"model {args.model} base {args.base_channels}, subimages {s}^2, scene {args.size}^2, "
-          f"{torch.get_num_threads()} CPU threads")
-    print(f"conv ceiling (one 64->64 3x3 conv, 512^2):   {ceiling:.1f} GFLOP/s "
+          f"{torch.get_num_threads()} CPU threads, {args.precision}")
+    print(f"{args.precision} conv ceiling (64->64 3x3, 512^2): {ceiling:.1f} GFLOP/s "
           f"(best of 20 before: {before:.1f}, after: {after:.1f})")
     print(f"model FLOPs per megapixel (one forward):     {model_flops / 1e9:.1f} GFLOP/Mpx")
     print(f"schedule: {result.schedule}, {result.encoder_runs} encoder runs for "

@@ -25,16 +25,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def run_exact(scene: str, ckpt: str, out: str) -> dict:
+def run_exact(scene: str, ckpt: str, out: str, precision: str) -> dict:
     import geoddu
 
     t = time.perf_counter()
-    r = geoddu.segment(scene, out, ckpt, overwrite=True)
+    r = geoddu.segment(scene, out, ckpt, overwrite=True, precision=precision)
     return {"seconds": time.perf_counter() - t, "schedule": r.schedule,
             "encoder_runs": r.encoder_runs, "subimages": r.subimages}
 
 
-def run_tiled(scene: str, ckpt: str, out: str, window: int, overlap: int) -> dict:
+def run_tiled(scene: str, ckpt: str, out: str, window: int, overlap: int,
+              precision: str) -> dict:
     """Sliding windows with centre-crop stitching, the whole class map in RAM."""
     import rasterio
     import torch
@@ -42,7 +43,7 @@ def run_tiled(scene: str, ckpt: str, out: str, window: int, overlap: int) -> dic
     import geoddu
 
     t = time.perf_counter()
-    model = geoddu.load_model(ckpt)
+    model = geoddu.load_model(ckpt, precision=precision)
     with rasterio.open(scene) as src:
         h, w = src.height, src.width
         result = np.full((h, w), 255, np.uint8)
@@ -69,11 +70,12 @@ def run_tiled(scene: str, ckpt: str, out: str, window: int, overlap: int) -> dic
     return {"seconds": time.perf_counter() - t}
 
 
-def child(kind: str, scene: str, ckpt: str, out: str, window: int, overlap: int) -> None:
+def child(kind: str, scene: str, ckpt: str, out: str, window: int, overlap: int,
+          precision: str) -> None:
     from _common import peak_rss_mb
 
-    res = run_exact(scene, ckpt, out) if kind == "exact" else run_tiled(
-        scene, ckpt, out, window, overlap)
+    res = run_exact(scene, ckpt, out, precision) if kind == "exact" else run_tiled(
+        scene, ckpt, out, window, overlap, precision)
     res["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(res))
 
@@ -87,10 +89,12 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=128)
     add_model_options(ap)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="both sides compute in this precision")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(*args.child, args.window, args.overlap)
+        child(*args.child, args.window, args.overlap, args.precision)
         return
     import rasterio
     from _common import make_checkpoint, make_scene
@@ -105,7 +109,8 @@ def main() -> None:
             out = work / f"{kind}.tif"
             proc = subprocess.run(
                 [sys.executable, __file__, "--window", str(args.window), "--overlap",
-                 str(args.overlap), "--child", kind, str(scene), str(ckpt), str(out)],
+                 str(args.overlap), "--precision", args.precision, "--child", kind, str(scene),
+                 str(ckpt), str(out)],
                 capture_output=True, text=True, check=True,
             )
             runs[kind].append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -128,7 +133,8 @@ def main() -> None:
         seam[max(0, k - 8) : k + 8, :] = True
     ex, ti = results["exact"], results["tiled"]
     print(f"model {args.model} base {args.base_channels}, subimages {args.subimage_size}^2, "
-          f"scene {args.size}^2, windows {args.window}^2 overlapping {args.overlap} px, "
+          f"scene {args.size}^2, {args.precision}, windows {args.window}^2 overlapping "
+          f"{args.overlap} px, "
           f"median of {args.repeats} alternated runs per side (each its own process)")
     print(f"geoddu segment ran in {ex['schedule']}: {ex['encoder_runs']} encoder runs for "
           f"{ex['subimages']} subimages; runs (s): exact {ex['all']}, windows {ti['all']}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import device_option, output_option, quiet_option
+from .options import device_option, output_option, precision_option, quiet_option
 
 # Shipped in geoddu/assets; trained with `geoddu train` on the paper's synthetic set (k=3), see
 # docs/training.md for the exact commands.
@@ -24,8 +24,9 @@ ASSET_NOCOMM = "demo-synthetic-ddunet-3-32-n.pt"
               help="Synthetic images stacked into the scene.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which synthetic images.")
 @device_option("cpu, cuda or cuda:N.", default="cpu")
+@precision_option
 @quiet_option
-def demo(output, rows, seed, device, quiet) -> None:
+def demo(output, rows, seed, device, precision, quiet) -> None:
     """Run the whole pipeline on a small georeferenced scene built from the paper's synthetic
     set (Sec. III-D1): each row is a 96 x 32 px grey image cut into three 32 x 32 subimages,
     with two white circles in different subimages; the task is to draw the line segment between
@@ -70,8 +71,8 @@ def demo(output, rows, seed, device, quiet) -> None:
             ("without communication", ASSET_NOCOMM, out / "classes-nocomm.tif")]
     results = {}
     for label, asset, dst in runs:
-        model = load_model(_asset(asset), device=device)
-        res = segment(scene_path, dst, model, device=device, overwrite=True)
+        model = load_model(_asset(asset), device=device, precision=precision)
+        res = segment(scene_path, dst, model, device=device, precision=precision, overwrite=True)
         with rasterio.open(dst) as ds:
             pred = ds.read(1)
         acc = IoUAccumulator(len(CLASSES))
