@@ -1,7 +1,7 @@
 """Which precision runs fastest on a device: a short measured probe, cached per machine.
 
-:func:`choose_precision` is what ``--precision auto`` resolves to. It times a few 3x3
-convolutions (64 -> 64 channels, channels-last, BatchNorm folded and ReLU fused as
+:func:`choose_precision` is what ``--precision auto`` resolves to. It times 3x3 convolutions
+at the levels of a U-Net (16 to 128 channels, channels-last, BatchNorm folded and ReLU fused as
 :func:`geoddu.models.fusion.fuse_for_inference` does) in each candidate precision, run the way
 the engine runs them: on the CPU fp32 and a **bf16 copy** of the layers, traced and frozen; on
 CUDA fp32 and fp16/bf16 under autocast. It picks the fastest precision that beats fp32 by at
@@ -16,7 +16,7 @@ again and warns once.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import os
 import tempfile
@@ -42,12 +42,19 @@ CACHE_ENV = "GEODDU_CACHE_DIR"
 CACHE_FILE = "precision-probe.json"
 FORMAT = 1  # of the cache file; another format is measured again and overwritten
 
-# The workload: LAYERS x (3x3 conv CHANNELS -> CHANNELS + BatchNorm + ReLU), the block DDU-Net's
-# encoder and decoder are made of, on one SIZE^2 tile (CUDA: a batch, so the GPU is busy).
-CHANNELS, LAYERS = 64, 3
-CPU_SIZE, CUDA_SIZE, CUDA_BATCH = 128, 256, 8
-SCOUT_SIZE = 32  # a first run at 1/16 of the work drops a precision that is emulated, slowly
-SCOUT_LIMIT = 3.0  # ... when it is this many times slower than fp32 there
+# The workload: the levels of a U-Net, as (channels, tile side): at each, a double conv
+# (2 x (3x3 conv + BatchNorm + ReLU)), the block DDU-Net's encoder and decoder are made of.
+# Channels double as the side halves, so each level does the same work: wide, memory-bound
+# layers at full resolution count as much as the deep, compute-bound ones. CUDA gets tiles
+# twice the side and a batch, so that the GPU is busy.
+LEVELS = ((16, 256), (32, 128), (64, 64), (128, 32))
+CONVS = 2
+CUDA_SCALE, CUDA_BATCH = 2, 8
+# First runs on tiles of 1/SCOUT the side drop a precision that is emulated (oneDNN's
+# reference kernels: tens of times slower) when the faster of two is SCOUT_LIMIT times slower
+# than fp32 there, before it costs a whole measurement. Lenient: a busy machine's noise must
+# not drop a precision that would win.
+SCOUT, SCOUT_LIMIT = 4, 8.0
 MIN_ROUNDS, MAX_ROUNDS, MIN_SECONDS = 3, 10, 0.3
 
 #: ``timer(device, precisions) -> {precision: seconds per run}``: how a probe measures.
@@ -120,21 +127,21 @@ def probe_precision(
     seconds = dict((timer or measure)(device, measured))
     for p in measured:
         if p not in seconds:
-            skipped.setdefault(p, "not measured")
+            skipped.setdefault(p, f"over {SCOUT_LIMIT:g}x slower than fp32 on a first run")
     seconds = {p: float(s) for p, s in seconds.items() if p in measured}
-    size, batch = (CUDA_SIZE, CUDA_BATCH) if device.type == "cuda" else (CPU_SIZE, 1)
+    scale, batch = _scale(device)
+    levels = ", ".join(f"{c} ch at {side * scale}^2" for c, side in LEVELS)
     probe = Probe(
         device=str(device),
         choice=pick(seconds),
         seconds=seconds,
         skipped=skipped,
         margin=MARGIN,
-        workload=(f"{LAYERS} x (3x3 conv {CHANNELS}->{CHANNELS} + ReLU), channels-last, "
-                  f"{batch} x {size}^2"),
+        workload=f"{CONVS} x (3x3 conv + ReLU), channels-last, batch {batch}, at {levels}",
         key=key,
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
         probe_seconds=time.perf_counter() - start,
-        flops=2.0 * 9 * CHANNELS * CHANNELS * size * size * batch * LAYERS,
+        flops=sum(2.0 * 9 * c * c * (side * scale) ** 2 * batch * CONVS for c, side in LEVELS),
         speedup={p: seconds["fp32"] / s for p, s in seconds.items() if s > 0},
     )
     store.put(key, probe)
@@ -197,83 +204,92 @@ def measure(device: torch.device, precisions: Sequence[str]) -> dict[str, float]
 
     The precisions take turns, round after round, and each keeps its fastest run: another
     process's load on a shared machine then slows them all alike, and the minimum is the
-    machine's own speed. A precision more than :data:`SCOUT_LIMIT` times slower than fp32 on a
-    small tile first is not measured further (it is left out of the result).
+    machine's own speed. A precision more than :data:`SCOUT_LIMIT` times slower than fp32 on
+    small tiles first is not measured further (it is left out of the result).
     """
-    cuda = device.type == "cuda"
-    size, batch = (CUDA_SIZE, CUDA_BATCH) if cuda else (CPU_SIZE, 1)
     torch.manual_seed(0)
-    layers = _layers()
     with torch.no_grad():
-        runs = {p: _runner(layers, device, p, batch) for p in precisions}
-        scout = {p: _time(run, SCOUT_SIZE, device) for p, run in runs.items()}
+        runs = {p: _runner(device, p) for p in precisions}
+        scout = {p: min(_time(run, SCOUT, device) for _ in range(2))
+                 for p, run in runs.items()}
         runs = {p: run for p, run in runs.items()
                 if p == "fp32" or scout[p] <= SCOUT_LIMIT * scout["fp32"]}
         for run in runs.values():  # warm-up: oneDNN/cuDNN pick and build their kernels
-            _time(run, size, device)
+            _time(run, 1, device)
         best = dict.fromkeys(runs, float("inf"))
         start = time.perf_counter()
         rounds = 0
         while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS
                                       and time.perf_counter() - start < MIN_SECONDS):
             for p, run in runs.items():
-                best[p] = min(best[p], _time(run, size, device))
+                best[p] = min(best[p], _time(run, 1, device))
             rounds += 1
     return best
 
 
-def _layers() -> nn.Sequential:
+def _scale(device: torch.device) -> tuple[int, int]:
+    """(tile side factor, batch) of the workload on ``device``."""
+    return (CUDA_SCALE, CUDA_BATCH) if device.type == "cuda" else (1, 1)
+
+
+def _level(channels: int) -> nn.Sequential:
     blocks: list[nn.Module] = []
-    for _ in range(LAYERS):
-        blocks += [nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(CHANNELS), nn.ReLU(inplace=True)]
+    for _ in range(CONVS):
+        blocks += [nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*blocks).eval()
 
 
-def _runner(layers: nn.Sequential, device: torch.device, precision: str,
-            batch: int) -> Callable[[int], None]:
-    """``run(size)``: one forward pass over a ``batch x size^2`` input, as the engine runs
-    ``precision`` on ``device``."""
+def _runner(device: torch.device, precision: str) -> Callable[[int], None]:
+    """``run(divisor)``: one forward pass of every level, on tiles of 1/divisor the side, as
+    the engine runs ``precision`` on ``device``."""
     from .models.fusion import fuse_for_inference
 
+    scale, batch = _scale(device)
     bf16_copy = device.type == "cpu" and precision == "bf16"
-    net = fuse_for_inference(copy.deepcopy(layers), conv_relu=bf16_copy).to(device)
     dtype = torch.bfloat16 if bf16_copy else torch.float32
-    net = net.to(dtype).to(memory_format=torch.channels_last)
-    inputs: dict[int, torch.Tensor] = {}
+    steps = []
+    for channels, side in LEVELS:
+        net = fuse_for_inference(_level(channels), conv_relu=bf16_copy).to(device)
+        net = net.to(dtype).to(memory_format=torch.channels_last)
+        tiles = {d: torch.randn(batch, channels, side * scale // d, side * scale // d,
+                                device=device).to(dtype).contiguous(
+                                    memory_format=torch.channels_last)
+                 for d in (1, SCOUT)}
+        if device.type == "cpu":
+            net = _frozen(net, tiles[SCOUT])
+        steps.append((net, tiles))
 
-    def tile(size: int) -> torch.Tensor:
-        if size not in inputs:
-            inputs[size] = torch.randn(batch, CHANNELS, size, size, device=device).to(
-                dtype).contiguous(memory_format=torch.channels_last)
-        return inputs[size]
+    def run(divisor: int) -> None:
+        # CUDA keeps fp32 weights under autocast, as the engine does; on the CPU the copy
+        # already is in its precision.
+        with contextlib.ExitStack() as stack:
+            if device.type == "cuda":
+                from .parallel.devices import autocast
 
-    if device.type == "cpu":
-        # Traced and frozen where that works, as load_model does for CPU models (oneDNN
-        # pre-packs the weights); eager where it does not, as load_model then runs it too.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit's deprecation: load_model traces
-                net = torch.jit.freeze(
-                    torch.jit.trace(net, tile(SCOUT_SIZE), check_trace=False))
-        except Exception:  # noqa: BLE001 - an untraceable module simply stays eager
-            pass
-        return lambda size: net(tile(size))
-
-    from .parallel.devices import autocast
-
-    def run(size: int) -> None:
-        with autocast(device, precision):
-            net(tile(size))
+                stack.enter_context(autocast(device, precision))
+            for net, tiles in steps:
+                net(tiles[divisor])
 
     return run
 
 
-def _time(run: Callable[[int], None], size: int, device: torch.device) -> float:
+def _frozen(net: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Traced and frozen where that works, as load_model does for CPU models (oneDNN pre-packs
+    the weights); eager where it does not, as load_model then runs it too."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation: load_model traces too
+            return torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
+    except Exception:  # noqa: BLE001 - an untraceable module simply stays eager
+        return net
+
+
+def _time(run: Callable[[int], None], divisor: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    run(size)
+    run(divisor)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
