@@ -1,4 +1,5 @@
-"""`geoddu info`: parameter counts per part and the receptive field of a model."""
+"""`geoddu info`: parameter counts per part and the receptive field of a model; with
+`--hardware`, what the machine has (:mod:`.hardware`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import json
 
 import click
 
-from .options import json_option, model_config, model_option, model_options
+from .options import device_option, json_option, model_config, model_option, model_options
 
 
-@click.command(short_help="Parameters and receptive field of a model.")
+@click.command(short_help="Parameters and receptive field of a model; --hardware: this machine.")
 @model_options
 @model_option("Describe this checkpoint instead of the model options.", dest="model_path")
 # The old spelling, before every command named a checkpoint -m/--model; hidden, still works.
@@ -18,18 +19,41 @@ from .options import json_option, model_config, model_option, model_options
               help="Also estimate feature-map memory per block for an H x W input (Table V).")
 @click.option("--subimages", type=click.IntRange(1), default=1, show_default=True,
               help="Subimages in the communication mosaic (memory estimate only).")
+@click.option("--hardware", is_flag=True,
+              help="Describe this machine instead: CUDA devices and memory, CPU cores and "
+                   "threads, bf16/int8 instructions, the measured speed of each precision and "
+                   "what --precision auto picks; with -m, the checkpoint's Mpx/s per precision.")
+@device_option("With --hardware: the device(s) to measure (cpu, cuda:1, cpu,cuda:0) "
+               "[the CPU and every CUDA device].")
+@click.option("--refresh", is_flag=True,
+              help="With --hardware: measure the precisions again instead of using the cache.")
 @json_option
-def info(model_path, checkpoint, size, subimages, as_json, **kwargs) -> None:
+def info(model_path, checkpoint, size, subimages, hardware, device, refresh, as_json,
+         **kwargs) -> None:
     """Print the parameter counts per part (encoder-decoder, communication network) and the
     theoretical receptive field with and without communication, for the model options given
     or for a checkpoint. The numbers reproduce the paper's Tables IV, V, VIII and IX.
+
+    With --hardware, describe this machine and how fast each precision runs on it (see
+    docs/precision.md); the probe is measured once per machine and torch version, then cached.
 
     \b
     Examples:
       geoddu info --in-channels 1 --base-channels 4 --depth 3 --comm-features 32
       geoddu info --encoder resnet18 --classes 7 --comm-features 256 --json
       geoddu info -m model.pt --size 1024 1024
+      geoddu info --hardware
+      geoddu info --hardware -m model.pt --device cuda:0 --json
     """
+    if hardware:
+        if size is not None or checkpoint is not None:
+            raise click.UsageError("--hardware takes -m, --device, --refresh and --json only")
+        from .hardware import print_hardware
+
+        print_hardware(device, model_path, refresh, as_json)
+        return
+    if device is not None or refresh:
+        raise click.UsageError("--device and --refresh go with --hardware")
     from rich.console import Console
     from rich.table import Table
 

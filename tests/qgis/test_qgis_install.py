@@ -243,6 +243,25 @@ def poll():
                              for c in renderer.classes()]
     state["dialog"].close()
     del layers
+    hardware()
+
+@guarded
+def hardware():
+    """Plugins > geoddu > Hardware and precision…, from the real menu."""
+    menu = next(a.menu() for a in iface.pluginMenu().actions() if a.text() == "geoddu")
+    report["plugin_menu"] = [a.text() for a in menu.actions()]
+    next(a for a in menu.actions() if a.text() == "Hardware and precision…").trigger()
+    state["polls"] = 0
+    QTimer.singleShot(500, poll_hardware)
+
+@guarded
+def poll_hardware():
+    box = plugins["geoddu_qgis"].hardware_box
+    state["polls"] += 1
+    if box is None and state["polls"] < 240:
+        QTimer.singleShot(500, poll_hardware)
+        return
+    report["hardware"] = box.text() if box is not None else None
     finish(0)
 
 QTimer.singleShot(2000, open_dialog)
@@ -252,7 +271,8 @@ QTimer.singleShot(2000, open_dialog)
 def test_desktop_qgis_runs_the_dialog_and_styles_the_result(installed_plugins, data, geoddu_cli,
                                                             tmp_path):
     """The real QGIS desktop under Xvfb: the plugin loads from the zip, adds its Raster menu
-    entry, and the algorithm dialog runs in the background and loads the styled class map."""
+    entry, and the algorithm dialog runs in the background and loads the styled class map;
+    then Plugins > geoddu > Hardware and precision… shows the engine's hardware report."""
     xvfb_run = shutil.which("xvfb-run")
     qgis = shutil.which("qgis")
     if not xvfb_run or not qgis:
@@ -267,7 +287,7 @@ def test_desktop_qgis_runs_the_dialog_and_styles_the_result(installed_plugins, d
     script = tmp_path / "script.py"
     script.write_text(GUI_SCRIPT.replace("__PARAMS__", repr(json.dumps(params))))
     env = _qgis_process_env(installed_plugins, tmp_path, GEODDU_ENGINE="cli",
-                            GEODDU_CLI=geoddu_cli)
+                            GEODDU_CLI=geoddu_cli, GEODDU_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("QT_QPA_PLATFORM")  # a real X server (Xvfb) this time
     done = subprocess.run(
         [xvfb_run, "-a", "-s", "-screen 0 1280x800x24", qgis, "--nologo", "--noversioncheck",
@@ -284,3 +304,6 @@ def test_desktop_qgis_runs_the_dialog_and_styles_the_result(installed_plugins, d
     assert report["classes"] == [
         [i, c["name"], "#{:02x}{:02x}{:02x}".format(*c["color"])]
         for i, c in enumerate(data["classes"])]
+    # The hardware action sits next to "Set up engine…" and shows the engine's report.
+    assert report["plugin_menu"] == ["Set up engine…", "Hardware and precision…"]
+    assert report["hardware"] and "Auto precision: " in report["hardware"]

@@ -17,6 +17,7 @@ import subprocess
 import threading
 
 from .engine_base import TOO_OLD, Engine, EngineCancelled, EngineError, request_outputs
+from .engine_setup import no_window
 from .output_guard import OutputGuard
 from .training_run import TrainEvents, train_summary
 
@@ -24,6 +25,9 @@ from .training_run import TrainEvents, train_summary
 # came with `geoddu train --request`).
 SEGMENT_ARGS = ("segment", "--request", "-", "--progress-format=json")
 TRAIN_ARGS = ("train", "--request", "-", "--progress=json")
+HARDWARE_ARGS = ("info", "--hardware", "--json")
+#: The probe takes a second or two, timing a checkpoint a few more; a hung command is stopped.
+HARDWARE_TIMEOUT_S = 600
 
 
 class CliEngine(Engine):
@@ -71,6 +75,37 @@ class CliEngine(Engine):
                 raise EngineError(TOO_OLD["train"], exc.details) from None
             raise
         return train_summary(request["run_dir"])
+
+    def hardware(self, *, model=None, refresh=False):
+        # Options only, the checkpoint as --model=PATH: a name starting with `-` stays a value.
+        args = [*self.command, *HARDWARE_ARGS]
+        if model:
+            args.append(f"--model={model}")
+        if refresh:
+            args.append("--refresh")
+        try:
+            done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  encoding="utf-8", errors="replace", timeout=HARDWARE_TIMEOUT_S,
+                                  **no_window())
+        except OSError as exc:
+            raise EngineError(f"cannot run {self.command[0]}: {exc.strerror or exc}") from None
+        except subprocess.TimeoutExpired:
+            raise EngineError(f"geoddu info --hardware took over {HARDWARE_TIMEOUT_S} s; "
+                              "stopped") from None
+        tail = [line for line in done.stderr.splitlines() if line.strip()][-20:]
+        if done.returncode != 0:
+            message = _error_line(tail) or f"geoddu exited with status {done.returncode}"
+            if "No such option: --hardware" in message:
+                raise EngineError(TOO_OLD["hardware"], done.stderr) from None
+            raise EngineError(message, done.stderr)
+        try:
+            report = json.loads(done.stdout)
+        except ValueError:
+            raise EngineError("geoddu info --hardware did not print JSON",
+                              done.stdout[-2000:] + done.stderr) from None
+        if not isinstance(report, dict) or "machine" not in report:
+            raise EngineError("geoddu info --hardware printed no machine report", done.stdout)
+        return report
 
     def _run(self, args, outputs, on_event, cancel, log, stdin_text=None) -> str | None:
         """Run one geoddu command (``stdin_text`` on its stdin); hand its JSON events to

@@ -81,6 +81,8 @@ TOO_OLD = {
     "segment": "this geoddu is older than the plugin (no geoddu.engine.request); update geoddu",
     "train": "this geoddu is older than the plugin (no geoddu.train.request, no `geoddu train "
              "--request`); update geoddu",
+    "hardware": "this geoddu cannot describe the hardware (no `geoddu info --hardware`); "
+                "update geoddu",
 }
 
 
@@ -158,6 +160,13 @@ class Engine:
         Nothing in the run folder is removed: the trainer replaces its checkpoints atomically,
         so it never holds a half-written one.
         """
+        raise NotImplementedError
+
+    def hardware(self, *, model: str | None = None, refresh: bool = False) -> dict:
+        """What the machine the engine runs on has, and what each precision does there: the
+        dict of ``geoddu.hardware_report.hardware_report`` (``geoddu info --hardware --json``),
+        keys ``machine``, ``probes``, ``auto``, ``cache`` and, with ``model`` (a checkpoint),
+        ``checkpoint``. Raises :class:`EngineError` with the engine's one-line message."""
         raise NotImplementedError
 
     @staticmethod

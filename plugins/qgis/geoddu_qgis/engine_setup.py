@@ -131,7 +131,7 @@ def _probe(python: str) -> tuple[int, int] | None:
         done = subprocess.run(
             [python, "-c", "import sys, venv, ensurepip; print(*sys.version_info[:2])"],
             capture_output=True, text=True, timeout=60, env=_child_env(),
-            **_no_window())
+            **no_window())
     except (OSError, subprocess.SubprocessError):
         return None
     try:
@@ -190,7 +190,7 @@ def has_nvidia_gpu() -> bool:
         return False
     try:
         return subprocess.run([exe, "-L"], capture_output=True, timeout=20,
-                              **_no_window()).returncode == 0
+                              **no_window()).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -325,7 +325,7 @@ def _run_step(argv: list[str], log: Log, is_cancelled: Callable[[], bool] | None
               title: str) -> None:
     env = _child_env()
     env["PYTHONUNBUFFERED"] = "1"
-    kwargs: dict = _no_window()
+    kwargs: dict = no_window()
     if os.name == "nt":
         kwargs["creationflags"] = (kwargs.get("creationflags", 0)
                                    | subprocess.CREATE_NEW_PROCESS_GROUP)
@@ -378,7 +378,7 @@ def _kill(proc: subprocess.Popen) -> None:
     try:
         if os.name == "nt":
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)],
-                           capture_output=True, **_no_window())
+                           capture_output=True, **no_window())
         else:
             os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
@@ -398,7 +398,8 @@ def _child_env() -> dict:
     return env
 
 
-def _no_window() -> dict:
+def no_window() -> dict:
+    """Popen keywords that keep a console window from flashing up on Windows."""
     if os.name == "nt":
         return {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)}
     return {}

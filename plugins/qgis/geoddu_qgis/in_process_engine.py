@@ -71,6 +71,17 @@ class InProcessEngine(Engine):
         self._call(run, [])
         return train_summary(request["run_dir"])
 
+    def hardware(self, *, model=None, refresh=False):
+        name = self.module.__name__ + ".hardware_report"
+        found = {}
+
+        def run():
+            report = self._import(name, TOO_OLD["hardware"]).hardware_report
+            found["report"] = report(model=model, refresh=refresh)
+
+        self._call(run, [])
+        return found["report"]
+
     @staticmethod
     def _import(name: str, missing: str):
         """The engine's module ``name``; an EngineError saying ``missing`` if this geoddu

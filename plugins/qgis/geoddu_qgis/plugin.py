@@ -1,9 +1,10 @@
 """QGIS plugin entry: registers the Processing provider, a Raster menu entry and the
-*Plugins > geoddu > Set up engine…* action."""
+*Plugins > geoddu > Set up engine…* and *Hardware and precision…* actions."""
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 
-from . import engine_setup, settings
+from . import engine_setup, hardware_info, settings
+from .engine_bridge import EngineError
 from .provider import GeodduProvider
 
 LOG_TAG = "geoddu"
@@ -48,6 +49,35 @@ class EngineSetupTask(QgsTask):
             self.on_finished(ok, self)
 
 
+class HardwareTask(QgsTask):
+    """:func:`hardware_info.ask_engine` in the background: finding the engine, importing torch
+    and the precision probe take a few seconds. ``on_finished(ok, task)`` runs in the main
+    thread with ``task.engine`` and ``task.report``, or ``task.error``."""
+
+    def __init__(self, engine_settings, on_finished=None):
+        super().__init__("geoddu: hardware and precision", QgsTask.CanCancel)
+        self.engine_settings = engine_settings
+        self.on_finished = on_finished
+        self.engine = self.report = self.error = None
+
+    def run(self):
+        try:
+            self.engine, self.report = hardware_info.ask_engine(self.engine_settings)
+        except EngineError as exc:
+            self.error = str(exc)
+            _log(f"Hardware and precision: {self.error}\n{exc.details}".rstrip(),
+                 Qgis.Warning)
+            return False
+        except Exception as exc:  # a plugin bug: say it, with its type
+            self.error = f"{type(exc).__name__}: {exc}"
+            return False
+        return True
+
+    def finished(self, ok):  # main thread
+        if self.on_finished is not None:
+            self.on_finished(ok, self)
+
+
 def _log(message, level=Qgis.Info):
     QgsMessageLog.logMessage(message, LOG_TAG, level)
 
@@ -60,6 +90,9 @@ class GeodduPlugin:
         self.setup_action = None
         self.setup_task = None
         self._setup_message = None
+        self.hardware_action = None
+        self.hardware_task = None
+        self.hardware_box = None
 
     def initProcessing(self):  # noqa: N802 (QGIS naming); called by qgis_process too
         if self.provider is None:
@@ -81,6 +114,10 @@ class GeodduPlugin:
         self.setup_action = QAction(plugin_icon(), "Set up engine…", self.iface.mainWindow())
         self.setup_action.triggered.connect(self.set_up_engine)
         self.iface.addPluginToMenu("geoddu", self.setup_action)
+        self.hardware_action = QAction(plugin_icon(), "Hardware and precision…",
+                                       self.iface.mainWindow())
+        self.hardware_action.triggered.connect(self.show_hardware)
+        self.iface.addPluginToMenu("geoddu", self.hardware_action)
 
     def open_dialog(self):
         import processing
@@ -125,6 +162,38 @@ class GeodduPlugin:
         _log("Setting up the engine:\n" + plan.describe())
         QgsApplication.taskManager().addTask(task)
 
+    def show_hardware(self):
+        """Ask the engine what its machine has and how fast each precision runs there (in the
+        background, :class:`HardwareTask`), then show it in a message box."""
+        if self.hardware_task is not None:
+            self.iface.messageBar().pushInfo("geoddu", "Already measuring the hardware.")
+            return
+        task = HardwareTask(settings.engine_settings(), self._hardware_finished)
+        self.hardware_task = task  # keep a reference: the task manager does not
+        self.iface.messageBar().pushInfo(
+            "geoddu", "Measuring the hardware and each precision (a few seconds, once per "
+                      "machine)…")
+        QgsApplication.taskManager().addTask(task)
+
+    def _hardware_finished(self, ok, task):
+        self.hardware_task = None
+        if self.iface is None:
+            return
+        if not ok:
+            self.iface.messageBar().pushCritical(
+                "geoddu", f"Hardware and precision: {task.error or 'cancelled'}")
+            return
+        from qgis.PyQt.QtWidgets import QMessageBox
+
+        text = hardware_info.describe(task.report, task.engine)
+        # Not modal: the user can keep it open beside the Processing dialog.
+        box = QMessageBox(QMessageBox.Information, hardware_info.TITLE, text, QMessageBox.Ok,
+                          self.iface.mainWindow())
+        box.setModal(False)
+        box.show()
+        self.hardware_box = box
+        _log(text)
+
     def _setup_finished(self, ok, task):
         self.setup_task = None
         if self.provider is not None:
@@ -158,6 +227,12 @@ class GeodduPlugin:
         if self.setup_action is not None and self.iface is not None:
             self.iface.removePluginMenu("geoddu", self.setup_action)
             self.setup_action = None
+        if self.hardware_task is not None:
+            self.hardware_task.on_finished = None
+            self.hardware_task = None
+        if self.hardware_action is not None and self.iface is not None:
+            self.iface.removePluginMenu("geoddu", self.hardware_action)
+            self.hardware_action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
