@@ -14,7 +14,7 @@ import click
 
 # Not geoddu.models / geoddu.checkpoint: those import torch, and every `--help` reads these.
 from geoddu.model_config import DEFAULT_CONFIG
-from geoddu.parallel import PRECISIONS
+from geoddu.parallel import PRECISION_CHOICES
 from geoddu.request_base import field_check
 from geoddu.train.request import TrainRequest
 
@@ -72,10 +72,12 @@ def device_option(help: str, default: str | None = None) -> F:
 
 
 precision_option = click.option(
-    "--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+    "--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
     help="Arithmetic of the model. bf16 on the CPU runs a bf16 copy of the weights (about 2x "
          "faster where the CPU has AVX-512 BF16 or AMX; classes can differ from fp32 on "
-         "near-ties); bf16/fp16 on CUDA are mixed precision (autocast); fp16 needs CUDA.")
+         "near-ties); bf16/fp16 on CUDA are mixed precision (autocast); fp16 needs CUDA. "
+         "auto: what a short probe, measured once per machine and cached, finds fastest "
+         "(never slower than fp32; `geoddu info --hardware` shows it).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 overwrite_option = click.option(

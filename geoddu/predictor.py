@@ -175,6 +175,10 @@ class SegmentationModel(nn.Module):
     def with_precision(self, precision: str) -> SegmentationModel:
         """This model, or a copy of it that computes in `precision` (weights from its
         checkpoint, loaded again, so that a frozen fp32 model can become a bf16 one)."""
+        if precision == "auto":
+            from .precision_probe import choose_precision
+
+            precision = choose_precision(self.device)
         if precision == self.precision:
             return self
         return model_from_checkpoint_dict(
@@ -261,9 +265,10 @@ def load_model(
     channels-last: the same function, faster. `predict` and `segment` use the same model, so
     they agree exactly with each other, in each precision.
 
-    `precision`: "fp32"; "bf16", which on the CPU is a bf16 copy of the (fused) weights,
-    traced and frozen in bf16 (a CPU with AVX-512 BF16 or AMX runs its convolutions at twice
-    the fp32 rate), and on CUDA autocast; "fp16" (CUDA only).
+    `precision`: "fp32"; "bf16", which on the CPU is a bf16 copy of the (fused) weights (a
+    CPU with AVX-512 BF16 or AMX runs its convolutions at twice the fp32 rate), and on CUDA
+    autocast; "fp16" (CUDA only); "auto", what :func:`geoddu.precision_probe.choose_precision`
+    finds fastest on `device`.
     """
     return model_from_checkpoint_dict(load_checkpoint(path), device, fuse, precision)
 
@@ -275,9 +280,13 @@ def model_from_checkpoint_dict(
     precision: str = "fp32",
 ) -> SegmentationModel:
     """:func:`load_model` of a checkpoint already read by `load_checkpoint`."""
+    device = torch.device(device)
+    if precision == "auto":
+        from .precision_probe import choose_precision
+
+        precision = choose_precision(device)
     if precision not in PRECISIONS:
         raise GeodduError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    device = torch.device(device)
     if device.type == "cpu" and precision == "fp16":
         raise GeodduError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     bf16_copy = device.type == "cpu" and precision == "bf16"

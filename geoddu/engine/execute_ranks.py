@@ -20,6 +20,7 @@ tensors go through NCCL.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +31,12 @@ import torch.distributed as dist
 
 from ..errors import GeodduError
 from ..parallel.devices import resolve_device
-from ..parallel.group import agree, rank_and_world, wrap_comm_error
+from ..parallel.group import agree, broadcast, rank_and_world, wrap_comm_error
 from ..parallel.halo import exchange_halos
 from ..resources import peak_rss_mb
 from .execute import execute
 from .job import Job, SegmentResult, finish_outputs, open_job
+from .planner import concrete_precision
 from .request import SegmentRequest
 from .runner import CancelFn, CellRunner, ProgressFn
 from .sinks import BackgroundWriter, Receiver, RemoteSink, message_bytes, open_writers
@@ -75,6 +77,17 @@ def _open_on_every_rank(
 ) -> tuple[Job, dict]:
     """Open the job on every rank (and the outputs on rank 0); any rank's error stops all."""
     job, writers, error = None, {}, None
+    if request.precision == "auto":  # rank 0's probe, so that every rank computes alike
+        chosen = None
+        if rank == 0:
+            try:
+                device = resolve_device(request.device, ONE_DEVICE_PER_RANK)
+                chosen = concrete_precision(request, device).precision
+            except Exception:  # noqa: BLE001 - opening the job below reports it on every rank
+                chosen = None
+        chosen = broadcast(chosen, group)
+        if chosen is not None:
+            request = dataclasses.replace(request, precision=chosen)
     try:
         if request.gpus is not None:
             raise GeodduError("--gpus does not apply under torchrun: one device per rank")

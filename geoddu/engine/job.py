@@ -21,7 +21,7 @@ from ..io.atomic import commit_all
 from ..io.raster import RasterSource
 from ..predictor import SegmentationModel, load_model
 from .mapstore import MapStore
-from .planner import JobPlan, make_plan, open_scene, read_area
+from .planner import JobPlan, concrete_precision, make_plan, open_scene, read_area
 from .request import SegmentRequest
 from .scene_check import warn_if_unlike
 
@@ -43,6 +43,7 @@ class SegmentResult:
     schedule: str = "two passes"
     map_store_on_disk: bool = False
     extra_outputs: list[Path] = field(default_factory=list)
+    precision: str = "fp32"  # what ran: --precision auto resolved
 
     @property
     def megapixels_per_second(self) -> float:
@@ -56,7 +57,8 @@ class SegmentResult:
         )
         return (
             f"{self.output}: {self.width} x {self.height} px, {self.subimages} subimages "
-            f"({self.skipped} all-nodata skipped), {mode}, on {', '.join(self.devices)}; "
+            f"({self.skipped} all-nodata skipped), {mode}, on {', '.join(self.devices)} "
+            f"in {self.precision}; "
             f"{self.seconds:.1f} s, {self.megapixels_per_second:.2f} Mpx/s, "
             f"peak RSS {self.peak_rss_mb:.0f} MB"
         )
@@ -122,6 +124,7 @@ class Job:
             "communicated": self.plan.cells.communicates,
             "seconds": time.perf_counter() - self.started,
             "map_store_on_disk": self.map_store_on_disk,
+            "precision": self.request.precision,
         }
 
 
@@ -161,6 +164,7 @@ def open_job(
     `devices`: the devices this process runs the job on (the local executor); `world` > 1:
     the job of torchrun rank `rank`, on `device`."""
     started = time.perf_counter()
+    request = concrete_precision(request, device or (devices[0] if devices else "cpu"))
     if request.vector is not None:
         from ..vectorize import driver_for
 

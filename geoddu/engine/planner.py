@@ -20,6 +20,7 @@ import numpy as np
 
 from ..analysis import forward_values
 from ..io.raster import RasterSource, open_raster
+from ..parallel.devices import resolve_devices
 from ..partition import Partition
 from ..predictor import ModelSpec
 from .mapstore import MapStore
@@ -249,6 +250,16 @@ def touched_cells(area: Any, partition: Partition, transform: Any) -> list[tuple
     return [c.index for c, h in zip(cells, hit, strict=True) if h]
 
 
+def concrete_precision(request: SegmentRequest, device: Any) -> SegmentRequest:
+    """`request` with ``--precision auto`` resolved for `device` by the cached probe
+    (:func:`geoddu.precision_probe.choose_precision`); any other request as it is."""
+    if request.precision != "auto":
+        return request
+    from ..precision_probe import choose_precision
+
+    return dataclasses.replace(request, precision=choose_precision(device))
+
+
 def plan_job(
     request: SegmentRequest,
     devices: Sequence[str] | None = None,
@@ -260,6 +271,9 @@ def plan_job(
     loaded into a model), the scene's header and the area of interest are read (no pixel).
     `devices`: this process's devices (None: the request's). `world` > 1: the plan of torchrun
     rank `rank`, on the request's one device."""
+    if request.precision == "auto":
+        device = devices[0] if devices else resolve_devices(request.device, request.gpus)[0]
+        request = concrete_precision(request, device)
     spec = model_spec(request.model)
     with open_scene(request.src, request.bands, spec) as source:
         return make_plan(request, spec, source, read_area(request, source), devices, world, rank)

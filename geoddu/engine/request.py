@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ..errors import GeodduError
 from ..io.atomic import check_distinct_paths
-from ..parallel import PRECISIONS
+from ..parallel import PRECISION_CHOICES, PRECISIONS
 from ..request_base import JsonRequest
 
 __all__ = ["PRECISIONS", "SegmentRequest"]
@@ -103,9 +103,10 @@ class SegmentRequest(JsonRequest):
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
                 raise GeodduError(f"{self.flag(name)} must be a positive integer")
-        if self.precision not in PRECISIONS:
+        if self.precision not in PRECISION_CHOICES:
             raise GeodduError(
-                f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
+                f"unknown precision {self.precision!r}; choose from "
+                f"{', '.join(PRECISION_CHOICES)}"
             )
         if self.schedule not in SCHEDULES:
             raise GeodduError(

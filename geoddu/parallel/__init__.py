@@ -13,3 +13,6 @@ How training runs one DDU-Net over ranks (`SpatialTraining`) lives with training
 
 # Defined here, not in `devices`, so that a segment request can name them without torch.
 PRECISIONS = ("fp32", "bf16", "fp16")
+# What a request may ask for: a precision, or "auto", which the cached probe of
+# `geoddu.precision_probe` resolves per device before anything is planned.
+PRECISION_CHOICES = (*PRECISIONS, "auto")

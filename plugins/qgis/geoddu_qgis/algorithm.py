@@ -26,7 +26,7 @@ __all__ = ["DEVICES", "PRECISIONS", "SegmentAlgorithm", "docs_url", "make_folder
            "remove_folders"]
 
 DEVICES = ["cpu", "cuda"]
-PRECISIONS = ["fp32", "bf16", "fp16"]
+PRECISIONS = ["fp32", "bf16", "fp16", "auto"]
 #: Optional raster outputs: (request field, parameter).
 EXTRA_RASTERS = (("probabilities", "PROBABILITIES"), ("confidence", "CONFIDENCE"))
 
@@ -55,7 +55,8 @@ class SegmentAlgorithm(GeodduAlgorithm):
         "the device).\n"
         "Precision (PRECISION, advanced): fp32; bf16 (on the CPU a bf16 copy of the model, "
         "about 2x faster on CPUs with AVX-512 BF16 or AMX; on CUDA mixed precision); fp16 "
-        "(CUDA only).\n"
+        "(CUDA only); auto (the fastest on this machine, by a probe measured once and cached: "
+        "Plugins > geoddu > Hardware and precision… shows it).\n"
         "Subimage size (SUBIMAGE_SIZE, advanced): pixels per subimage side (0: the "
         "checkpoint's).\n"
         "Area of interest (AOI, optional): a polygon layer, in any CRS; only the pixels "
