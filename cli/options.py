@@ -71,9 +71,12 @@ def device_option(help: str, default: str | None = None) -> F:
                         help=help)
 
 
-precision_option = click.option(
-    "--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-    help="Mixed precision (bf16/fp16 on CUDA).")
+def precision_option(help: str, default: str | None = "fp32") -> F:
+    """--precision fp32|bf16|fp16 (geoddu.parallel.PRECISIONS), as segment and train name it."""
+    return click.option("--precision", type=click.Choice(PRECISIONS), default=default,
+                        show_default=default is not None, help=help)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 overwrite_option = click.option(
