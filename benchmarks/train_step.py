@@ -190,6 +190,11 @@ def main() -> None:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--grid", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for side in args.sides:
+        name, _, precision = side.partition("@")
+        if name.partition(":")[0] not in ("geoddu", "reference") or precision not in ("", "bf16"):
+            ap.error(f"--sides: {side!r} is not geoddu[:sequential|:stacked][@bf16] or "
+                     f"reference[@bf16]")
     if args.worker is not None:
         worker(args)
         return

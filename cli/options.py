@@ -77,6 +77,14 @@ def precision_option(help: str, default: str | None = "fp32") -> F:
                         show_default=default is not None, help=help)
 
 
+# train's: left out, the device decides (TrainConfig.precision_on).
+train_precision_option = precision_option(
+    "The training step's precision: fp32; bf16 (autocast bfloat16 with float32 master "
+    "weights, BatchNorm statistics and gradient sums; fast on CPUs with AVX-512 BF16 or AMX); "
+    "fp16 (autocast float16 with gradient scaling, CUDA only). Validation runs in it too. "
+    "[fp16 on CUDA, fp32 on the CPU]", default=None)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 overwrite_option = click.option(

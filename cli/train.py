@@ -24,11 +24,11 @@ from .options import (
     model_options,
     output_option,
     overwrite_option,
-    precision_option,
     progress_option,
     quiet_option,
     request_option,
     timeout_option,
+    train_precision_option,
 )
 from .requests import error_events, given, request_fields
 
@@ -77,11 +77,7 @@ def _typed(flags: str, name: str, help: str, **kwargs: object):
               help="Seeds initialisation, data order, augmentation and the data splits.")
 @device_option("cpu, cuda or cuda:N. Under torchrun: this rank's GPU (cuda:LOCAL_RANK) on a "
                "GPU host unless --device cpu.", default="cpu")
-@precision_option("The training step's precision: fp32; bf16 (autocast bfloat16 with float32 "
-                  "master weights, BatchNorm statistics and gradient sums: about half the fp32 "
-                  "step on a CPU with AVX-512 BF16 or AMX); fp16 (autocast float16 with "
-                  "gradient scaling, CUDA only). Validation runs in it too. [fp16 on CUDA, "
-                  "fp32 on the CPU]", default=None)
+@train_precision_option
 @click.option("--amp/--no-amp", default=None,
               help="Older spelling: --amp = --precision fp16 on CUDA (ignored on the CPU), "
                    "--no-amp = --precision fp32.")

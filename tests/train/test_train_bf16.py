@@ -26,7 +26,8 @@ from test_train_streams import _batch, _model, _shared_masks, _stacked
 from geoddu.checkpoint import load_checkpoint, model_from_checkpoint
 from geoddu.data import open_dataset
 from geoddu.data.synthetic import write
-from geoddu.train import evaluate
+from geoddu.errors import GeodduError
+from geoddu.train import evaluate, preset
 from geoddu.train.dropout import dropout_masks
 from geoddu.train.execution import SubimageTraining
 
@@ -124,6 +125,27 @@ def test_streams_and_stacked_agree_in_bf16(base):
         bf16 = [_step(base, bf16=True, execution=e, rule=rule)[1] for e in EXECUTIONS]
         assert _distance(*fp32) <= 1e-4, rule
         assert _distance(*bf16) <= 0.01, rule
+
+
+def test_precision_defaults_and_the_older_spelling():
+    """Left out: fp16 on CUDA, fp32 on the CPU, as before --precision; --amp is fp16 on CUDA
+    and (as it always was) nothing on the CPU, --no-amp fp32; fp16 on the CPU is refused."""
+    table = {  # (precision, amp): (on the CPU, on CUDA)
+        (None, None): ("fp32", "fp16"), (None, True): ("fp32", "fp16"),
+        (None, False): ("fp32", "fp32"), ("bf16", None): ("bf16", "bf16"),
+        ("fp32", None): ("fp32", "fp32"), ("fp16", None): (None, "fp16")}
+    for (precision, amp), want in table.items():
+        config = preset("synthetic", precision=precision, amp=amp)
+        for device, expected in zip(("cpu", "cuda"), want, strict=True):
+            if expected is None:
+                with pytest.raises(GeodduError, match="fp16 needs a CUDA device"):
+                    config.precision_on(device)
+            else:
+                assert config.precision_on(device) == expected, (precision, amp, device)
+    with pytest.raises(GeodduError, match="not both"):
+        preset("synthetic", precision="bf16", amp=True)
+    with pytest.raises(GeodduError, match="unknown precision"):
+        preset("synthetic", precision="fp8")
 
 
 def _geoddu(*args: object) -> subprocess.CompletedProcess:
