@@ -12,9 +12,13 @@ pixels; 500 test images per k. The paper used 4000 / 1000 / 1000 images per k an
 `--train 4000 --val 1000 --test 1000 --same-count --epochs 40` sets that back.
 
     python benchmarks/synthetic_communication.py --out bench-synthetic
+    python benchmarks/synthetic_communication.py --k 2 --models "DDU-Net(3,32,Y)" \
+        "DDU-Net(3,32,N)" --precision bf16
 
-Prints a Markdown table and writes OUT/results.json. Runs are cached: a model whose
-OUT/k{K}/{name}/best.pt exists is evaluated, not retrained (pass --fresh to retrain).
+`--precision bf16` trains (and evaluates) as `geoddu train --precision bf16` does; its runs live
+beside the float32 ones (OUT/k{K}/{name}-bf16). Prints a Markdown table and writes
+OUT/results.json (OUT/results-bf16.json). Runs are cached: a model whose best.pt exists is
+evaluated, not retrained (pass --fresh to retrain).
 """
 
 from __future__ import annotations
@@ -55,13 +59,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 avoids oversubscription on a shared machine)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="training and evaluation precision")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                   help="which of the models to train")
     p.add_argument("--fresh", action="store_true", help="retrain even if a run exists")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, dict]] = {name: {} for name in MODELS}
+    models = {name: MODELS[name] for name in args.models}
+    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+    results: dict[str, dict[str, dict]] = {name: {} for name in models}
     t_all = time.perf_counter()
     for k in args.k:
         data = out / f"k{k}"
@@ -70,15 +80,16 @@ def main() -> None:
         if not (data / "synthetic.json").is_file():
             write(data, k, train=n_train, val=n_val, test=args.test, seed=args.seed)
         test = open_dataset("synthetic", data, "test")
-        for name, spec in MODELS.items():
-            run = data / spec["arch"].replace("(", "-").replace(")", "").replace(",", "-")
+        for name, spec in models.items():
+            run = data / (spec["arch"].replace("(", "-").replace(")", "").replace(",", "-")
+                          + suffix)
             t0 = time.perf_counter()
             if args.fresh or not (run / "best.pt").is_file():
                 if run.exists():
                     shutil.rmtree(run)
                 cfg = preset("synthetic", epochs=args.epochs, min_epochs=args.min_epochs,
                              patience=args.patience, seed=args.seed, device=args.device,
-                             subimages=spec["grid"])
+                             subimages=spec["grid"], precision=args.precision)
                 trained = start_training("synthetic", data, run, cfg, arch=spec["arch"],
                                          model_options={"base_channels": 4})
                 epochs, best_epoch = trained.epochs_run, trained.best_epoch
@@ -90,7 +101,7 @@ def main() -> None:
             model = model_from_checkpoint(ckpt)
             score = evaluate(model, test, normalization=ckpt["normalization"],
                              grid=tuple(ckpt["training"]["grid"]), batch_size=64,
-                             device=args.device)
+                             device=args.device, precision=args.precision)
             line = score["iou"][score["classes"].index("line")]
             results[name][f"k={k}"] = {"line_iou": line, "miou": score["miou"],
                                        "epochs": epochs, "best_epoch": best_epoch,
@@ -98,14 +109,14 @@ def main() -> None:
             print(f"k={k} {name}: line IoU {line:.3f}, mIoU {score['miou']:.3f}, "
                   f"{epochs} epochs (best {best_epoch}), {train_s:.0f} s", flush=True)
     minutes = (time.perf_counter() - t_all) / 60
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results},
+    (out / f"results{suffix}.json").write_text(json.dumps({"args": vars(args), "results": results},
                                                  indent=2) + "\n")
     cols = [f"k={k}" for k in args.k]
     print()
     counts = "same" if args.same_count else "2/k as many for larger k"
     print(f"Line-class IoU on the test split ({args.train}/{args.val} train/val images at k=2, "
           f"{counts}; {args.test} test images per k; at most {args.epochs} epochs; "
-          f"{minutes:.1f} min in all)")
+          f"{args.precision}; {minutes:.1f} min in all)")
     print()
     print("| model | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))

@@ -12,12 +12,17 @@ docs/training.md) and the same optimiser step (Adam, lr 1e-3):
   encoder-decoder clone per subimage run one after another, the gradients of clones 1.. added
   into clone 0, Adam on clone 0's parameters, clone 0's state copied into the others.
 
+A side ending in `@bf16` runs its forward under `torch.autocast("cpu", torch.bfloat16)`
+(float32 master weights, as `geoddu train --precision bf16` does): `--sides geoddu@bf16 geoddu
+reference` adds the ratios bf16/fp32 (against the same side in float32) and bf16/reference.
+
 Each side runs in its own process; their steps alternate (`--steps` timed steps each after
 `--warmup`), so both see the same machine. Printed per grid: median (and min) seconds per step,
 peak RSS and the ratio of the medians. Defaults: the setting of issue 16 (2 images of
 1024 x 1024 px, DDU-Net(4,64,Y), base 16, 7 classes).
 
     python benchmarks/train_step.py [--size 1024] [--batch 2] [--grids 2 4] [--steps 5]
+    python benchmarks/train_step.py --sides geoddu@bf16 geoddu reference
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ def build(args: argparse.Namespace, side: str, grid: int):
     from geoddu.train.dropout import dropout_masks
     from geoddu.train.execution import SubimageTraining
 
+    side, _, precision = side.partition("@")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     torch.manual_seed(SEED)
     model = create_model(
         f"DDU-Net({args.depth},{args.features},Y)", in_channels=3, num_classes=args.classes,
@@ -63,7 +70,7 @@ def build(args: argparse.Namespace, side: str, grid: int):
         count = y.numel()
 
         def step(k: int) -> None:
-            with dropout_masks(training, (SEED, 0, k)):
+            with autocast, dropout_masks(training, (SEED, 0, k)):
                 logits = [lg for row in training.forward_subimages(part.split(x)) for lg in row]
             loss = sum(F.cross_entropy(lg, t, reduction="sum")
                        for lg, t in zip(logits, targets, strict=True)) / count
@@ -83,7 +90,9 @@ def build(args: argparse.Namespace, side: str, grid: int):
 
     def step(k: int) -> None:
         optimizer.zero_grad()
-        loss = F.cross_entropy(ref(images), y)
+        with autocast:
+            logits = ref(images)
+        loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         with torch.no_grad():
             for clones in (ref.encoders, ref.decoders):
@@ -149,6 +158,18 @@ def compare(args: argparse.Namespace, grid: int) -> dict:
     return result
 
 
+def bf16_pairs(sides: list[str]) -> list[tuple[str, str]]:
+    """(bf16 side, side it is compared with): its own float32 side and the reference, those of
+    them that run."""
+    pairs = []
+    for side in sides:
+        name, _, precision = side.partition("@")
+        if precision == "bf16":
+            pairs += [(side, base) for base in (name, "reference")
+                      if base in sides and base != side]
+    return list(dict.fromkeys(pairs))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1024, help="global patch size (px)")
@@ -162,12 +183,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps per side")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per side [torch's]")
     ap.add_argument("--sides", nargs="+", default=["geoddu", "reference"],
-                    help="geoddu[:sequential|:stacked] and/or reference; the first is compared "
-                         "with the last")
+                    help="geoddu[:sequential|:stacked][@bf16] and/or reference[@bf16]; the first "
+                         "is compared with the last, a @bf16 side with its float32 side and "
+                         "the reference")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--grid", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for side in args.sides:
+        name, _, precision = side.partition("@")
+        if name.partition(":")[0] not in ("geoddu", "reference") or precision not in ("", "bf16"):
+            ap.error(f"--sides: {side!r} is not geoddu[:sequential|:stacked][@bf16] or "
+                     f"reference[@bf16]")
     if args.worker is not None:
         worker(args)
         return
@@ -184,6 +211,9 @@ def main() -> None:
         ratio = r[first]["median"] / r[last]["median"]
         print(f"{grid}x{grid}: {cells}  ratio {first}/{last} {ratio:.2f} "
               f"({r[first]['threads']} threads)", flush=True)
+        for side, base in bf16_pairs(args.sides):
+            print(f"{grid}x{grid}: ratio {side}/{base} "
+                  f"{r[side]['median'] / r[base]['median']:.2f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import device_option, output_option, precision_option, quiet_option
+from .options import device_option, model_precision_option, output_option, quiet_option
 
 # Shipped in geoddu/assets; trained with `geoddu train` on the paper's synthetic set (k=3), see
 # docs/training.md for the exact commands.
@@ -24,7 +24,7 @@ ASSET_NOCOMM = "demo-synthetic-ddunet-3-32-n.pt"
               help="Synthetic images stacked into the scene.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which synthetic images.")
 @device_option("cpu, cuda or cuda:N.", default="cpu")
-@precision_option
+@model_precision_option
 @quiet_option
 def demo(output, rows, seed, device, precision, quiet) -> None:
     """Run the whole pipeline on a small georeferenced scene built from the paper's synthetic

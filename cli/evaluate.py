@@ -9,7 +9,7 @@ import click
 
 from geoddu.data import DATASETS
 
-from .options import device_option, json_option, model_option, quiet_option
+from .options import device_option, json_option, model_option, precision_option, quiet_option
 
 
 @click.command(short_help="Per-class IoU and mIoU of a checkpoint on a dataset.")
@@ -35,11 +35,15 @@ from .options import device_option, json_option, model_option, quiet_option
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=None)
 @click.option("--classes-file", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--class-column", default=None)
+@precision_option(
+    "The forward's precision (autocast): fp32, bf16 (fast on CPUs with AVX-512 BF16 or AMX), "
+    "fp16 (CUDA only), auto (the cached probe's choice). [fp16 on CUDA, fp32 on the CPU]",
+    default=None)
 @json_option
 @quiet_option
 def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_size, device,
              workers, patch_size, seed, val_fraction, test_fraction, classes_file, class_column,
-             as_json, quiet) -> None:
+             precision, as_json, quiet) -> None:
     """Score the checkpoint MODEL on a dataset split: IoU per class with true/false positives
     and false negatives summed over the whole split (Eq. 2), and their mean, mIoU (Eq. 3).
     Classes the dataset ignores (DeepGlobe's 'unknown' by default) are left out.
@@ -89,13 +93,20 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
         else:
             grid = tuple(record.get("grid") or ds.grid or (1, 1))
     dev = resolve_device(device, "evaluation runs on one device")
+    if precision == "auto":
+        from geoddu.precision_probe import choose_precision
+
+        precision = choose_precision(dev)
+    if precision == "fp16" and dev.type == "cpu":
+        raise GeodduError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     loss = (record.get("config") or {}).get("loss", "class-dice")
 
     def run(progress=None):
         return run_evaluate(
             model.to(dev), ds, normalization=ckpt["normalization"], grid=grid,
             subimage_size=subimage_size, batch_size=batch_size, device=dev,
-            amp=dev.type == "cuda", workers=workers, loss=loss, progress=progress,
+            amp=dev.type == "cuda", precision=precision, workers=workers, loss=loss,
+            progress=progress,
         )
 
     with torch.inference_mode():
@@ -116,6 +127,7 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
         "dataset": dataset,
         "data": str(data),
         "split": split,
+        "precision": precision or ("fp16" if dev.type == "cuda" else "fp32"),
         "images": result["images"],
         "patch_size": [h, w],
         "grid": list(part.grid),

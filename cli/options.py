@@ -14,7 +14,7 @@ import click
 
 # Not geoddu.models / geoddu.checkpoint: those import torch, and every `--help` reads these.
 from geoddu.model_config import DEFAULT_CONFIG
-from geoddu.parallel import PRECISION_CHOICES
+from geoddu.parallel import PRECISION_CHOICES, PRECISIONS
 from geoddu.request_base import field_check
 from geoddu.train.request import TrainRequest
 
@@ -71,13 +71,28 @@ def device_option(help: str, default: str | None = None) -> F:
                         help=help)
 
 
-precision_option = click.option(
-    "--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
-    help="Arithmetic of the model. bf16 on the CPU runs a bf16 copy of the weights (about 2x "
-         "faster where the CPU has AVX-512 BF16 or AMX; classes can differ from fp32 on "
-         "near-ties); bf16/fp16 on CUDA are mixed precision (autocast); fp16 needs CUDA. "
-         "auto: what a short probe, measured once per machine and cached, finds fastest "
-         "(never slower than fp32; `geoddu info --hardware` shows it).")
+def precision_option(help: str, default: str | None = "fp32",
+                     choices: tuple[str, ...] = PRECISION_CHOICES) -> F:
+    """--precision fp32|bf16|fp16|auto (geoddu.parallel.PRECISION_CHOICES)."""
+    return click.option("--precision", type=click.Choice(choices), default=default,
+                        show_default=default is not None, help=help)
+
+
+# segment's, demo's and evaluate's: how the loaded model computes.
+model_precision_option = precision_option(
+    "Arithmetic of the model. bf16 on the CPU runs a bf16 copy of the weights (about 2x "
+    "faster where the CPU has AVX-512 BF16 or AMX; classes can differ from fp32 on "
+    "near-ties); bf16/fp16 on CUDA are mixed precision (autocast); fp16 needs CUDA. "
+    "auto: what a short probe, measured once per machine and cached, finds fastest "
+    "(never slower than fp32; `geoddu info --hardware` shows it).")
+# train's: left out, the device decides (TrainConfig.precision_on).
+train_precision_option = precision_option(
+    "The training step's precision: fp32; bf16 (autocast bfloat16 with float32 master "
+    "weights, BatchNorm statistics and gradient sums; fast on CPUs with AVX-512 BF16 or AMX); "
+    "fp16 (autocast float16 with gradient scaling, CUDA only). Validation runs in it too. "
+    "[fp16 on CUDA, fp32 on the CPU]", default=None, choices=PRECISIONS)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 overwrite_option = click.option(

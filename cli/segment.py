@@ -14,9 +14,9 @@ from .options import (
     bands_option,
     device_option,
     model_option,
+    model_precision_option,
     output_option,
     overwrite_option,
-    precision_option,
     progress_option,
     quiet_option,
     request_option,
@@ -44,7 +44,7 @@ from .requests import error_events, request_fields
 @device_option("cpu (default), cuda, cuda:1; several comma-separated spread the work.")
 @click.option("--gpus", type=click.IntRange(1), default=None,
               help="Spread the subimages over this many CUDA devices on this host.")
-@precision_option
+@model_precision_option
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
               help="Also write per-class probabilities (float32, one band per class).")
 @click.option("--confidence", type=click.Path(dir_okay=False), default=None,

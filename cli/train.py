@@ -28,6 +28,7 @@ from .options import (
     quiet_option,
     request_option,
     timeout_option,
+    train_precision_option,
 )
 from .requests import error_events, given, request_fields
 
@@ -76,8 +77,10 @@ def _typed(flags: str, name: str, help: str, **kwargs: object):
               help="Seeds initialisation, data order, augmentation and the data splits.")
 @device_option("cpu, cuda or cuda:N. Under torchrun: this rank's GPU (cuda:LOCAL_RANK) on a "
                "GPU host unless --device cpu.", default="cpu")
+@train_precision_option
 @click.option("--amp/--no-amp", default=None,
-              help="Mixed precision (float16 + gradient scaling) [on for CUDA, never on CPU].")
+              help="Older spelling: --amp = --precision fp16 on CUDA (ignored on the CPU), "
+                   "--no-amp = --precision fp32.")
 @_typed("--workers", "workers", "Data loading processes.", default=0, show_default=True)
 @_typed("--spatial-ranks", "spatial_ranks", "Under torchrun: ranks that share each global "
         "patch, each running its block of the subimages; WORLD_SIZE / S groups split the batch "
@@ -110,7 +113,8 @@ def _typed(flags: str, name: str, help: str, **kwargs: object):
 def train(ctx: click.Context, request_file, progress, quiet, ranks, gpus, timeout, **_) -> None:
     """Train a DDU-Net with the paper's recipe (Sec. III-C): dice loss (Eq. 1), Adam
     (0.9, 0.999), learning rate halved when the validation loss stalls, early stopping after a
-    minimum number of epochs, dropout, He initialisation, mixed precision on CUDA. Defaults
+    minimum number of epochs, dropout, He initialisation, mixed precision on CUDA (--precision
+    bf16 on the CPU). Defaults
     come from Table VI (DeepGlobe) and Table X (synthetic); every one can be overridden.
 
     Each global patch is cut into a grid of subimages; all subimages of all patches of a batch
@@ -133,6 +137,7 @@ def train(ctx: click.Context, request_file, progress, quiet, ranks, gpus, timeou
       geoddu synth -o data/k2 --k 2
       geoddu train --dataset synthetic --data data/k2 -o runs/k2
       geoddu train --dataset synthetic --data data/k2 -o runs/k2-n --arch "DDU-Net(3,32,N)"
+      geoddu train --dataset synthetic --data data/k2 -o runs/k2-bf16 --precision bf16
       geoddu train --dataset deepglobe --data DeepGlobe -o runs/dg --device cuda --subimages 8
       geoddu train --dataset deepglobe --data DeepGlobe -o runs/dg18 --encoder resnet18 \\
           --encoder-weights resnet18.pth --comm-features 256 --device cuda

@@ -78,7 +78,8 @@ class Bars(Quiet):
                                                completed=info["start_epoch"], info="")
             state["batch_task"] = bar.add_task("batches", total=info["batches"], info="")
             grid = "x".join(map(str, info["grid"]))
-            amp = ", mixed precision" if info["amp"] else ""
+            precision = info.get("precision", "fp16" if info["amp"] else "fp32")
+            amp = "" if precision == "fp32" else f", {precision} mixed precision"
             where = info["device"]
             if info.get("ranks", 1) > 1:
                 s = info["spatial_ranks"]

@@ -25,7 +25,7 @@ RESUME_STORED = {
     **{k: ("model", k) for k in MODEL_OPTION_KEYS},
     **{k: ("config", k) for k in ("dropout", "batch_size", "subimages", "lr", "lr_patience",
                                   "patience", "min_epochs", "loss", "augment", "seed", "amp",
-                                  "batchnorm")},
+                                  "precision", "batchnorm")},
     "dataset": ("dataset", "kind"),
     "init_model": ("training", "init_checkpoint"),
     "arch": ("training", "arch"),

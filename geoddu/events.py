@@ -54,7 +54,8 @@ def progress_event(stage: str, done: int, total: int) -> dict[str, Any]:
 
 def start_event(info: Mapping[str, Any]) -> dict[str, Any]:
     """A training run starts: ``start_epoch`` (epochs already done), ``epochs``, ``batches``
-    per epoch, ``grid``, ``device``, ``amp``, ``ranks``, ``spatial_ranks``."""
+    per epoch, ``grid``, ``device``, ``precision`` (fp32, bf16, fp16), ``amp`` (fp16's gradient
+    scaling on), ``ranks``, ``spatial_ranks``."""
     return {"event": "start", **info}
 
 

@@ -34,7 +34,8 @@ MODEL_FIELDS = ("encoder", "in_channels", "num_classes", "depth", "base_channels
                 "comm_features", "communicate", "up_bias")
 # TrainConfig's fields a request may set (the dataset's preset fills the others).
 CONFIG_FIELDS = ("epochs", "batch_size", "lr", "lr_patience", "patience", "min_epochs",
-                 "dropout", "loss", "augment", "seed", "device", "amp", "workers", "batchnorm")
+                 "dropout", "loss", "augment", "seed", "device", "precision", "amp", "workers",
+                 "batchnorm")
 
 
 def train_model(request: TrainRequest | None = None, *, on_event: EventFn | None = None,

@@ -38,6 +38,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..parallel.collectives import all_reduce_sum
+from . import low_precision
 from .grad_sums import tap
 
 POOLED, PER_SUBIMAGE = "pooled", "per-subimage"
@@ -83,11 +84,16 @@ class _Moments(torch.autograd.Function):
             link.centred, link.shift = x, x.new_zeros(c)
             ctx.save_for_backward(x.new_zeros(c, dtype=f64))
             return x.new_zeros(c, dtype=f64), x.new_zeros(c, dtype=f64)
-        # torch's sums (cascaded: exact to float32 rounding); its BatchNorm statistics kernel
-        # accumulates channels-last input naively in float32 and is off by up to 1e-3.
-        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        shift = x.sum((0, 2, 3), dtype=acc) / count
-        centred = x - _channels(shift.to(x.dtype))
+        if low_precision.is_low(x.dtype):
+            # Not centred: x itself carries only 8 bits (bfloat16), far less than what the
+            # statistics kernel loses on a large mean (float32 accumulation), and the passes
+            # that read x (`low_precision.affine`) subtract the mean in float32 themselves.
+            shift, centred = x.new_zeros(c, dtype=torch.float32), x
+        else:
+            # torch's sums (cascaded: exact to float32 rounding); its BatchNorm statistics
+            # kernel accumulates channels-last input naively in float32, off by up to 1e-3.
+            shift = x.sum((0, 2, 3), dtype=x.dtype) / count
+            centred = x - _channels(shift)
         rest, var = _centred_stats(centred)
         link.centred, link.shift = centred, shift
         ctx.save_for_backward(rest)
@@ -106,8 +112,13 @@ class _Moments(torch.autograd.Function):
         # d mean/dx = 1/n, d var/dx = 2 (x - mean)/n = 2 (centred - rest)/n: an affine map of
         # the centred input, one fused pass ...
         a = 2 * dvar / n
-        b = dmean / n - rest * a
         dtype = centred.dtype
+        if low_precision.is_low(dtype):
+            dx = low_precision.affine(centred, rest, a, dmean / n)
+            if link.grad is not None:
+                low_precision.add_scaled_(dx, link.grad, link.scale)
+            return dx, None
+        b = dmean / n - rest * a
         dx = torch.addcmul(_channels(b.to(dtype)), centred, _channels(a.to(dtype)))
         if link.grad is not None:  # ... plus the direct term gy * invstd * weight (* mask)
             dx.addcmul_(link.grad, link.scale)
@@ -117,6 +128,14 @@ class _Moments(torch.autograd.Function):
 _CHUNK = 1 << 14  # values per channel that one statistics call accumulates
 
 
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a layer's statistics and parameters for input of `dtype`: float32 for
+    bfloat16 and float16 activations (autocast), whose own rounding (2^-9 for bfloat16) would
+    be a 0.3 % error in a variance; torch's CPU kernels take that mix (input in the low
+    precision, statistics and affine parameters in float32) and accumulate in float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _centred_stats(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance (float64) of a tensor centred near zero, in one pass without a
     temporary: torch's statistics kernel on slabs of rows, each short enough for its float32
@@ -124,10 +143,15 @@ def _centred_stats(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, c, h, w = centred.shape
     rows = max(1, _CHUNK // w)
     means, variances, counts = [], [], []
+    # Low-precision input: float32 running buffers (momentum 0 leaves them as they are) make
+    # torch return float32 statistics; without them it rounds them to the input's dtype.
+    f32 = stats_dtype(centred.dtype)
+    buffers = ((None, None) if f32 == centred.dtype else
+               (centred.new_zeros(c, dtype=f32), centred.new_ones(c, dtype=f32)))
     for b in range(n):
         for top in range(0, h, rows):
             slab = centred[b : b + 1, :, top : top + rows]
-            m, v = torch.batch_norm_update_stats(slab, None, None, 0.0)
+            m, v = torch.batch_norm_update_stats(slab, *buffers, 0.0)
             means.append(m)
             variances.append(v)
             counts.append(float(slab.shape[2] * w))
@@ -154,13 +178,20 @@ class _Normalize(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         offset = mean - link.shift.to(mean.dtype)  # x - mean = centred - offset
         dtype = centred.dtype
-        scale = _channels((invstd * weight).to(dtype))
-        shift = _channels((bias - offset * invstd * weight).to(dtype))
-        if mask is None:
-            y = torch.addcmul(shift, centred, scale)
+        if low_precision.is_low(dtype):
+            y = low_precision.affine(centred, offset, invstd * weight, bias, mask)
+            if mask is not None:
+                low_precision.relu_(y)
         else:
-            y = torch.addcmul(shift * mask, centred, scale * mask).relu_()
-        ctx.save_for_backward(offset.to(dtype), var.to(dtype), weight, invstd,
+            scale = _channels((invstd * weight).to(dtype))
+            shift = _channels((bias - offset * invstd * weight).to(dtype))
+            if mask is None:
+                y = torch.addcmul(shift, centred, scale)
+            else:
+                y = torch.addcmul(shift * mask, centred, scale * mask).relu_()
+        # The backward kernel's statistics in the parameters' dtype (float32 under autocast).
+        params = stats_dtype(dtype)
+        ctx.save_for_backward(offset.to(params), var.to(params), weight, invstd,
                               *(() if mask is None else (y, mask)))
         ctx.eps, ctx.link = eps, link
         return y
@@ -199,8 +230,8 @@ class _Normalize(torch.autograd.Function):
 def _affine(bn: nn.BatchNorm2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if bn.affine:
         return tap(bn.weight), tap(bn.bias)
-    c = x.shape[1]
-    return x.new_ones(c), x.new_zeros(c)
+    c, dtype = x.shape[1], stats_dtype(x.dtype)
+    return x.new_ones(c, dtype=dtype), x.new_zeros(c, dtype=dtype)
 
 
 def _update_running(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GeodduError
+from ..parallel import PRECISIONS
 from .batchnorm import RULES
 from .request import parse_grid  # noqa: F401 - defined with the request (no torch there)
 
@@ -37,7 +38,12 @@ class TrainConfig:
     subimages: tuple[int, int] | None = (8, 8)
     seed: int = 0
     device: str = "cpu"
-    # Mixed precision: None = on for CUDA, never on the CPU.
+    # The training step's precision: "fp32"; "bf16" (autocast bfloat16, float32 master
+    # weights, BatchNorm statistics and gradient sums; the CPU's and recent GPUs'); "fp16"
+    # (autocast float16 with gradient scaling; CUDA only). None: fp16 on CUDA, fp32 on the CPU.
+    precision: str | None = None
+    # The older spelling: True = fp16 on CUDA (ignored on the CPU, as it always was), False =
+    # fp32; None = `precision` decides.
     amp: bool | None = None
     # BatchNorm statistics in training: "pooled" over every subimage of every patch in the
     # batch (geoddu's rule, what spatial ranks reproduce) or "per-subimage" (the paper's
@@ -78,7 +84,25 @@ class TrainConfig:
                               f"{', '.join(RULES)}")
         if self.subimages is not None and min(self.subimages) < 1:
             raise GeodduError("the subimage grid needs at least 1 x 1 subimages")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise GeodduError(f"unknown precision {self.precision!r}; choose from "
+                              f"{', '.join(PRECISIONS)}")
+        if self.precision is not None and self.amp is not None:
+            raise GeodduError("give --precision or its older spelling --amp/--no-amp, not both")
         return self
+
+    def precision_on(self, device: str) -> str:
+        """The precision a step runs in on a `device` of this type ("cpu", "cuda")."""
+        if self.precision is not None:
+            precision = self.precision
+        elif device == "cuda" and self.amp is not False:
+            precision = "fp16"
+        else:
+            precision = "fp32"
+        if precision == "fp16" and device == "cpu":
+            raise GeodduError("--precision fp16 needs a CUDA device; on the CPU use bf16 or "
+                              "fp32")
+        return precision
 
 
 # Table VI (DeepGlobe): lr 0.001, 100 epochs, dropout 0.1, batch 12, dice loss. The paper gives

@@ -11,6 +11,7 @@ import torch
 from ..errors import GeodduError
 from ..metrics import IoUAccumulator
 from ..models.ddunet import DDUNet
+from ..parallel.devices import autocast
 from ..partition import Partition
 
 
@@ -77,6 +78,7 @@ def evaluate(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     amp: bool = False,
+    precision: str | None = None,
     workers: int = 0,
     loss: str = "class-dice",
     progress: Callable[[int, int], None] | None = None,
@@ -88,6 +90,9 @@ def evaluate(
     The model runs in eval mode (BatchNorm running statistics, no dropout) on each patch cut
     into the given subimage grid, communication over the patch's mosaic as in training.
 
+    `precision`: "fp32", "bf16" or "fp16" (autocast; the training step's); None: fp16 with
+    `amp`, else fp32.
+
     Under torchrun every rank evaluates batches `shard[0]`, `shard[0] + shard[1]`, ... of the
     single-process batching and `reduce` adds the ranks' loss sums and confusion matrices, so
     every rank gets the single-process figures.
@@ -96,6 +101,7 @@ def evaluate(
 
     loss_fn = get_loss(loss)
     device = torch.device(device)
+    precision = precision or ("fp16" if amp else "fp32")
     was_training = model.training
     model.eval()
     norm = Normalizer(normalization, device)
@@ -109,7 +115,7 @@ def evaluate(
         for b, (x, y) in enumerate(loader):
             part = make_partition(x.shape[-2], x.shape[-1], model.stride, grid, subimage_size)
             x, y = norm(x), y.to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            with autocast(device, precision):
                 logits = model(x, part)
             losses.append(float(loss_fn(logits, y, ignore_index=dataset.ignore_index)))
             weights.append(x.shape[0])

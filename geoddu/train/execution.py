@@ -160,25 +160,32 @@ class _PerSubimage:
 
 def _logits_out(steps: Steps) -> Steps:
     """A stage's result; logits (a stage that returns one tensor: `decode`) in the default
-    layout, converted while still in the cache (the loss would copy a channels-last mosaic of
-    them whole), their gradient back in the training layout whatever view of the loss's
-    gradient it is (the head's bias gradient sums it in its layout's order, and the layers
-    below want it channels-last)."""
+    layout and in float32, converted while still in the cache (the loss would copy a
+    channels-last mosaic of them whole, and its softmax and pixel sums want float32, not
+    autocast's bfloat16), their gradient back in the training layout and dtype whatever view
+    of the loss's gradient it is (the head's bias gradient sums it in its layout's order, and
+    the layers below want it channels-last)."""
     out = yield from steps
     if isinstance(out, torch.Tensor):
-        return _ContiguousGrad.apply(out.contiguous())
+        return _LogitsOut.apply(out)
     return out
 
 
-class _ContiguousGrad(torch.autograd.Function):
+class _LogitsOut(torch.autograd.Function):
+    """x contiguous and at least float32 in one copy (none where it already is); backward,
+    the gradient in x's layout and dtype, again in one copy."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
+        ctx.dtype = x.dtype
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        y = x.to(dtype=dtype, memory_format=torch.contiguous_format)
+        return y.view_as(y) if y is x else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return training_layout(grad)
+        return training_layout(grad, ctx.dtype)
 
 
 def _leaves(tree: Any) -> list[torch.Tensor]:

@@ -35,7 +35,7 @@ from ..checkpoint import build_metadata, model_from_checkpoint, save_checkpoint
 from ..errors import GeodduError
 from ..io.atomic import write_atomically
 from ..models.ddunet import DDUNet
-from ..parallel.devices import resolve_device
+from ..parallel.devices import autocast, resolve_device
 from ..parallel.group import AgreedError
 from ..version import __version__
 from .augment import apply_augmentation, draw_augmentation
@@ -131,7 +131,9 @@ class Trainer:
             # say when a scene is unlike it; None for datasets that cannot tell.
             data=describe_data(train_set),
         )
-        self.amp = self.device.type == "cuda" and config.amp is not False
+        self.precision = self.config.precision_on(self.device.type)
+        # Gradient scaling for float16 alone: bfloat16 has float32's exponent range.
+        self.amp = self.precision == "fp16"
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -191,7 +193,7 @@ class Trainer:
             self.callbacks.on_start({
                 "start_epoch": self.epoch, "epochs": cfg.epochs, "grid": self.grid,
                 "batches": math.ceil(len(self.train_set) / cfg.batch_size),
-                "device": str(self.device), "amp": self.amp,
+                "device": str(self.device), "amp": self.amp, "precision": self.precision,
                 "ranks": self.mesh.world, "spatial_ranks": self.mesh.spatial_size,
             })
         while self.epoch < cfg.epochs and not self.stopped_early:
@@ -199,7 +201,7 @@ class Trainer:
             train_loss = self._train_epoch(self.epoch)
             val = evaluate(
                 self.model, self.val_set, normalization=self.normalization, grid=self.grid,
-                batch_size=cfg.batch_size, device=self.device, amp=self.amp,
+                batch_size=cfg.batch_size, device=self.device, precision=self.precision,
                 workers=cfg.workers, loss=cfg.loss, progress=self.callbacks.on_validate,
                 shard=(self.mesh.rank, self.mesh.world), reduce=self.mesh.reduce_sum(),
             )
@@ -273,7 +275,7 @@ class Trainer:
                     else self.spatial.batch_rows(part, self.mesh.share(size), size))
             # Dropout masks drawn per (seed, epoch, step), the same in one process and on any
             # mesh (geoddu.train.dropout says why not from torch's global generator).
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), \
+            with autocast(self.device, self.precision), \
                     dropout_masks(self.executor, (cfg.seed, epoch, b), rows):
                 if self.spatial is None:
                     # The loss over the subimages, as on ranks: its sums come out the same.

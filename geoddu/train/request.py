@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from ..data import DATASETS
 from ..errors import GeodduError
 from ..model_config import ENCODERS, MAX_CLASSES, MAX_DEPTH
+from ..parallel import PRECISIONS
 from ..request_base import Check, JsonRequest, checked
 
 __all__ = ["BATCHNORM_RULES", "LOSSES", "TrainRequest", "parse_grid"]
@@ -80,7 +81,8 @@ class TrainRequest(JsonRequest):
     seed: int | None = checked(Check(integer=True))
     # -- where it runs
     device: str | None = None
-    amp: bool | None = None
+    precision: str | None = checked(Check(choices=PRECISIONS))
+    amp: bool | None = None  # the older spelling of precision fp16 (True) / fp32 (False)
     workers: int | None = checked(Check(low=0, integer=True))
     spatial_ranks: int | None = checked(_COUNT)
     # -- the run folder

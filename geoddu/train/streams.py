@@ -53,18 +53,18 @@ def default_execution(device: torch.device) -> str:
     return SEQUENTIAL if device.type == "cpu" else STACKED
 
 
-def training_layout(x: Any) -> Any:
+def training_layout(x: Any, dtype: torch.dtype | None = None) -> Any:
     """The layout training runs a subimage in: channels-last on the CPU, where oneDNN's
     convolutions are much faster in it; as it is elsewhere. Trees are converted leaf by leaf
     (a rank receives communicated maps flat, and the decoder's kernels, so its rounding,
-    depend on the layout)."""
+    depend on the layout). `dtype`: converted to it as well, in the same copy."""
     if isinstance(x, torch.Tensor):
-        if x.device.type == "cpu" and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        layout = (torch.channels_last if x.device.type == "cpu" and x.dim() == 4
+                  else torch.preserve_format)
+        return x.to(dtype=dtype or x.dtype, memory_format=layout)
     if x is None:
         return None
-    return type(x)(training_layout(t) for t in x)
+    return type(x)(training_layout(t, dtype) for t in x)
 
 
 # -- which streams ----------------------------------------------------------------------------

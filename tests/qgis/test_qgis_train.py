@@ -130,7 +130,7 @@ def test_train_then_segment(plugin, scene, mode, feedback_cls, tmp_path):
     labels = _polygons()
     result = processing.run("geoddu:train", {
         "INPUTS": [scene["image"]], "LABELS": labels, "CLASS_FIELD": "lc", **TINY,
-        "OUTPUT": ckpt}, feedback=feedback)
+        "PRECISION": "bf16", "OUTPUT": ckpt}, feedback=feedback)
 
     run_dir = str(tmp_path / "out" / "model_run")
     assert result["OUTPUT"] == ckpt and os.path.isfile(ckpt)
@@ -148,7 +148,9 @@ def test_train_then_segment(plugin, scene, mode, feedback_cls, tmp_path):
     assert staged["classes"] == [{"name": label, "value": value, "color": list(color)}
                                  for value, label, color in CATEGORIES]
 
-    # Progress: epoch lines with loss and validation mIoU, a bar that ends at 100.
+    # Progress: where and how it trains (PRECISION reached the engine), epoch lines with loss
+    # and validation mIoU, a bar that ends at 100.
+    assert "training on cpu in bf16" in feedback.messages
     epochs = [m for m in feedback.messages if m.startswith("epoch ")]
     assert [m.split(":")[0] for m in epochs] == ["epoch 1/2", "epoch 2/2"]
     assert all("train loss" in m and "val mIoU" in m for m in epochs)
@@ -220,6 +222,7 @@ def test_cancel_keeps_a_resumable_run_and_resume_finishes_it(plugin, scene, engi
     with pytest.raises(QgsProcessingException, match="cancelled after epoch 1") as info:
         processing.run("geoddu:train", params, feedback=feedback)
     assert "\n" not in str(info.value).strip() and "last.pt" in str(info.value)
+    assert "training on cpu in fp32" in feedback.messages  # PRECISION auto on the CPU
     assert not os.path.exists(ckpt)  # no checkpoint, not even a partial one
     assert sorted(os.listdir(tmp_path)) == ["run"]
     assert {"last.pt", "best.pt", "history.json"} <= set(os.listdir(run_dir))

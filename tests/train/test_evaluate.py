@@ -73,3 +73,19 @@ def test_evaluate_needs_to_know_the_data(tmp_path):
     res = runner.invoke(cli, ["evaluate", "-m", str(init), "--dataset", "synthetic", "--data",
                               str(k2), "--subimage-size", "32", "-q"])
     assert res.exit_code == 0 and res.output.startswith("mIoU")
+
+
+def test_evaluate_in_bf16_is_close_to_fp32_and_fp16_needs_cuda(trained):
+    _, ckpt = trained
+    runner = CliRunner()
+    fp32 = json.loads(runner.invoke(cli, ["evaluate", "-m", str(ckpt), "--json"]).output)
+    res = runner.invoke(cli, ["evaluate", "-m", str(ckpt), "--precision", "bf16", "--json"])
+    assert res.exit_code == 0, res.output
+    bf16 = json.loads(res.output)
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    # The same counts up to a few near-ties flipped by bf16's coarser logits.
+    assert bf16["miou"] == pytest.approx(fp32["miou"], abs=0.02)
+    assert bf16["loss"] != fp32["loss"]  # it really ran in bf16
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.02)
+    res = runner.invoke(cli, ["evaluate", "-m", str(ckpt), "--precision", "fp16"])
+    assert res.exit_code == 1 and "fp16 needs a CUDA device" in res.output

@@ -66,10 +66,10 @@ class CliEngine(Engine):
                 raise EngineError(TOO_OLD["vectorize"], exc.details) from None
             raise
 
-    def train(self, request, *, progress=None, epoch=None, cancel=None, log=None):
+    def train(self, request, *, progress=None, epoch=None, cancel=None, log=None, start=None):
         try:
-            self._run([*self.command, *TRAIN_ARGS], [], TrainEvents(progress, epoch), cancel,
-                      log, stdin_text=json.dumps(request))
+            self._run([*self.command, *TRAIN_ARGS], [], TrainEvents(progress, epoch, start=start),
+                      cancel, log, stdin_text=json.dumps(request))
         except EngineError as exc:
             if "No such option: --request" in str(exc):  # click's words, in an older geoddu
                 raise EngineError(TOO_OLD["train"], exc.details) from None

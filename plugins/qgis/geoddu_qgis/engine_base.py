@@ -146,14 +146,15 @@ class Engine:
 
     def train(self, request: dict, *, progress: ProgressFn | None = None,
               epoch: EpochFn | None = None, cancel: CancelFn | None = None,
-              log: LogFn | None = None) -> dict:
+              log: LogFn | None = None, start: EpochFn | None = None) -> dict:
         """Run the training ``request`` (a dict of ``TrainRequest`` fields, see the module
         docstring): what ``geoddu train --dataset folder`` does. Returns
         :func:`.training_run.train_summary` of its run folder.
 
         ``progress("train", done, total)`` follows the run batch by batch over all its epochs;
         ``epoch(row)`` gets each finished epoch: ``epoch``, ``epochs``, ``train_loss``,
-        ``val_loss``, ``val_miou`` and ``best``. Both come from the engine's training events,
+        ``val_loss``, ``val_miou`` and ``best``; ``start(info)`` once the run starts, with its
+        ``device`` and ``precision``. All come from the engine's training events,
         the same in-process and through the command. Raises :class:`EngineCancelled` when
         ``cancel()`` turned True (checked between batches: the checkpoints of the epochs done
         stay, RUN_DIR/last.pt resumes the run) and :class:`EngineError` on any failure.

@@ -52,7 +52,7 @@ class InProcessEngine(Engine):
         self._call(lambda: function(src, dst, overwrite=True, **options), [dst])
         return dst
 
-    def train(self, request, *, progress=None, epoch=None, cancel=None, log=None):
+    def train(self, request, *, progress=None, epoch=None, cancel=None, log=None, start=None):
         package = self.module.__name__
 
         def run():
@@ -66,7 +66,7 @@ class InProcessEngine(Engine):
 
             # The same events, and the same handling of them, as the command's JSON lines.
             train_model(request_type.TrainRequest.from_dict(request),
-                        on_event=TrainEvents(progress, epoch, check))
+                        on_event=TrainEvents(progress, epoch, check, start))
 
         self._call(run, [])
         return train_summary(request["run_dir"])

@@ -23,18 +23,23 @@ EpochFn = Callable[[dict], None]
 class TrainEvents:
     """Call with each training event: ``progress("train", done, total)`` counts batches over
     the whole run (a resumed run starts at the epochs already done), ``epoch(row)`` gets each
-    finished epoch (see :meth:`.engine_base.Engine.train`). ``check()`` runs after each start
-    and progress event: an exception it raises (the engine's Cancelled) stops the run between
-    batches."""
+    finished epoch, ``start(info)`` where and how the run goes (see
+    :meth:`.engine_base.Engine.train`). ``check()`` runs after each start and progress event:
+    an exception it raises (the engine's Cancelled) stops the run between batches."""
 
     def __init__(self, progress: ProgressFn | None = None, epoch: EpochFn | None = None,
-                 check: Callable[[], None] | None = None) -> None:
-        self.progress, self.epoch, self.check = progress, epoch, check
+                 check: Callable[[], None] | None = None,
+                 start: EpochFn | None = None) -> None:
+        self.progress, self.epoch, self.check, self.start = progress, epoch, check, start
         self.epochs, self.batches = 0, 1
 
     def __call__(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "start":
+            if self.start is not None:
+                # A geoddu from before --precision names none: fp16 when amp, else fp32.
+                self.start({"device": event.get("device"), "precision": event.get(
+                    "precision", "fp16" if event.get("amp") else "fp32")})
             self.epochs = int(event.get("epochs", 0))
             self.batches = max(int(event.get("batches", 1)), 1)
             self._report(int(event.get("start_epoch", 0)) * self.batches)
