@@ -274,12 +274,12 @@ def _call(module: nn.Module, args: Sequence[Any], masks: MaskStep | None,
     """A torch.nn layer as training runs it: convolution weights tapped for the gradient sums,
     the step's shared dropout mask."""
     if type(module) is nn.Conv2d and module.padding_mode == "zeros":
-        return F.conv2d(args[0], tap(module.weight), tap(module.bias), module.stride,
+        return F.conv2d(args[0], tap(module.weight, True), tap(module.bias, True), module.stride,
                         module.padding, module.dilation, module.groups)
     if type(module) is nn.ConvTranspose2d and module.padding_mode == "zeros" and len(args) == 1:
-        return F.conv_transpose2d(args[0], tap(module.weight), tap(module.bias), module.stride,
-                                  module.padding, module.output_padding, module.groups,
-                                  module.dilation)
+        return F.conv_transpose2d(args[0], tap(module.weight, True), tap(module.bias, True),
+                                  module.stride, module.padding, module.output_padding,
+                                  module.groups, module.dilation)
     if isinstance(module, nn.Dropout2d) and masks is not None:
         mask = masks.mask(module, args[0], stream)
         if mask is not None:
