@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +83,7 @@ def main() -> None:
         print(json.dumps({"seconds": seconds}))
         return
 
-    from _common import make_checkpoint, make_scene
+    from _common import make_checkpoint, make_scene, run_one
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="geoddu-overhead-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -102,12 +101,8 @@ def main() -> None:
             times: dict[str, list[float]] = {"engine": [], "model": []}
             for k in range(args.repeats):
                 for side in ("engine", "model") if k % 2 == 0 else ("model", "engine"):
-                    proc = subprocess.run(
-                        [sys.executable, __file__, "--one", side, str(ckpt), precision,
-                         str(scene), str(n)],
-                        capture_output=True, text=True, check=True)
-                    times[side].append(json.loads(proc.stdout.strip().splitlines()[-1])
-                                       ["seconds"])
+                    one = run_one(__file__, side, ckpt, precision, scene, n)
+                    times[side].append(one["seconds"])
             e, m = statistics.median(times["engine"]), statistics.median(times["model"])
             print(f"| {name} (base {base}, {size}^2 x {n}) | {precision} | {e:.2f} | {m:.2f} | "
                   f"{e / m:.2f}x |", flush=True)

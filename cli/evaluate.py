@@ -93,12 +93,10 @@ def evaluate(model_path, dataset, data, split, subimages, subimage_size, batch_s
         else:
             grid = tuple(record.get("grid") or ds.grid or (1, 1))
     dev = resolve_device(device, "evaluation runs on one device")
-    if precision == "auto":
-        from geoddu.precision_probe import choose_precision
+    if precision is not None:
+        from geoddu.precision_probe import resolve_precision
 
-        precision = choose_precision(dev)
-    if precision == "fp16" and dev.type == "cpu":
-        raise GeodduError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        precision = resolve_precision(precision, dev)
     loss = (record.get("config") or {}).get("loss", "class-dice")
 
     def run(progress=None):

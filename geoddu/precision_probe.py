@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import GeodduWarning
+from .errors import GeodduError, GeodduWarning
 from .hardware import NO, Cpu, cpu_facts, cuda_devices, read_cpuinfo
 from .parallel import PRECISIONS
 from .version import __version__
@@ -92,6 +92,20 @@ class Probe:
             raise ValueError(f"not a probe result: {dict(data)!r}")
         probe.seconds = {str(p): float(s) for p, s in probe.seconds.items()}
         return probe
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """The precision a run asks for, made concrete for ``device``: ``auto`` becomes the cached
+    probe's choice (:func:`choose_precision`); fp16 on the CPU and unknown names are refused
+    in one line. Every front and executor resolves through here."""
+    device = torch.device(device)
+    if precision == "auto":
+        precision = choose_precision(device)
+    if precision not in PRECISIONS:
+        raise GeodduError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if device.type == "cpu" and precision == "fp16":
+        raise GeodduError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return precision
 
 
 def choose_precision(device: str | torch.device = "cpu", *, refresh: bool = False) -> str:
@@ -256,7 +270,7 @@ def _runner(device: torch.device, precision: str) -> Callable[[int], None]:
                                 device=device).to(dtype).contiguous(
                                     memory_format=torch.channels_last)
                  for d in (1, SCOUT)}
-        if device.type == "cpu":
+        if device.type == "cpu" and not bf16_copy:  # load_model's rule: bf16 copies stay eager
             net = _frozen(net, tiles[SCOUT])
         steps.append((net, tiles))
 
@@ -275,8 +289,8 @@ def _runner(device: torch.device, precision: str) -> Callable[[int], None]:
 
 
 def _frozen(net: nn.Module, example: torch.Tensor) -> nn.Module:
-    """Traced and frozen where that works, as load_model does for CPU models (oneDNN pre-packs
-    the weights); eager where it does not, as load_model then runs it too."""
+    """Traced and frozen, as load_model does for fp32 CPU models (oneDNN pre-packs the
+    weights); eager where tracing fails, as load_model then runs it too."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation: load_model traces too

@@ -22,8 +22,8 @@ from .checkpoint import check_description, load_checkpoint, model_from_checkpoin
 from .errors import GeodduError
 from .models.ddunet import DDUNet
 from .models.fusion import fuse_for_inference
-from .parallel import PRECISIONS
 from .partition import Partition
+from .precision_probe import resolve_precision
 from .resources import release_free_memory
 
 if TYPE_CHECKING:
@@ -128,12 +128,13 @@ class SegmentationModel(nn.Module):
     """A DDU-Net plus what it needs to read a raster: bands, normalisation, classes, grid,
     and the precision it computes in (:meth:`computing`)."""
 
-    def __init__(self, net: DDUNet, metadata: dict[str, Any], precision: str = "fp32") -> None:
+    def __init__(self, net: DDUNet, metadata: dict[str, Any], precision: str = "fp32",
+                 fused: bool = False) -> None:
         super().__init__()
         self.net = net
         self.metadata = metadata
         self.precision = precision
-        self._fused = False  # load_model says otherwise
+        self.fused = fused  # BatchNorm folded: with_precision builds its copy alike
         self.classes: list[dict[str, Any]] = metadata["classes"]
         self.bands: list[int] = metadata["bands"]
         self.subimage_size: int = metadata["subimage_size"]
@@ -160,8 +161,8 @@ class SegmentationModel(nn.Module):
     def computing(self) -> Iterator[None]:
         """Run the network's stages in this model's precision.
 
-        A CPU model in bf16 is a bf16 copy of the weights (:func:`load_model`), traced and
-        frozen as such: nothing to switch. A CUDA model in bf16/fp16 keeps fp32 weights and
+        A CPU model in bf16 is a bf16 copy of the weights (:func:`load_model`): nothing to
+        switch. A CUDA model in bf16/fp16 keeps fp32 weights and
         runs under autocast, as cuDNN does best.
         """
         if self.precision == "fp32" or self.dtype != torch.float32:
@@ -175,14 +176,11 @@ class SegmentationModel(nn.Module):
     def with_precision(self, precision: str) -> SegmentationModel:
         """This model, or a copy of it that computes in `precision` (weights from its
         checkpoint, loaded again, so that a frozen fp32 model can become a bf16 one)."""
-        if precision == "auto":
-            from .precision_probe import choose_precision
-
-            precision = choose_precision(self.device)
+        precision = resolve_precision(precision, self.device)
         if precision == self.precision:
             return self
         return model_from_checkpoint_dict(
-            self.metadata, self.device, fuse=self._fused, precision=precision)
+            self.metadata, self.device, fuse=self.fused, precision=precision)
 
     def prepare(self, raw: np.ndarray, valid: np.ndarray) -> torch.Tensor:
         """Raw (C, H, W) values -> normalised (1, C, H, W) tensor; invalid pixels set to 0.
@@ -281,20 +279,12 @@ def model_from_checkpoint_dict(
 ) -> SegmentationModel:
     """:func:`load_model` of a checkpoint already read by `load_checkpoint`."""
     device = torch.device(device)
-    if precision == "auto":
-        from .precision_probe import choose_precision
-
-        precision = choose_precision(device)
-    if precision not in PRECISIONS:
-        raise GeodduError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if device.type == "cpu" and precision == "fp16":
-        raise GeodduError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    precision = resolve_precision(precision, device)
     bf16_copy = device.type == "cpu" and precision == "bf16"
     net = model_from_checkpoint(ckpt)
     if fuse:
         net = fuse_for_inference(net, conv_relu=bf16_copy)
-    model = SegmentationModel(net, ckpt, precision).to(device).eval()
-    model._fused = fuse
+    model = SegmentationModel(net, ckpt, precision, fused=fuse).to(device).eval()
     if bf16_copy:
         model.net.to(torch.bfloat16)
     model = model.to(memory_format=torch.channels_last)

@@ -255,9 +255,9 @@ def concrete_precision(request: SegmentRequest, device: Any) -> SegmentRequest:
     (:func:`geoddu.precision_probe.choose_precision`); any other request as it is."""
     if request.precision != "auto":
         return request
-    from ..precision_probe import choose_precision
+    from ..precision_probe import resolve_precision
 
-    return dataclasses.replace(request, precision=choose_precision(device))
+    return dataclasses.replace(request, precision=resolve_precision("auto", device))
 
 
 def plan_job(
