@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -114,3 +118,25 @@ cli.add_command(train.train)
 cli.add_command(evaluate.evaluate)
 cli.add_command(export.export)
 cli.add_command(demo.demo)
+
+
+def main() -> None:
+    """The `geoddu` command. After a successful command the process runs its exit hooks and
+    ends, without Python's teardown of every module and object (the model, torch, GDAL): that
+    took 0.35 s of a 4.4 s `segment`. Every output is complete and renamed into place by then;
+    a failure exits the ordinary way."""
+    try:
+        cli.main(prog_name="geoddu")
+    except SystemExit as exc:
+        if exc.code not in (0, None) or threading.active_count() > 1:
+            raise
+    # What the interpreter would still do at exit, but for tearing itself down: the atexit
+    # hooks (weakref finalizers of temporary folders among them) and logging's flush.
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said anyway
+            raise SystemExit(0) from None
+    os._exit(0)

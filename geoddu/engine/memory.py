@@ -40,6 +40,10 @@ RUN_OVERHEAD_BYTES = 35 * 2**20
 # serves the next tensors from the heap, where holes remain): measured 0.6 to 0.7 times one
 # subimage's skips and activations, from the second subimage on.
 HEAP_SLACK = 0.6
+# The one-pass schedule trims the heap once per strip, not per row (trimming each row cost 8-9%
+# of a run in page faults): the freed rows' holes stay resident until the strip ends. Measured
+# 0.34 (fp32) to 0.43 (bf16) times the live skips, base 16, 512² subimages, 4096² scene.
+ROW_SLACK = 0.4
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ def estimate_memory(
         parts.append(MemoryPart("live skips", n * live_cells * cell_bytes, where))
         parts.append(MemoryPart("activations of one subimage", n * forward_bytes, where))
         slack = HEAP_SLACK * (cell_bytes + forward_bytes) if where == "host" else 0
+        if where == "host" and live_cells > 1:
+            slack += ROW_SLACK * live_cells * cell_bytes
         parts.append(MemoryPart("heap slack", int(n * slack), where))
     parts.append(MemoryPart("communication tile", tile_bytes, places[0] if places else "host"))
     return MemoryEstimate(_merged(parts), scratch_bytes)

@@ -95,6 +95,9 @@ class _StripRun:
                 self.encode_cell(step, raw, valid)
             else:
                 self.decode_row(step)
+        # Once per strip, not per row: the next row's skips reuse the freed row's heap
+        # without page faults (trimming each row cost 8-9% of a run, for 6-16% less RSS).
+        release_free_memory()
         return True
 
     def encode_cell(self, step: EncodeCell, raw: np.ndarray, valid: np.ndarray) -> None:
@@ -141,5 +144,3 @@ class _StripRun:
                 self.tick("decode")
         for k in [k for k in self.maps if k[0] <= step.release]:  # no later halo needs them
             del self.maps[k]
-        if todo:
-            release_free_memory()

@@ -150,6 +150,14 @@ class RasterSource:
         floating = self.dtype.kind in "fc"
         # NaN is never a usable input, so float rasters also need the data to build the mask.
         need_data = data or (mask and floating)
+        if inside == (row_off, row_off + height, col_off, col_off + width):
+            # The whole window is inside: the backend's arrays as they come, no padded copy.
+            args = (self.bands, row_off, col_off, height, width)
+            out = self._backend.read(*args) if need_data else None
+            valid = self._backend.read_valid(*args) if mask else None
+            if valid is not None and floating:
+                valid = valid & ~np.isnan(out).any(axis=0)
+            return (out if data else None), valid
         out = np.zeros((self.count, height, width), dtype=self.dtype) if need_data else None
         valid = np.zeros((height, width), dtype=bool) if mask else None
         if inside is None:

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import tifffile
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
@@ -84,6 +83,9 @@ class RasterioBackend:
             and interp[3] != "alpha"
             and MaskFlags.per_dataset not in ds.mask_flag_enums[0]
         )
+        # GDAL's dataset mask of a file without nodata, mask or alpha is all valid: no need to
+        # have GDAL build it window by window.
+        self._all_valid = all(f == [MaskFlags.all_valid] for f in ds.mask_flag_enums)
         # GDAL gives every band a colour interpretation; "gray" and "undefined" are its
         # defaults, not something the file says about the band, so they name nothing.
         self.band_names = tuple(
@@ -111,6 +113,8 @@ class RasterioBackend:
         # nodata only where every band is nodata. Per-band masks would turn real pixels such
         # as (0, 5, 5) under nodata 0 into holes. It is a property of the dataset, so it does
         # not depend on which bands are selected.
+        if self._all_valid:
+            return np.ones((h, w), bool)
         window = Window(col, row, w, h)
         try:
             if self._fourth_band_is_data:
@@ -130,6 +134,8 @@ class TiffBackend:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        import tifffile  # here, not at import: it costs 76 ms of every run's start-up
+
         self.tif = tifffile.TiffFile(path)
         try:
             self._setup()
@@ -162,6 +168,8 @@ class TiffBackend:
             self._block = (int(key.tilelength), int(key.tilewidth))
         else:
             self._block = (min(int(key.rowsperstrip) or self.height, self.height), self.width)
+
+        import tifffile
 
         self._array: np.ndarray | None = None
         try:
@@ -332,6 +340,8 @@ def open_backend(path: str, kind: str | None = None) -> RasterioBackend | TiffBa
         except GeodduError as exc:
             tiff_problem = str(exc)
         except Exception as exc:  # tifffile raises many types for files that are not TIFF
+            import tifffile
+
             if not isinstance(exc, tifffile.TiffFileError):
                 tiff_problem = f"{path}: not a raster GDAL can open, and tifffile failed: {exc}"
         else:
