@@ -32,6 +32,18 @@ from .requests import error_events, request_fields
 @click.option("--output-dir", default=None, type=click.Path(file_okay=False),
               help="Several scenes (or a folder, or a .txt of paths): write OUTPUT_DIR/<stem>.tif "
                    "each.")
+@click.option("--mosaic", is_flag=True,
+              help="Take every SRC (files, folders, .txt lists, VRTs) as ONE scene: a GDAL "
+                   "virtual mosaic over them, segmented without seams at sheet edges. With -o: "
+                   "one map over their union; with --output-dir: one map per input, cut from "
+                   "it on the input's grid (docs/seams.md).")
+@click.option("--target-crs", default=None, metavar="CRS",
+              help="With --mosaic: warp the inputs to this CRS (EPSG:XXXX, WKT, PROJ), nearest "
+                   "neighbour; else inputs in other CRSs are refused.")
+@click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="R",
+              help="With --mosaic: warp the inputs to pixels of R (target CRS units), aligned "
+                   "on multiples of R; else inputs of other resolutions are refused.")
 @click.option("--skip-existing", is_flag=True,
               help="With --output-dir: leave scenes whose output exists (continue a killed "
                    "batch).")
@@ -105,6 +117,8 @@ def segment(src, output_dir, skip_existing, timeout, request_file, show_plan, as
       geoddu segment scene.tif -o farm.tif -m model.pt --aoi fields.gpkg --aoi-where "id = 7"
       geoddu segment scene.tif -o landcover.tif -m model.pt --vector landcover.gpkg --min-area 100
       geoddu segment a.tif b.tif scenes/ list.txt --output-dir out/ -m model.pt --skip-existing
+      geoddu segment sheets/ --mosaic -o map.tif -m model.pt
+      geoddu segment sheets/ --mosaic --output-dir out/ -m model.pt --target-crs EPSG:32631
       torchrun --nproc-per-node 4 -m geoddu.cli segment scene.tif -o out.tif -m model.pt
 
     Several SRC (a folder means its rasters, a .txt file one path per line) need
@@ -120,7 +134,8 @@ def segment(src, output_dir, skip_existing, timeout, request_file, show_plan, as
             if src:
                 raise GeodduError("--request names the raster: give no SRC with it")
             options = SegmentRequest.from_dict(options).to_dict()
-            src = (options.pop("src"),)
+            src = options.pop("src")
+            src = tuple(src) if isinstance(src, list) else (src,)
         elif not src:
             raise GeodduError("give the raster to segment (SRC), or --request FILE")
         elif options.get("model") is None:

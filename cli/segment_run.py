@@ -133,7 +133,16 @@ def print_plans(
         return 0
     jobs, many = _jobs(sources, output, output_dir, options)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    plans = [plan_job(SegmentRequest(src=s, output=o, **options), world=world) for s, o in jobs]
+
+    def plan(src: Any, output: str | None) -> Any:
+        request = SegmentRequest(src=src, output=output, **options)
+        if request.mosaic:
+            from geoddu.engine.mosaic import plan_mosaic
+
+            return plan_mosaic(request, world=world)
+        return plan_job(request, world=world)
+
+    plans = [plan(s, o) for s, o in jobs]
     if as_json:
         data = [p.to_dict() for p in plans]
         print(json.dumps(data if many else data[0], indent=1))
@@ -150,7 +159,9 @@ def _setup_text(jobs: list[tuple[str, str]], many: bool, options: dict[str, Any]
     """The status line while the first scene is opened and the model loaded (on the CPU the
     model is also traced, which takes a few seconds)."""
     model = options.get("model")
-    what = f"{len(jobs)} scenes" if many else Path(jobs[0][0]).name
+    src = jobs[0][0]
+    what = f"{len(jobs)} scenes" if many else (
+        f"{len(src)} inputs as one scene" if isinstance(src, tuple) else Path(src).name)
     name = Path(model).name if isinstance(model, (str, os.PathLike)) else "the model"
     return f"setting up: opening {what}, loading and tracing {name}"
 
@@ -170,6 +181,9 @@ def _run(jobs, many: bool, options: dict[str, Any], skip_existing: bool, timeout
     if rank_and_world()[1] > 1:
         from geoddu.engine.execute_ranks import execute_on_ranks
 
+        if request.mosaic:
+            raise GeodduError("--mosaic runs in one process: run it without torchrun")
+
         return execute_on_ranks(request, progress=progress)
     from geoddu.engine.execute import execute
 
@@ -182,6 +196,13 @@ def _jobs(
     """(src, dst) pairs from the command line, and whether this is a batch (--output-dir)."""
     from geoddu.engine.batch import batch_outputs, expand_sources
 
+    from_request = options.pop("output_dir", None)  # --request's, or the option's again
+    output_dir = output_dir or from_request
+    if options.get("mosaic"):
+        # One scene made of every input (geoddu.engine.mosaic): one request, which checks
+        # -o / --output-dir itself.
+        options["output_dir"] = output_dir
+        return [(tuple(sources), output)], False
     if output_dir is None:
         # -o names one output for one raster: SRC is taken as given (a folder is an error).
         if output is None:

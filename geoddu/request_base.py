@@ -119,6 +119,11 @@ class JsonRequest:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     @classmethod
+    def required(cls, data: Mapping[str, Any]) -> tuple[str, ...]:
+        """The fields ``data`` cannot do without (some stand in for others)."""
+        return cls.REQUIRED
+
+    @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls) if f.init)  # type: ignore[arg-type]
 
@@ -135,7 +140,7 @@ class JsonRequest:
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
             raise GeodduError(f"request: unknown field(s) {', '.join(unknown)}")
-        missing = sorted(n for n in cls.REQUIRED if data.get(n) is None)
+        missing = sorted(n for n in cls.required(data) if data.get(n) is None)
         if missing:
             raise GeodduError(f"request: missing {', '.join(missing)}")
         # null means "the default", as an absent field does.

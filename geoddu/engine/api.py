@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .execute import execute
@@ -14,8 +15,8 @@ __all__ = ["segment"]
 
 
 def segment(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
+    src: str | os.PathLike | Sequence[str | os.PathLike],
+    dst: str | os.PathLike | None,
     model: Any,
     *,
     progress: ProgressFn | None = None,
@@ -28,7 +29,12 @@ def segment(
     of :class:`geoddu.engine.request.SegmentRequest` (bands, subimage_size, device, gpus,
     precision, probabilities, confidence, cog, overwrite, aoi, aoi_layer, aoi_where, vector,
     vector_min_area, vector_simplify, scratch, store_max_ram_bytes, comm_tile_cells, schedule,
-    strip_cells, skip_budget_bytes), checked when the request is built.
+    strip_cells, skip_budget_bytes, mosaic, output_dir, target_crs, resolution), checked when
+    the request is built.
+
+    With ``mosaic=True``, `src` is several rasters (files, folders, .txt lists, VRTs) taken as
+    one scene (docs/seams.md): `dst` is one map over their union, or, with `dst` None and
+    ``output_dir``, one map per input cut from it.
 
     `progress(stage, done, total)` is called from the calling thread after each subimage (stages
     "encode", "communicate", "decode"); `cancel()` is polled between subimages and makes the run

@@ -15,12 +15,13 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from ..errors import GeodduError
+from ..io.sources import RASTER_SUFFIXES, batch_outputs, expand_sources, output_name
 from ..parallel.devices import resolve_device
 from ..parallel.group import DEFAULT_TIMEOUT_S, AgreedError, agree, broadcast, rank_and_world
 from ..predictor import SegmentationModel, load_model
@@ -30,6 +31,7 @@ from .request import SegmentRequest
 from .runner import ProgressFn
 
 __all__ = [
+    "RASTER_SUFFIXES",
     "BatchResult",
     "SceneRecord",
     "assign_scenes",
@@ -38,50 +40,6 @@ __all__ = [
     "output_name",
     "segment_batch",
 ]
-
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
-
-
-def expand_sources(args: Sequence[str]) -> list[str]:
-    """SRC arguments -> raster paths: a directory means its rasters, a .txt file one path per
-    line ('#' starts a comment); anything else is passed to GDAL untouched (/vsicurl/...)."""
-    out: list[str] = []
-    for a in args:
-        p = Path(a)
-        if p.is_dir():
-            found = sorted(
-                str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES
-            )
-            if not found:
-                raise GeodduError(f"{a}: no rasters ({', '.join(RASTER_SUFFIXES)}) in this folder")
-            out += found
-        elif p.suffix.lower() == ".txt" and p.is_file():
-            for line in p.read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    out.append(line)
-        else:
-            out.append(a)
-    if not out:
-        raise GeodduError("no input rasters")
-    return out
-
-
-def output_name(src: str) -> str:
-    """`<stem>.tif` for any GDAL path, including /vsi... and URLs with a query string."""
-    name = src.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    return PurePosixPath(name).stem + ".tif"
-
-
-def batch_outputs(sources: Sequence[str], output_dir: str | os.PathLike) -> list[Path]:
-    outs = [Path(output_dir) / output_name(s) for s in sources]
-    seen: dict[Path, str] = {}
-    for s, o in zip(sources, outs, strict=True):
-        if o in seen:
-            raise GeodduError(f"{seen[o]} and {s} would both be written to {o}")
-        seen[o] = s
-    return outs
-
 
 @dataclass
 class SceneRecord:

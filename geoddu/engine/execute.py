@@ -38,6 +38,16 @@ def execute(
     request: SegmentRequest, progress: ProgressFn | None = None, cancel: CancelFn | None = None
 ) -> SegmentResult:
     """Run `request` here. Nothing is at any output path unless every output is complete."""
+    if request.mosaic:  # many files as one scene: a VRT over them, run as below
+        from .mosaic import execute_mosaic
+
+        return execute_mosaic(request, _execute_scene, progress, cancel)
+    return _execute_scene(request, progress, cancel)
+
+
+def _execute_scene(
+    request: SegmentRequest, progress: ProgressFn | None, cancel: CancelFn | None
+) -> SegmentResult:
     devices = resolve_devices(request.device, request.gpus)
     job = open_job(request, devices=[str(d) for d in devices])
     model, plan, cells = job.model, job.plan, job.plan.cells

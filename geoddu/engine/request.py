@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from ..errors import GeodduError
 from ..io.atomic import check_distinct_paths
+from ..io.sources import expand_sources
 from ..parallel import PRECISION_CHOICES, PRECISIONS
 from ..request_base import JsonRequest
 
@@ -40,7 +41,9 @@ PROBABILITY_DTYPES = ("float32", "uint8")
 PathLike = str | os.PathLike
 
 
-def _path(value: Any) -> str | None:
+def _path(value: Any) -> Any:
+    if isinstance(value, list | tuple):  # --mosaic: several inputs
+        return tuple(os.fspath(v) for v in value)
     return None if value is None else os.fspath(value)
 
 
@@ -53,9 +56,10 @@ class SegmentRequest(JsonRequest):
     ``skip_budget_bytes`` tune speed and memory and never change the result.
     """
 
-    src: str
-    output: str
-    model: Any
+    # One raster; with ``mosaic``, several (files, folders, .txt lists, VRTs) as one scene.
+    src: str | tuple[str, ...]
+    output: str | None = None
+    model: Any = None
     bands: tuple[int, ...] | None = None
     subimage_size: int | None = None
     device: str | None = None
@@ -79,6 +83,13 @@ class SegmentRequest(JsonRequest):
     schedule: str = "auto"
     strip_cells: int = STRIP_CELLS
     skip_budget_bytes: int = SKIP_BUDGET_BYTES
+    # --mosaic (geoddu.engine.mosaic): the inputs are one scene, a VRT over them; output is
+    # one map over their union, or output_dir one map per input cut from it. target_crs and
+    # resolution warp the inputs onto one grid.
+    mosaic: bool = False
+    output_dir: str | None = None
+    target_crs: str | None = None
+    resolution: float | None = None
     # Filled in, not given: the outputs by the names users know them by.
     outputs: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
@@ -88,8 +99,10 @@ class SegmentRequest(JsonRequest):
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalised once, here
-        for name in ("src", "output", "probabilities", "confidence", "aoi", "vector", "scratch"):
+        for name in ("src", "output", "probabilities", "confidence", "aoi", "vector", "scratch",
+                     "output_dir"):
             put(self, name, _path(getattr(self, name)))
+        self._check_inputs()
         if not isinstance(self.model, str | os.PathLike) and not hasattr(self.model, "net"):
             raise GeodduError("model: give a checkpoint path or a loaded model")
         if isinstance(self.model, os.PathLike):
@@ -134,11 +147,58 @@ class SegmentRequest(JsonRequest):
             "--vector": self.vector,
         }
         put(self, "outputs", {k: v for k, v in outputs.items() if v is not None})
-        check_distinct_paths(
-            self.outputs,
-            {"input raster": self.src, "--aoi": self.aoi,
-             "model": self.model if isinstance(self.model, str) else None},
-        )
+        for src in self.inputs:
+            check_distinct_paths(
+                self.outputs,
+                {"input raster": src, "--aoi": self.aoi,
+                 "model": self.model if isinstance(self.model, str) else None},
+            )
+
+    @classmethod
+    def required(cls, data: Mapping[str, Any]) -> tuple[str, ...]:
+        # A mosaic's output_dir (one map per input) stands in for output.
+        if data.get("output_dir") is not None:
+            return tuple(n for n in cls.REQUIRED if n != "output")
+        return cls.REQUIRED
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The input rasters: one, or a mosaic's."""
+        return self.src if isinstance(self.src, tuple) else (self.src,)
+
+    def _check_inputs(self) -> None:
+        """One raster and -o; or, with --mosaic, its inputs expanded and -o or --output-dir."""
+        put = object.__setattr__
+        if not self.mosaic:
+            if isinstance(self.src, tuple):
+                if len(self.src) != 1:
+                    raise GeodduError(
+                        f"{len(self.src)} inputs: give --mosaic to take them as one scene, or "
+                        "--output-dir to segment each on its own"
+                    )
+                put(self, "src", self.src[0])
+            for name in ("output_dir", "target_crs", "resolution"):
+                if getattr(self, name) is not None:
+                    raise GeodduError(f"{self.flag(name)} goes with --mosaic")
+            if self.output is None:
+                raise GeodduError("give the output class map (-o/--output)")
+            return
+        put(self, "src", tuple(expand_sources(self.inputs)))
+        if (self.output is None) == (self.output_dir is None):
+            raise GeodduError("--mosaic: give either -o/--output (one map over all inputs) "
+                              "or --output-dir (one map per input)")
+        if self.output_dir is not None:
+            if not os.path.isdir(self.output_dir):
+                raise GeodduError(f"{self.output_dir}: output directory does not exist")
+            for name in ("probabilities", "confidence", "vector"):
+                if getattr(self, name) is not None:
+                    raise GeodduError(f"{self.flag(name)} needs -o with --mosaic, not "
+                                      "--output-dir")
+        if self.resolution is not None and not (
+            isinstance(self.resolution, int | float) and math.isfinite(self.resolution)
+            and self.resolution > 0
+        ):
+            raise GeodduError(f"--resolution must be a positive number, got {self.resolution}")
 
     @property
     def wants_probabilities(self) -> bool:
