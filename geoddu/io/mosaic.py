@@ -22,7 +22,6 @@ XML. Every builder gives the same VRT as far as pixels and masks go (tests/io/te
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import os
@@ -469,7 +468,7 @@ def build_mosaic(sources: Sequence[str], folder: str | os.PathLike, *,
         raise GeodduError(f"unknown VRT builder {builder!r}; choose from {', '.join(BUILDERS)}")
     if resolution is not None and not (math.isfinite(resolution) and resolution > 0):
         raise GeodduError(f"--resolution must be a positive number, got {resolution}")
-    folder = Path(folder)
+    folder = Path(folder).absolute()
     members = [read_member(s) for s in sources]
     warping = target_crs is not None or resolution is not None
     if warping:
@@ -525,12 +524,3 @@ def cut_class_map(seamless: str | os.PathLike, members: Sequence[Member],
             w.abort()
         raise
     return writers
-
-
-def describe_members(mosaic: Mosaic) -> str:
-    """One line: how many inputs, the union's size, who built the VRT."""
-    counts = collections.Counter(m.count for m in mosaic.members)
-    bands = ", ".join(f"{c} bands" for c in counts)
-    how = "warped, " if mosaic.warped else ""
-    return (f"{len(mosaic.members)} inputs ({bands}) as one scene of {mosaic.width} x "
-            f"{mosaic.height} px ({how}VRT by {mosaic.builder})")
