@@ -169,20 +169,19 @@ def _setup_text(jobs: list[tuple[str, str]], many: bool, options: dict[str, Any]
 def _run(jobs, many: bool, options: dict[str, Any], skip_existing: bool, timeout_s: float,
          progress: ProgressFn | None) -> Any:
     from geoddu.engine.request import SegmentRequest
+    from geoddu.parallel.group import AgreedError, rank_and_world
 
+    if options.get("mosaic") and rank_and_world()[1] > 1:
+        # Every rank has the same options: refused alike, and said once (by rank 0).
+        raise AgreedError("--mosaic runs in one process: run it without torchrun")
     if many:
         from geoddu.engine.batch import segment_batch
 
         return segment_batch(jobs, options, skip_existing=skip_existing, progress=progress,
                              timeout_s=timeout_s)
     request = SegmentRequest(src=jobs[0][0], output=jobs[0][1], **options)
-    from geoddu.parallel.group import rank_and_world
-
     if rank_and_world()[1] > 1:
         from geoddu.engine.execute_ranks import execute_on_ranks
-
-        if request.mosaic:
-            raise GeodduError("--mosaic runs in one process: run it without torchrun")
 
         return execute_on_ranks(request, progress=progress)
     from geoddu.engine.execute import execute
