@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,16 +37,17 @@ import geoddu  # noqa: E402
 BINS = (0, 8, 16, 32, 64, 128)
 
 
-def cut_sheets(scene: Path, folder: Path) -> list[tuple[Path, tuple[slice, slice]]]:
-    """2 x 2 sheets of the scene (split at half its height and width), on its grid."""
+def cut_sheets(scene: Path, folder: Path, cut: tuple[int, int],
+               ) -> list[tuple[Path, tuple[slice, slice]]]:
+    """2 x 2 sheets of the scene, split at row and column ``cut``, on its grid."""
     with rasterio.open(scene) as src:
         h, w = src.height, src.width
         profile = src.profile
         data = src.read()
         mask = src.dataset_mask()
     sheets = []
-    for i, (r0, r1) in enumerate(((0, h // 2), (h // 2, h))):
-        for j, (c0, c1) in enumerate(((0, w // 2), (w // 2, w))):
+    for i, (r0, r1) in enumerate(((0, cut[0]), (cut[0], h))):
+        for j, (c0, c1) in enumerate(((0, cut[1]), (cut[1], w))):
             path = folder / f"sheet_{i}{j}.tif"
             part = dict(profile, width=c1 - c0, height=r1 - r0, tiled=False,
                         transform=profile["transform"] * Affine.translation(c0, r0))
@@ -88,15 +91,16 @@ def windows(scene: Path, ckpt: Path, window: int, overlap: int) -> np.ndarray:
     return out
 
 
-def border_distance(shape: tuple[int, int]) -> np.ndarray:
-    """Pixels to the nearest sheet border (the cuts at half height and width)."""
+def border_distance(shape: tuple[int, int], cut: tuple[int, int]) -> np.ndarray:
+    """Pixels to the nearest sheet border (the cuts)."""
     h, w = shape
-    rows = np.abs(np.arange(h) - h // 2 + 0.5) - 0.5
-    cols = np.abs(np.arange(w) - w // 2 + 0.5) - 0.5
+    rows = np.abs(np.arange(h) - cut[0] + 0.5) - 0.5
+    cols = np.abs(np.arange(w) - cut[1] + 0.5) - 0.5
     return np.minimum(rows[:, None], cols[None, :]).astype(int)
 
 
-def picture(whole: np.ndarray, results: dict[str, np.ndarray], path: Path) -> None:
+def picture(whole: np.ndarray, results: dict[str, np.ndarray], cut: tuple[int, int],
+            path: Path) -> None:
     """The difference maps side by side, 8 px apart, as an RGB PNG."""
     h, w = whole.shape
     gap = 8
@@ -107,11 +111,13 @@ def picture(whole: np.ndarray, results: dict[str, np.ndarray], path: Path) -> No
         panel[:, whole == 255] = 200
         wrong = (got != whole) & (whole != 255)
         panel[:, wrong] = np.array([220, 30, 30], np.uint8)[:, None]
-        panel[:, h // 2, :] = np.array([40, 90, 220], np.uint8)[:, None]
-        panel[:, :, w // 2] = np.array([40, 90, 220], np.uint8)[:, None]
-    with rasterio.open(path, "w", driver="PNG", width=img.shape[2], height=h, count=3,
-                       dtype="uint8") as dst:
-        dst.write(img)
+        panel[:, cut[0], :] = np.array([40, 90, 220], np.uint8)[:, None]
+        panel[:, :, cut[1]] = np.array([40, 90, 220], np.uint8)[:, None]
+    with warnings.catch_warnings():  # a picture, not a map: no georeferencing wanted
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="PNG", width=img.shape[2], height=h, count=3,
+                           dtype="uint8") as dst:
+            dst.write(img)
 
 
 def main() -> None:
@@ -122,13 +128,21 @@ def main() -> None:
                     help="of the checkpoint made without -m [128]")
     ap.add_argument("--window", type=int, default=256, help="sliding window [256]")
     ap.add_argument("--png", type=Path, default=Path("seams.png"))
+    ap.add_argument("--aligned", action="store_true",
+                    help="cut at a multiple of the subimage size below half the scene, so "
+                         "that each sheet's subimage grid is the scene's [cut at half]")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = workdir(args.workdir, "geoddu-seams-")
     ckpt = args.model or make_checkpoint(work / "model.pt", "DDU-Net(3,16,Y)", 8,
                                          args.subimage_size)
+    with rasterio.open(args.scene) as src:
+        cut = (src.height // 2, src.width // 2)
+    if args.aligned:
+        size = geoddu.load_model(ckpt).subimage_size
+        cut = (cut[0] // size * size, cut[1] // size * size)
     (work / "sheets").mkdir(exist_ok=True)
-    sheets = cut_sheets(args.scene, work / "sheets")
+    sheets = cut_sheets(args.scene, work / "sheets", cut)
     geoddu.segment(args.scene, work / "whole.tif", ckpt, overwrite=True)
     whole = classes(work / "whole.tif")
 
@@ -147,11 +161,12 @@ def main() -> None:
     results["--mosaic"] = classes(work / "mosaic.tif")
 
     valid = whole != 255
-    dist = border_distance(whole.shape)
+    dist = border_distance(whole.shape, cut)
     spans = list(zip(BINS, [*BINS[1:], None], strict=True))
     head = " | ".join(f"{a}-{b - 1} px" if b else f">= {a} px" for a, b in spans)
     print(f"scene {args.scene.name}: {whole.shape[1]} x {whole.shape[0]} px, "
-          f"{int(valid.sum())} valid, 2 x 2 sheets; model {ckpt}")
+          f"{int(valid.sum())} valid, 2 x 2 sheets cut at row {cut[0]}, column {cut[1]}; "
+          f"model {ckpt}")
     print(f"| run | pixels wrong | share | by distance to a sheet border: {head} |")
     print("|---|---|---|" + "---|" * (len(BINS)))
     for name, got in results.items():
@@ -160,7 +175,7 @@ def main() -> None:
                   for a, b in spans]
         print(f"| {name} | {int(wrong.sum())} | {wrong.sum() / valid.sum():.2%} | "
               + " | ".join(map(str, counts)) + " |")
-    picture(whole, results, args.png)
+    picture(whole, results, cut, args.png)
     print(f"difference maps (left to right: {', '.join(results)}): {args.png}")
 
 
