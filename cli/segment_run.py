@@ -207,7 +207,8 @@ def _jobs(
         if output is None:
             raise GeodduError("give -o/--output for one scene or --output-dir for several")
         if len(sources) != 1:
-            raise GeodduError(f"{len(sources)} inputs: use --output-dir for several scenes")
+            raise GeodduError(f"{len(sources)} inputs: use --output-dir for several scenes, or "
+                              "--mosaic to take them as one")
         return [(sources[0], output)], False
     if output is not None:
         raise GeodduError("give either -o/--output (one scene) or --output-dir")
