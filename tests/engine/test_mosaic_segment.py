@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,8 @@ from helpers import CRS, TRANSFORM, write_geotiff
 import geoddu
 from geoddu.engine.mosaic import plan_mosaic
 from geoddu.engine.request import SegmentRequest
-from geoddu.errors import GeodduError
+from geoddu.errors import Cancelled, GeodduError
+from geoddu.io.mosaic import build_mosaic
 
 GEODDU = [sys.executable, "-m", "geoddu.cli", "segment"]
 # A 200 x 260 scene cut into 3 x 3 sheets of unequal sizes (none a multiple of the 32 px
@@ -124,6 +127,36 @@ def test_a_gap_is_nodata_and_an_overlap_follows_the_order(tmp_path, sheets, chec
     assert _leftovers(tmp_path) == []
 
 
+def test_every_vrt_builder_gives_the_same_classes(tmp_path, sheets, checkpoint):
+    """Our XML writer always, GDAL's builders where installed: the same segmentation, over
+    all sheets (= the uncut scene) and over sheets with a gap and an overlap."""
+    image, scene, folder, windows = sheets
+    model = geoddu.load_model(checkpoint)  # loaded (and traced) once for the five runs
+    geoddu.segment(scene, tmp_path / "whole.tif", model)
+    extra = write_geotiff(tmp_path / "extra.tif", 255 - image[:, 40:120, 50:150],
+                          transform=TRANSFORM * Affine.translation(50, 40))
+    gap = [p for p in windows if p.name != "sheet_11.tif"] + [extra]
+    builders = ["xml"]
+    if shutil.which("gdalbuildvrt"):
+        builders.append("gdalbuildvrt")
+    if importlib.util.find_spec("osgeo") is not None:
+        builders.append("osgeo")
+    got: dict[str, list[np.ndarray]] = {}
+    for builder in builders:
+        for k, inputs in enumerate((list(windows), gap)):
+            folder = tmp_path / f"{builder}{k}"
+            folder.mkdir()
+            vrt = build_mosaic([str(p) for p in inputs], folder, builder=builder).path
+            geoddu.segment(vrt, folder / "classes.tif", model)
+            got.setdefault(builder, []).append(_classes(folder / "classes.tif"))
+    print(f"VRT builders compared: {', '.join(builders)}")
+    np.testing.assert_array_equal(got["xml"][0], _classes(tmp_path / "whole.tif"))
+    assert (got["xml"][1] == 255).any()  # the gap the extra sheet does not cover
+    for builder in builders[1:]:
+        for a, b in zip(got["xml"], got[builder], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_mixed_crs_is_refused_in_one_line_and_warped_with_target_crs(tmp_path, sheets,
                                                                     checkpoint):
     image, _, folder, windows = sheets
@@ -183,3 +216,23 @@ def test_the_request_travels_as_json_and_checks_its_outputs(tmp_path, sheets, ch
             SegmentRequest(**fields)
     with pytest.raises(GeodduError, match="--target-crs goes with --mosaic"):
         SegmentRequest(src="a.tif", output="o.tif", model="m.pt", target_crs="EPSG:4326")
+
+
+def test_a_cancelled_mosaic_leaves_nothing(tmp_path, sheets, checkpoint):
+    """Stopped halfway: no output, no per-input map, no temporary folder or VRT."""
+    _, _, folder, _ = sheets
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 5
+
+    for target in ({"output_dir": out}, {"dst": tmp_path / "map.tif"}):
+        calls.clear()
+        with pytest.raises(Cancelled):
+            geoddu.segment(folder, target.get("dst"), checkpoint, mosaic=True, cancel=cancel,
+                           output_dir=target.get("output_dir"))
+    assert list(out.iterdir()) == [] and not (tmp_path / "map.tif").exists()
+    assert _leftovers(tmp_path) == []
