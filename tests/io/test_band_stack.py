@@ -58,12 +58,15 @@ def _gdal_resampled(path: Path, method: str) -> np.ndarray:
 
 def test_band_files_segment_as_the_same_bands_in_one_file(tmp_path, model):
     """Three files give the classes of one 3-band file, 0 px apart, nodata (every band 0)
-    included; the order given is the band order; nothing is left beside the output."""
+    included, on two devices too; the order given is the band order; nothing is left beside
+    the output."""
     data = scene_bands()
     scene = write_band(tmp_path / "scene.tif", data, nodata=0)
     files = split_bands(tmp_path, data, ["B1.tif", "B2.tif", "B3.tif"])
     expected = geoddu.segment(scene, tmp_path / "one.tif", model)
-    result = geoddu.segment(None, tmp_path / "stack.tif", model, band_files=files)
+    # Two devices: two reader threads, each with its own handle on the VRT and its files.
+    result = geoddu.segment(None, tmp_path / "stack.tif", model, band_files=files,
+                            device="cpu,cpu")
     assert (result.width, result.height) == (WIDTH, HEIGHT)
     one, stack = _classes(tmp_path / "one.tif"), _classes(tmp_path / "stack.tif")
     np.testing.assert_array_equal(stack, one)
