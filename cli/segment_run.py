@@ -150,7 +150,8 @@ def _setup_text(jobs: list[tuple[str, str]], many: bool, options: dict[str, Any]
     """The status line while the first scene is opened and the model loaded (on the CPU the
     model is also traced, which takes a few seconds)."""
     model = options.get("model")
-    what = f"{len(jobs)} scenes" if many else Path(jobs[0][0]).name
+    what = (f"{len(jobs)} scenes" if many else Path(jobs[0][0]).name if jobs[0][0]
+            else "the band files")
     name = Path(model).name if isinstance(model, (str, os.PathLike)) else "the model"
     return f"setting up: opening {what}, loading and tracing {name}"
 
@@ -189,6 +190,9 @@ def _jobs(
         if len(sources) != 1:
             raise GeodduError(f"{len(sources)} inputs: use --output-dir for several scenes")
         return [(sources[0], output)], False
+    if None in sources:
+        raise GeodduError("--band-files and --stac make one scene: give -o/--output, not "
+                          "--output-dir")
     if output is not None:
         raise GeodduError("give either -o/--output (one scene) or --output-dir")
     if not Path(output_dir).is_dir():
