@@ -28,7 +28,9 @@ def segment(
     of :class:`geoddu.engine.request.SegmentRequest` (bands, subimage_size, device, gpus,
     precision, probabilities, confidence, cog, overwrite, aoi, aoi_layer, aoi_where, vector,
     vector_min_area, vector_simplify, scratch, store_max_ram_bytes, comm_tile_cells, schedule,
-    strip_cells, skip_budget_bytes), checked when the request is built.
+    strip_cells, skip_budget_bytes, resume), checked when the request is built. `resume=True`
+    keeps progress beside `dst` after each strip and continues a killed or cancelled run of
+    the same job (docs/resume.md).
 
     `progress(stage, done, total)` is called from the calling thread after each subimage (stages
     "encode", "communicate", "decode"); `cancel()` is polled between subimages and makes the run

@@ -79,6 +79,9 @@ class SegmentRequest(JsonRequest):
     schedule: str = "auto"
     strip_cells: int = STRIP_CELLS
     skip_budget_bytes: int = SKIP_BUDGET_BYTES
+    # Keep progress beside the output and continue a killed run of the same job
+    # (geoddu/engine/resume.py, docs/resume.md).
+    resume: bool = False
     # Filled in, not given: the outputs by the names users know them by.
     outputs: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
@@ -125,6 +128,9 @@ class SegmentRequest(JsonRequest):
                 raise GeodduError(f"{flag} must be a positive number, got {value}")
             if self.vector is None:
                 raise GeodduError(f"{flag} needs --vector")
+        if self.resume and self.wants_probabilities:
+            raise GeodduError("--resume keeps class maps only; run --probabilities and "
+                              "--confidence without --resume")
         if (self.aoi_layer is not None or self.aoi_where is not None) and self.aoi is None:
             raise GeodduError("--aoi-layer and --aoi-where need --aoi")
         outputs = {
