@@ -21,7 +21,6 @@ refused with one line; nothing is ever resumed silently.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -157,6 +156,8 @@ class ProgressRecord:
         return rec
 
     def _lock(self) -> None:
+        import fcntl  # POSIX, as the rest of the engine's scratch files (pread/pwrite)
+
         fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -238,6 +239,8 @@ def discard_resume_folder(output: str | os.PathLike[str]) -> None:
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
+    import fcntl
+
     fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: in use, left alone

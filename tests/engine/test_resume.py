@@ -25,8 +25,8 @@ from geoddu.errors import Cancelled, GeodduError
 
 GEODDU = [sys.executable, "-m", "geoddu.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-SIZE = 768  # 12 x 12 subimages of 64 px: 12 strips of one column
-STRIPS = SIZE // 64
+WIDTH, HEIGHT = 768, 1024  # 16 x 12 subimages of 64 px: 12 strips of one column
+STRIPS = WIDTH // 64
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def world(tmp_path_factory) -> Path:
     """A scene with nodata across subimage borders, a model with communication (reach 1)."""
     d = tmp_path_factory.mktemp("resume")
     rng = np.random.default_rng(7)
-    image = rng.integers(1, 255, (3, SIZE, SIZE), dtype=np.uint8)
+    image = rng.integers(1, 255, (3, HEIGHT, WIDTH), dtype=np.uint8)
     image[:, 100:200, 300:420] = 0
     write_geotiff(d / "scene.tif", image, nodata=0, tiled=True, blockxsize=256, blockysize=256)
     make_checkpoint(d / "model.pt", subimage_size=64)
@@ -93,7 +93,7 @@ def test_killed_runs_resume_to_the_same_bytes(world, tmp_path):
         np.testing.assert_array_equal(a.read(), b.read())
         assert (a.read(1) == 255).sum() == 100 * 120
     kept = set()
-    for k in (1, STRIPS // 2, STRIPS - 2):  # three kill points, at different strips
+    for k in (1, STRIPS // 2, STRIPS - 3):  # three kill points, at different strips
         out = tmp_path / f"k{k}" / "map.tif"
         out.parent.mkdir()
         request = _request(world, out)
@@ -101,6 +101,9 @@ def test_killed_runs_resume_to_the_same_bytes(world, tmp_path):
         assert k <= done < STRIPS, (k, done)
         assert not out.exists()  # partial data never looks like a result
         kept.add(done)
+        if k == 1:  # the resumed run killed too, two strips on
+            again = _kill_after(request, out, done + 2)
+            assert done + 2 <= again < STRIPS and not out.exists(), (done, again)
         r = _cli(request)
         assert r.returncode == 0, r.stderr
         assert out.read_bytes() == ref.read_bytes(), f"killed after {done} strips"
