@@ -20,7 +20,7 @@ from .job import Job, SegmentResult, finish_outputs
 from .resume import ProgressRecord, fingerprint
 from .runner import CancelFn, CellRunner, ProgressFn
 from .sinks import open_writers
-from .steps import StripRun, resumed_work
+from .steps import DeviceWork, StripRun, resumed_work
 from .strip_store import StripStore
 
 __all__ = ["execute_resumable"]
@@ -89,7 +89,7 @@ def execute_resumable(
     )
 
 
-def _totals(work) -> dict[str, int]:
+def _totals(work: Sequence[DeviceWork]) -> dict[str, int]:
     """Progress totals of what this run still does (a resumed run counts its own work)."""
     n = {"encode": 0, "communicate": 0, "decode": 0}
     for w in work:

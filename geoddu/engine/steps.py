@@ -284,6 +284,8 @@ def choose_schedule(
            f"two passes would take {two}")
     if kind == "one-pass":
         why = "one pass asked for (--schedule one-pass); " + why
+    elif one >= two:
+        why += "; one pass for --resume, which continues strips"
     return Schedule("one-pass", one, runs, width, why)
 
 
