@@ -206,6 +206,8 @@ class ProgressRecord:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.folder / RECORD)
+            # Persists the rename, and the names of the strip files created since the last
+            # record: their data was fsynced, but a name lives in the folder.
             _fsync_dir(self.folder)
         except OSError as exc:
             raise GeodduError(f"{self.folder}: cannot write --resume progress: "
