@@ -94,6 +94,11 @@ from .requests import error_events, request_fields
 @click.option("--aoi-layer", default=None, help="Layer of the --aoi file.")
 @click.option("--aoi-where", default=None, metavar="SQL",
               help="Attribute filter for --aoi features, e.g. \"name = 'farm'\".")
+@click.option("--resume", is_flag=True,
+              help="Keep progress beside the output (a hidden .NAME.geoddu-resume folder) after "
+                   "each strip, and continue a killed run of the same job from its last "
+                   "finished strip; the result is byte-identical to an uninterrupted --resume "
+                   "run. A changed model, input or option is refused (docs/resume.md).")
 @click.option("--plan", "show_plan", is_flag=True,
               help="Print the plan (schedule and why, strips per device, steps, expected peak "
                    "memory, outputs) and exit: no pixel is read, nothing is written.")

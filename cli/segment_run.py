@@ -197,7 +197,7 @@ def _jobs(
         raise GeodduError("give either -o/--output (one scene) or --output-dir")
     if not Path(output_dir).is_dir():
         raise GeodduError(f"{output_dir}: output directory does not exist")
-    for flag in ("probabilities", "confidence", "vector"):
+    for flag in ("probabilities", "confidence", "vector", "resume"):
         if options.get(flag):
             raise GeodduError(f"--{flag} needs one scene with -o")
     srcs = expand_sources(sources)

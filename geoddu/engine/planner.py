@@ -310,7 +310,8 @@ def make_plan(
                             why="torchrun ranks exchange the bottleneck halos between two passes")
     else:
         schedule = choose_schedule(cells, len(devices), skip_bytes, request.skip_budget_bytes,
-                                   request.strip_cells, request.schedule if world == 1 else "auto")
+                                   request.strip_cells, request.schedule if world == 1 else "auto",
+                                   request.resume)
     plan = JobPlan(request, spec, scene, cells, schedule, (), MemoryEstimate(()), world, rank)
     if world > 1:
         return _rank_plan(plan, rank, devices[0])

@@ -89,6 +89,9 @@ class SegmentRequest(JsonRequest):
     stac: str | None = None
     assets: tuple[str, ...] | None = None
     band_resampling: str = checked(Check(choices=RESAMPLINGS), DEFAULT_RESAMPLING)
+    # Keep progress beside the output and continue a killed run of the same job
+    # (geoddu/engine/resume.py, docs/resume.md).
+    resume: bool = False
     # Filled in, not given: the outputs by the names users know them by.
     outputs: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
@@ -138,6 +141,9 @@ class SegmentRequest(JsonRequest):
                 raise GeodduError(f"{flag} must be a positive number, got {value}")
             if self.vector is None:
                 raise GeodduError(f"{flag} needs --vector")
+        if self.resume and self.wants_probabilities:
+            raise GeodduError("--resume keeps class maps only; run --probabilities and "
+                              "--confidence without --resume")
         if (self.aoi_layer is not None or self.aoi_where is not None) and self.aoi is None:
             raise GeodduError("--aoi-layer and --aoi-where need --aoi")
         outputs = {
