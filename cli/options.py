@@ -143,6 +143,16 @@ def parse_bands(value: str | None) -> list[int] | None:
     return bands
 
 
+def parse_list(value: str | None) -> list[str] | None:
+    """A comma-separated list (``B04.tif,B03.tif``); None if not given."""
+    if value is None:
+        return None
+    items = value.split(",")
+    if not all(items):
+        raise click.BadParameter(f"{value!r}: an empty entry in the comma-separated list")
+    return items
+
+
 def bands_option(help: str) -> F:
     return click.option("--bands", callback=lambda ctx, param, v: parse_bands(v),
                         metavar="1,2,3", help=help)

@@ -13,10 +13,12 @@ from .options import (
     area_options,
     bands_option,
     device_option,
+    field_type,
     model_option,
     model_precision_option,
     output_option,
     overwrite_option,
+    parse_list,
     progress_option,
     quiet_option,
     request_option,
@@ -51,6 +53,21 @@ from .requests import error_events, request_fields
 @model_option("geoddu checkpoint (from `geoddu train` or `geoddu init`).")
 @request_option("geoddu.engine.request.SegmentRequest")
 @bands_option("Input bands to use, 1-based, in the model's order (default: the checkpoint's).")
+@click.option("--band-files", callback=lambda ctx, param, v: parse_list(v),
+              metavar="B04.tif,B03.tif,B02.tif",
+              help="Instead of SRC: single-band files (paths or URLs; band 1 of each), stacked "
+                   "in the model's band order on the first file's grid (docs/band-files.md).")
+@click.option("--stac", default=None, metavar="ITEM",
+              help="Instead of SRC: a STAC item (JSON file or https URL) whose --assets are "
+                   "the band files.")
+@click.option("--assets", callback=lambda ctx, param, v: parse_list(v),
+              metavar="red,green,blue",
+              help="With --stac: asset keys (or eo:bands common names), in the model's band "
+                   "order.")
+@click.option("--band-resampling", type=field_type(SegmentRequest, "band_resampling"),
+              default=SegmentRequest.band_resampling, show_default=True,
+              help="How a band file at another resolution than the first is resampled onto "
+                   "its grid (GDAL's methods; nearest for classes or QA bands).")
 @click.option("--subimage-size", type=click.IntRange(1), default=None,
               help="Override the checkpoint's subimage size (a multiple of the model stride).")
 @device_option("cpu (default), cuda, cuda:1; several comma-separated spread the work.")
@@ -89,6 +106,11 @@ from .requests import error_events, request_fields
 @click.option("--aoi-layer", default=None, help="Layer of the --aoi file.")
 @click.option("--aoi-where", default=None, metavar="SQL",
               help="Attribute filter for --aoi features, e.g. \"name = 'farm'\".")
+@click.option("--resume", is_flag=True,
+              help="Keep progress beside the output (a hidden .NAME.geoddu-resume folder) after "
+                   "each strip, and continue a killed run of the same job from its last "
+                   "finished strip; the result is byte-identical to an uninterrupted --resume "
+                   "run. A changed model, input or option is refused (docs/resume.md).")
 @click.option("--plan", "show_plan", is_flag=True,
               help="Print the plan (schedule and why, strips per device, steps, expected peak "
                    "memory, outputs) and exit: no pixel is read, nothing is written.")
@@ -117,6 +139,8 @@ def segment(src, output_dir, skip_existing, timeout, request_file, show_plan, as
       geoddu segment scene.tif -o farm.tif -m model.pt --aoi fields.gpkg --aoi-where "id = 7"
       geoddu segment scene.tif -o landcover.tif -m model.pt --vector landcover.gpkg --min-area 100
       geoddu segment a.tif b.tif scenes/ list.txt --output-dir out/ -m model.pt --skip-existing
+      geoddu segment --band-files B04.tif,B03.tif,B02.tif -o landcover.tif -m model.pt
+      geoddu segment --stac item.json --assets red,green,blue -o landcover.tif -m model.pt
       geoddu segment sheets/ --mosaic -o map.tif -m model.pt
       geoddu segment sheets/ --mosaic --output-dir out/ -m model.pt --target-crs EPSG:32631
       torchrun --nproc-per-node 4 -m geoddu.cli segment scene.tif -o out.tif -m model.pt
@@ -130,19 +154,24 @@ def segment(src, output_dir, skip_existing, timeout, request_file, show_plan, as
 
     with error_events(progress == "json"):
         options = request_fields(click.get_current_context(), SegmentRequest, request_file)
+        stacked = options.get("band_files") is not None or options.get("stac") is not None
         if request_file is not None:
             if src:
                 raise GeodduError("--request names the raster: give no SRC with it")
             options = SegmentRequest.from_dict(options).to_dict()
             src = options.pop("src")
             src = tuple(src) if isinstance(src, list) else (src,)
-        elif not src:
+        elif stacked and src:
+            raise GeodduError("--band-files and --stac name the scene: give no SRC with them")
+        elif not src and not stacked:
             raise GeodduError("give the raster to segment (SRC), or --request FILE")
         elif options.get("model") is None:
             raise GeodduError(
                 "no model (-m/--model): train one (geoddu train, or the QGIS Train model "
                 "algorithm) or write an untrained one with geoddu init; see docs/models.md"
             )
+        if not src:  # the scene is the band files, one scene
+            src = (None,)
         if as_json and not show_plan:
             raise GeodduError("--json goes with --plan")
     if show_plan:

@@ -160,8 +160,9 @@ def _setup_text(jobs: list[tuple[str, str]], many: bool, options: dict[str, Any]
     model is also traced, which takes a few seconds)."""
     model = options.get("model")
     src = jobs[0][0]
-    what = f"{len(jobs)} scenes" if many else (
-        f"{len(src)} inputs as one scene" if isinstance(src, tuple) else Path(src).name)
+    what = (f"{len(jobs)} scenes" if many
+            else f"{len(src)} inputs as one scene" if isinstance(src, tuple)
+            else Path(src).name if src else "the band files")
     name = Path(model).name if isinstance(model, (str, os.PathLike)) else "the model"
     return f"setting up: opening {what}, loading and tracing {name}"
 
@@ -201,7 +202,7 @@ def _jobs(
         # One scene made of every input (geoddu.engine.mosaic): one request, which checks
         # -o / --output-dir itself.
         options["output_dir"] = output_dir
-        return [(tuple(sources), output)], False
+        return [(None if None in sources else tuple(sources), output)], False
     if output_dir is None:
         # -o names one output for one raster: SRC is taken as given (a folder is an error).
         if output is None:
@@ -210,11 +211,14 @@ def _jobs(
             raise GeodduError(f"{len(sources)} inputs: use --output-dir for several scenes, or "
                               "--mosaic to take them as one")
         return [(sources[0], output)], False
+    if None in sources:
+        raise GeodduError("--band-files and --stac make one scene: give -o/--output, not "
+                          "--output-dir")
     if output is not None:
         raise GeodduError("give either -o/--output (one scene) or --output-dir")
     if not Path(output_dir).is_dir():
         raise GeodduError(f"{output_dir}: output directory does not exist")
-    for flag in ("probabilities", "confidence", "vector"):
+    for flag in ("probabilities", "confidence", "vector", "resume"):
         if options.get(flag):
             raise GeodduError(f"--{flag} needs one scene with -o")
     srcs = expand_sources(sources)

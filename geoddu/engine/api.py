@@ -15,7 +15,7 @@ __all__ = ["segment"]
 
 
 def segment(
-    src: str | os.PathLike | Sequence[str | os.PathLike],
+    src: str | os.PathLike | Sequence[str | os.PathLike] | None,
     dst: str | os.PathLike | None,
     model: Any,
     *,
@@ -29,8 +29,14 @@ def segment(
     of :class:`geoddu.engine.request.SegmentRequest` (bands, subimage_size, device, gpus,
     precision, probabilities, confidence, cog, overwrite, aoi, aoi_layer, aoi_where, vector,
     vector_min_area, vector_simplify, scratch, store_max_ram_bytes, comm_tile_cells, schedule,
-    strip_cells, skip_budget_bytes, mosaic, output_dir, target_crs, resolution), checked when
-    the request is built.
+    strip_cells, skip_budget_bytes, band_files, stac, assets, band_resampling, resume, mosaic,
+    output_dir, target_crs, resolution), checked when the request is built.
+
+    Bands in separate files: `src` None and `band_files=["B04.tif", "B03.tif", "B02.tif"]`, or
+    `stac="item.json"` (or an https URL) with `assets=["red", "green", "blue"]`, in the model's
+    band order; they are stacked on the first file's grid (docs/band-files.md). `resume=True`
+    keeps progress beside `dst` after each strip and continues a killed or cancelled run of
+    the same job (docs/resume.md).
 
     With ``mosaic=True``, `src` is several rasters (files, folders, .txt lists, VRTs) taken as
     one scene (docs/seams.md): `dst` is one map over their union, or, with `dst` None and

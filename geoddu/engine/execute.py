@@ -27,6 +27,7 @@ from ..parallel.devices import resolve_devices
 from ..resources import peak_rss_mb
 from .job import SegmentResult, finish_outputs, open_job
 from .request import SegmentRequest
+from .resume import discard_resume_folder
 from .runner import CancelFn, CellRunner, ProgressFn
 from .sinks import BackgroundWriter, open_writers
 from .stages import communicate_tiles, decode_cell, encode_cell
@@ -53,6 +54,10 @@ def _execute_scene(
     model, plan, cells = job.model, job.plan, job.plan.cells
     replicas = [model if model.device == d else copy.deepcopy(model).to(d).eval() for d in devices]
     run = CellRunner(job.source, replicas, progress, cancel)
+    if request.resume:
+        from .resume_run import execute_resumable
+
+        return execute_resumable(job, run, [str(d) for d in devices], progress, cancel)
     writers: dict[str, Any] = {}
     with job.running(writers):
         writers.update(open_writers(request, job.source, model))
@@ -83,6 +88,7 @@ def _execute_scene(
                 )
         job.close()  # the scratch space goes before polygonising
         extra_outputs = finish_outputs(job, writers, progress, cancel)
+    discard_resume_folder(request.output)  # a killed --resume run's, now superseded
     return SegmentResult(
         **job.result_fields(),
         skipped=run.skipped,

@@ -91,6 +91,9 @@ def _open_on_every_rank(
     try:
         if request.gpus is not None:
             raise GeodduError("--gpus does not apply under torchrun: one device per rank")
+        if request.resume:
+            raise GeodduError("--resume runs in one process (several devices: --gpus N or "
+                              "--device a,b), not under torchrun; run without --resume")
         if request.schedule == "one-pass":
             # A rank's strip would need its neighbours' rows as they are encoded; ranks
             # exchange the encoded halo once, between two passes (docs/distributed.md).

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from .mapstore import MapStore
 from .planner import JobPlan, concrete_precision, make_plan, open_scene, read_area
 from .request import SegmentRequest
 from .scene_check import warn_if_unlike
+from .scene_source import scene_path
 
 __all__ = ["Job", "SegmentResult", "finish_outputs", "open_job"]
 
@@ -74,6 +75,8 @@ class Job:
     scratch: str
     started: float
     stores: list[MapStore] = field(default_factory=list)
+    # What the scene needs while open (the VRT of --band-files), closed after it.
+    resources: ExitStack = field(default_factory=ExitStack)
 
     @property
     def store_shape(self) -> tuple[int, int, int]:
@@ -100,6 +103,7 @@ class Job:
         for s in self.stores:
             s.close()
         self.source.close()
+        self.resources.close()
 
     @contextmanager
     def running(self, writers: dict[str, Any]) -> Iterator[None]:
@@ -180,9 +184,17 @@ def open_job(
             model = model.to(device)
         model = model.with_precision(request.precision)
     model.eval()
-    source = open_scene(request.src, request.bands, model.spec)
+    resources = ExitStack()
     try:
-        warn_if_unlike(model.metadata, source, str(request.src))
+        # Rank 0 alone writes outputs: other ranks' hosts need not have the output folder.
+        path, bands = resources.enter_context(
+            scene_path(request, len(model.spec.bands), beside_output=rank == 0))
+        source = open_scene(path, bands, model.spec)
+    except BaseException:
+        resources.close()
+        raise
+    try:
+        warn_if_unlike(model.metadata, source, request.scene_label)
         area = read_area(request, source)
         if world > 1:
             devices = [str(model.device)]
@@ -190,8 +202,9 @@ def open_job(
         check_scratch_space(scratch, plan.memory.scratch_bytes)
     except BaseException:
         source.close()
+        resources.close()
         raise
-    return Job(request, model, source, plan, area, scratch, started)
+    return Job(request, model, source, plan, area, scratch, started, resources=resources)
 
 
 def finish_outputs(

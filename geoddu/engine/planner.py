@@ -27,6 +27,7 @@ from .mapstore import MapStore
 from .memory import MemoryEstimate, estimate_memory, split_stores
 from .plan import SegmentPlan, plan_segment
 from .request import SegmentRequest
+from .scene_source import scene_path
 from .steps import (
     DecodeRow,
     DeviceWork,
@@ -275,7 +276,8 @@ def plan_job(
         device = devices[0] if devices else resolve_devices(request.device, request.gpus)[0]
         request = concrete_precision(request, device)
     spec = model_spec(request.model)
-    with open_scene(request.src, request.bands, spec) as source:
+    with scene_path(request, len(spec.bands)) as (path, bands), \
+            open_scene(path, bands, spec) as source:
         return make_plan(request, spec, source, read_area(request, source), devices, world, rank)
 
 
@@ -298,7 +300,7 @@ def make_plan(
     cells = plan_segment(part, stride=spec.stride, communicates=spec.communicates,
                          comm_halo=spec.comm_halo, tile_cells=request.comm_tile_cells,
                          touched=touched)
-    scene = SceneHeader(source.path, source.width, source.height, tuple(source.bands),
+    scene = SceneHeader(request.scene_label, source.width, source.height, tuple(source.bands),
                         str(source.dtype))
     skip_bytes = spec.skip_bytes(part.row_sizes[0], request.precision)
     if world > 1 and spec.communicates:
@@ -308,7 +310,8 @@ def make_plan(
                             why="torchrun ranks exchange the bottleneck halos between two passes")
     else:
         schedule = choose_schedule(cells, len(devices), skip_bytes, request.skip_budget_bytes,
-                                   request.strip_cells, request.schedule if world == 1 else "auto")
+                                   request.strip_cells, request.schedule if world == 1 else "auto",
+                                   request.resume)
     plan = JobPlan(request, spec, scene, cells, schedule, (), MemoryEstimate(()), world, rank)
     if world > 1:
         return _rank_plan(plan, rank, devices[0])

@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 
 from ..errors import GeodduError
 from ..io.atomic import check_distinct_paths
+from ..io.band_stack import DEFAULT_RESAMPLING, RESAMPLINGS
 from ..io.sources import expand_sources
 from ..parallel import PRECISION_CHOICES, PRECISIONS
-from ..request_base import JsonRequest
+from ..request_base import Check, JsonRequest, checked
 
 __all__ = ["PRECISIONS", "SegmentRequest"]
 
@@ -51,15 +52,21 @@ def _path(value: Any) -> Any:
 class SegmentRequest(JsonRequest):
     """A segment job. Paths are kept as given (GDAL paths such as ``/vsicurl/`` included).
 
+    The scene is ``src``, or bands in separate files stacked in the model's band order
+    (``band_files``, or the ``assets`` of the STAC item ``stac``; ``band_resampling`` for
+    files at another resolution than the first: geoddu.io.band_stack). ``src`` is then None.
+
     ``model`` is a checkpoint path, or an already loaded ``SegmentationModel`` (Python API).
     ``store_max_ram_bytes``, ``comm_tile_cells``, ``schedule``, ``strip_cells`` and
     ``skip_budget_bytes`` tune speed and memory and never change the result.
     """
 
-    # One raster; with ``mosaic``, several (files, folders, .txt lists, VRTs) as one scene.
-    src: str | tuple[str, ...]
-    output: str | None = None
-    model: Any = None
+    # One raster; None where band_files or stac name the scene; with ``mosaic``, several
+    # (files, folders, .txt lists, VRTs) as one scene. output and model are keywords.
+    src: str | tuple[str, ...] | None = None
+    # None only for a mosaic written to output_dir.
+    output: str | None = field(default=None, kw_only=True)
+    model: Any = field(default=None, kw_only=True)
     bands: tuple[int, ...] | None = None
     subimage_size: int | None = None
     device: str | None = None
@@ -83,6 +90,13 @@ class SegmentRequest(JsonRequest):
     schedule: str = "auto"
     strip_cells: int = STRIP_CELLS
     skip_budget_bytes: int = SKIP_BUDGET_BYTES
+    band_files: tuple[str, ...] | None = None
+    stac: str | None = None
+    assets: tuple[str, ...] | None = None
+    band_resampling: str = checked(Check(choices=RESAMPLINGS), DEFAULT_RESAMPLING)
+    # Keep progress beside the output and continue a killed run of the same job
+    # (geoddu/engine/resume.py, docs/resume.md).
+    resume: bool = False
     # --mosaic (geoddu.engine.mosaic): the inputs are one scene, a VRT over them; output is
     # one map over their union, or output_dir one map per input cut from it. target_crs and
     # resolution warp the inputs onto one grid.
@@ -93,16 +107,18 @@ class SegmentRequest(JsonRequest):
     # Filled in, not given: the outputs by the names users know them by.
     outputs: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("src", "output", "model")
+    # src, or band_files, or stac: one of them (checked when built).
+    REQUIRED: ClassVar[tuple[str, ...]] = ("output", "model")
     FLAGS: ClassVar[Mapping[str, str]] = {"vector_min_area": "--min-area",
                                           "vector_simplify": "--simplify"}
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalised once, here
         for name in ("src", "output", "probabilities", "confidence", "aoi", "vector", "scratch",
-                     "output_dir"):
+                     "stac", "output_dir"):
             put(self, name, _path(getattr(self, name)))
         self._check_inputs()
+        self._check_scene()
         if not isinstance(self.model, str | os.PathLike) and not hasattr(self.model, "net"):
             raise GeodduError("model: give a checkpoint path or a loaded model")
         if isinstance(self.model, os.PathLike):
@@ -138,6 +154,9 @@ class SegmentRequest(JsonRequest):
                 raise GeodduError(f"{flag} must be a positive number, got {value}")
             if self.vector is None:
                 raise GeodduError(f"{flag} needs --vector")
+        if self.resume and self.wants_probabilities:
+            raise GeodduError("--resume keeps class maps only; run --probabilities and "
+                              "--confidence without --resume")
         if (self.aoi_layer is not None or self.aoi_where is not None) and self.aoi is None:
             raise GeodduError("--aoi-layer and --aoi-where need --aoi")
         outputs = {
@@ -147,11 +166,13 @@ class SegmentRequest(JsonRequest):
             "--vector": self.vector,
         }
         put(self, "outputs", {k: v for k, v in outputs.items() if v is not None})
+        self.check_fields()  # every field is set now (outputs included)
         for src in self.inputs:
             check_distinct_paths(
                 self.outputs,
                 {"input raster": src, "--aoi": self.aoi,
-                 "model": self.model if isinstance(self.model, str) else None},
+                 "model": self.model if isinstance(self.model, str) else None,
+                 **{f"band file {p}": p for p in self.band_files or ()}},
             )
 
     @classmethod
@@ -169,6 +190,12 @@ class SegmentRequest(JsonRequest):
     def _check_inputs(self) -> None:
         """One raster and -o; or, with --mosaic, its inputs expanded and -o or --output-dir."""
         put = object.__setattr__
+        if self.mosaic and (self.band_files is not None or self.stac is not None
+                            or self.src is None):
+            raise GeodduError("--mosaic takes its inputs as SRC, not --band-files or --stac")
+        if self.mosaic and self.resume:
+            # The mosaic's VRT is new every run: nothing for --resume to recognise.
+            raise GeodduError("--resume does not go with --mosaic (yet)")
         if not self.mosaic:
             if isinstance(self.src, tuple):
                 if len(self.src) != 1:
@@ -199,6 +226,48 @@ class SegmentRequest(JsonRequest):
             and self.resolution > 0
         ):
             raise GeodduError(f"--resolution must be a positive number, got {self.resolution}")
+
+    def _check_scene(self) -> None:
+        """One scene: ``src``, or ``band_files``, or ``stac`` with ``assets``."""
+        put = object.__setattr__
+        for name in ("band_files", "assets"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str | os.PathLike):
+                raise GeodduError(f"{self.flag(name)}: give a list, not one string")
+            value = tuple(os.fspath(v) for v in value)
+            if not value or not all(value):
+                raise GeodduError(f"{self.flag(name)}: empty list or name")
+            put(self, name, value)
+        given = [n for n, v in (("SRC", self.src), ("--band-files", self.band_files),
+                                ("--stac", self.stac)) if v is not None]
+        if not given:
+            raise GeodduError("give the raster to segment (SRC), or its bands as --band-files "
+                              "or --stac")
+        if len(given) > 1:
+            raise GeodduError(f"{' and '.join(given)} both name the scene: give one")
+        if self.assets is not None and self.stac is None:
+            raise GeodduError("--assets needs --stac")
+        if self.stac is not None and self.assets is None:
+            raise GeodduError("--stac needs --assets: the item's assets, in the model's band "
+                              "order")
+        if self.src is None and self.bands is not None:
+            raise GeodduError(f"--bands does not apply to {given[0]}: their order is the "
+                              "model's band order")
+        if self.src is not None and self.band_resampling != DEFAULT_RESAMPLING:
+            raise GeodduError("--band-resampling needs --band-files or --stac")
+
+    @property
+    def scene_label(self) -> str:
+        """The scene as messages and the plan name it."""
+        if isinstance(self.src, tuple):
+            return f"{len(self.src)} inputs as one scene"
+        if self.src is not None:
+            return self.src
+        if self.band_files is not None:
+            return ",".join(self.band_files)
+        return f"{self.stac} (assets {','.join(self.assets or ())})"
 
     @property
     def wants_probabilities(self) -> bool:

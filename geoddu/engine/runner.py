@@ -22,7 +22,7 @@ from ..resources import release_free_memory
 from .memory import READ_AHEAD
 from .plan import SegmentPlan
 from .stages import Worker
-from .steps import DeviceWork
+from .steps import DeviceWork, StripRun
 from .strips import run_strips
 
 __all__ = ["CellRunner", "CancelFn", "ProgressFn"]
@@ -83,14 +83,16 @@ class CellRunner:
 
     def over_strips(
         self, work: Sequence[DeviceWork], totals: dict[str, int], plan: SegmentPlan, sink: Any,
-        area: Any,
+        area: Any, strip_done: Callable[[StripRun], None] | None = None,
     ) -> None:
         """The one-pass schedule: each device runs its planned strips
-        (:func:`geoddu.engine.strips.run_strips`) over its planned reads."""
+        (:func:`geoddu.engine.strips.run_strips`) over its planned reads; `strip_done(strip)`
+        in the device's thread after each."""
 
         def run(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
             feed = _prefetch(ctx.source, work[k].reads, stop)
-            runs, skipped = run_strips(ctx, work[k].strips, plan, feed, sink, area, tick, stop)
+            runs, skipped = run_strips(ctx, work[k].strips, plan, feed, sink, area, tick, stop,
+                                       strip_done)
             with self._lock:
                 self.encoder_runs += runs
                 self.skipped += skipped

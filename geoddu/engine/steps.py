@@ -15,8 +15,8 @@ files. The executors walk these steps and decide nothing themselves, so what
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from ..parallel.halo import HaloPlan
 from ..partition import Subimage, balanced_blocks
@@ -36,6 +36,7 @@ __all__ = [
     "device_work",
     "encoder_runs",
     "rank_work",
+    "resumed_work",
     "strip_runs",
 ]
 
@@ -190,6 +191,30 @@ def strip_runs(plan: SegmentPlan, width: int, devices: int = 1) -> list[tuple[St
             for block in plan.strips(width, devices)]
 
 
+def resumed_work(
+    plan: SegmentPlan, work: Sequence[DeviceWork], done: Collection[tuple[int, int]]
+) -> tuple[DeviceWork, ...]:
+    """`work` (one pass) less the strips whose columns are `done` (a killed --resume run's).
+    A strip whose left neighbour does not run here encodes its left context again, as a
+    device's first strip does: the same cells from the same pixels, so the same maps."""
+    encode = {c.index: c for c in plan.encode}
+    decode = {c.index: c for c in plan.decode}
+    out = []
+    for w in work:
+        runs: list[StripRun] = []
+        left_runs = False
+        for r in w.strips:
+            if r.strip.cols in done:
+                left_runs = False
+                continue
+            if r.strip.left_cached and not left_runs:
+                r = _strip_run(plan, replace(r.strip, left_cached=False), encode, decode)
+            runs.append(r)
+            left_runs = True
+        out.append(DeviceWork(w.device, tuple(runs)))
+    return tuple(out)
+
+
 def encoder_runs(runs: Sequence[Sequence[StripRun]]) -> int:
     """Encoder passes the strips cost: every planned cell once, the re-encoded right context
     columns twice."""
@@ -225,10 +250,12 @@ def choose_schedule(
     budget: int,
     strip_cells: int,
     kind: str = "auto",
+    resumable: bool = False,
 ) -> Schedule:
     """One pass where its skips fit `budget` (each cell's skips are `cell_bytes`; a strip
     keeps `reach + 1` rows of them) and it runs the encoder fewer times than two passes
-    would; else two passes. `kind` forces one ("one-pass", "two-pass")."""
+    would; else two passes. `kind` forces one ("one-pass", "two-pass"). `resumable`
+    (--resume, which continues strips): one pass wherever it fits, whatever it costs."""
     two = len(plan.encode) + len(plan.decode)
     if not plan.communicates:  # independent subimages: the decode pass is the only one
         return Schedule("one-pass", len(plan.decode),
@@ -249,7 +276,7 @@ def choose_schedule(
     width = max(1, width)
     runs = tuple(strip_runs(plan, width, devices))
     one = encoder_runs(runs)
-    if kind == "auto" and one >= two:
+    if kind == "auto" and one >= two and not resumable:
         return Schedule("two-pass", two, why=f"strips of {_columns(width)} would run the "
                         f"encoder {one} times, two passes {two}")
     why = (f"{keeps}: strips of {_columns(width)} keep {human_bytes(rows * width * cell_bytes)} "
@@ -257,6 +284,8 @@ def choose_schedule(
            f"two passes would take {two}")
     if kind == "one-pass":
         why = "one pass asked for (--schedule one-pass); " + why
+    elif one >= two:
+        why += "; one pass for --resume, which continues strips"
     return Schedule("one-pass", one, runs, width, why)
 
 

@@ -41,10 +41,12 @@ def run_strips(
     area: Any,
     tick: Callable[[str], None],
     stop: threading.Event,
+    strip_done: Callable[[StripRun], None] | None = None,
 ) -> tuple[int, int]:
     """Run the planned steps of `runs` (one device's strips) on `ctx`'s device; `feed` yields
-    the windows of their encode steps, in order (the device's planned reads). Returns (encoder
-    runs, all-nodata subimages)."""
+    the windows of their encode steps, in order (the device's planned reads). `strip_done`
+    is called after each strip, once every window of it is in `sink` (--resume records it).
+    Returns (encoder runs, all-nodata subimages)."""
     n_runs = skipped = 0
     carried: dict[Cell, np.ndarray] = {}
     for strip in runs:
@@ -52,6 +54,8 @@ def run_strips(
         one = _StripRun(ctx, strip, plan, sink, area, tick, left)
         if not one.run(feed, stop):
             break
+        if strip_done is not None:
+            strip_done(strip)
         carried = one.carried
         n_runs += one.runs
         skipped += one.skipped
