@@ -148,7 +148,8 @@ def segment(src, output_dir, skip_existing, timeout, request_file, show_plan, as
     Several SRC (a folder means its rasters, a .txt file one path per line) need
     --output-dir. Under torchrun the ranks share the work: scenes are spread over the ranks, and
     a scene larger than a fair share is cut into blocks of subimages, one per rank, which
-    exchange only the halos the communication network needs (docs/distributed.md).
+    exchange only the halos the communication network needs (docs/distributed.md); a --mosaic
+    is one such scene, its VRT built alike on every rank.
     """
     from .segment_run import run_segment
 

@@ -75,7 +75,14 @@ def run_segment(
                         except GeodduError as exc:
                             failure = exc
                     agree(failure, None)
-                    jobs, many = broadcast((jobs, many), None)
+                    # _jobs settles output_dir in the options (a batch's goes into its jobs,
+                    # a mosaic's into its one request): every rank takes rank 0's, else the
+                    # other ranks' requests would still carry a batch's --output-dir.
+                    settled = ("output_dir" in options, options.get("output_dir"))
+                    jobs, many, settled = broadcast((jobs, many, settled), None)
+                    options.pop("output_dir", None)
+                    if settled[0]:
+                        options["output_dir"] = settled[1]
                 else:
                     jobs, many = _jobs(sources, output, output_dir, options)
                 bars.setup(_setup_text(jobs, many, options))
@@ -170,11 +177,8 @@ def _setup_text(jobs: list[tuple[str, str]], many: bool, options: dict[str, Any]
 def _run(jobs, many: bool, options: dict[str, Any], skip_existing: bool, timeout_s: float,
          progress: ProgressFn | None) -> Any:
     from geoddu.engine.request import SegmentRequest
-    from geoddu.parallel.group import AgreedError, rank_and_world
+    from geoddu.parallel.group import rank_and_world
 
-    if options.get("mosaic") and rank_and_world()[1] > 1:
-        # Every rank has the same options: refused alike, and said once (by rank 0).
-        raise AgreedError("--mosaic runs in one process: run it without torchrun")
     if many:
         from geoddu.engine.batch import segment_batch
 

@@ -132,6 +132,15 @@ def execute_on_ranks(
     rank, world = rank_and_world(group)
     if world == 1:
         return execute(request, progress=progress, cancel=cancel)
+    if request.mosaic:
+        # Many files as one scene: every rank builds the same VRT, then this runs over it.
+        from .mosaic import execute_mosaic
+
+        def over_ranks(scene: SegmentRequest, p: ProgressFn | None, c: CancelFn | None,
+                       ) -> SegmentResult:
+            return execute_on_ranks(scene, group, p, c)
+
+        return execute_mosaic(request, over_ranks, progress, cancel, ranks=True, group=group)
     if rank != 0:
         progress = cancel = None
     job, writers = _open_on_every_rank(request, rank, world, group)
