@@ -67,7 +67,7 @@ def scene_request(request: SegmentRequest, mosaic: Mosaic, output: str | None = 
                   ) -> SegmentRequest:
     """The one-scene request over the mosaic's VRT (to ``output`` in place of -o)."""
     changes: dict = {"src": str(mosaic.path), "mosaic": False, "output_dir": None,
-                     "target_crs": None, "resolution": None}
+                     "target_crs": None, "resolution": None, "mosaic_of": request.inputs}
     if output is not None:
         # The seamless map is an intermediate: no COG, and the temporary folder is new.
         changes.update(output=output, cog=False, overwrite=False)

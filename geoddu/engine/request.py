@@ -104,6 +104,9 @@ class SegmentRequest(JsonRequest):
     output_dir: str | None = None
     target_crs: str | None = None
     resolution: float | None = None
+    # Set by --mosaic on the one-scene run over its VRT (a new file in a new folder every run):
+    # the inputs it was built from, which is what --resume recognises the scene by.
+    mosaic_of: tuple[str, ...] | None = None
     # Filled in, not given: the outputs by the names users know them by.
     outputs: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
@@ -193,9 +196,10 @@ class SegmentRequest(JsonRequest):
         if self.mosaic and (self.band_files is not None or self.stac is not None
                             or self.src is None):
             raise GeodduError("--mosaic takes its inputs as SRC, not --band-files or --stac")
-        if self.mosaic and self.resume:
-            # The mosaic's VRT is new every run: nothing for --resume to recognise.
-            raise GeodduError("--resume does not go with --mosaic (yet)")
+        if self.mosaic and self.resume and self.output_dir is not None:
+            # --resume keeps its progress beside the one map it finishes.
+            raise GeodduError("--resume with --mosaic continues one map over the inputs: give "
+                              "-o, not --output-dir")
         if not self.mosaic:
             if isinstance(self.src, tuple):
                 if len(self.src) != 1:

@@ -93,7 +93,10 @@ def fingerprint(job: Any, strips: Sequence[tuple[int, int]], devices: Iterable[s
     return {
         "model": {"content": _model_hash(request.model), "precision": request.precision},
         "input": {
-            "file": _file_identity(request.src),
+            # A mosaic's VRT is rebuilt in a new folder by every run: its inputs are the
+            # scene (its header below holds the grid a --target-crs/--resolution made).
+            "file": ([_file_identity(p) for p in request.mosaic_of]
+                     if request.mosaic_of else _file_identity(request.src)),
             "header": [source.width, source.height, str(source.dtype), str(source.crs),
                        list(source.transform)[:6]],
         },

@@ -21,7 +21,7 @@ GEODDU = [sys.executable, "-m", "geoddu.cli"]
 # Fields only the Python API sets (speed and memory tuning, never the result); SRC is segment's
 # argument, not an option.
 PYTHON_ONLY = {"src", "store_max_ram_bytes", "comm_tile_cells", "strip_cells",
-               "skip_budget_bytes"}
+               "skip_budget_bytes", "mosaic_of"}  # mosaic_of: set by --mosaic itself
 
 
 @pytest.mark.parametrize(("command", "request_type"),

@@ -216,8 +216,9 @@ def test_the_request_travels_as_json_and_checks_its_outputs(tmp_path, sheets, ch
             SegmentRequest(**fields)
     with pytest.raises(GeodduError, match="not --band-files"):
         SegmentRequest(band_files=["a.tif"], output="o.tif", model="m.pt", mosaic=True)
-    with pytest.raises(GeodduError, match="--resume does not go with --mosaic"):
-        SegmentRequest(src=["a.tif"], output="o.tif", model="m.pt", mosaic=True, resume=True)
+    # --mosaic --resume continues one map (tests/engine/test_resume.py), not per-input ones.
+    with pytest.raises(GeodduError, match="give -o, not --output-dir"):
+        SegmentRequest(src=["a.tif"], output_dir=".", model="m.pt", mosaic=True, resume=True)
     with pytest.raises(GeodduError, match="--target-crs goes with --mosaic"):
         SegmentRequest(src="a.tif", output="o.tif", model="m.pt", target_crs="EPSG:4326")
 

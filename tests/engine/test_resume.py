@@ -207,3 +207,48 @@ def test_area_of_interest_resumes(world, tmp_path):
                    resume=True)
     with rasterio.open(full) as a, rasterio.open(out) as b:
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_a_killed_mosaic_resumes_to_the_same_bytes(world, tmp_path):
+    """--mosaic --resume: the VRT is rebuilt in a new folder by every run, and the run is
+    recognised by its inputs; killed at three strips, resumed, the same bytes."""
+    sheets = tmp_path / "sheets"
+    sheets.mkdir()
+    with rasterio.open(world / "scene.tif") as src:
+        image, nodata = src.read(), src.nodata
+    rows, cols = (0, 400, HEIGHT), (0, 330, WIDTH)  # unequal sheets, off the subimage grid
+    for i in range(2):
+        for j in range(2):
+            r0, r1, c0, c1 = rows[i], rows[i + 1], cols[j], cols[j + 1]
+            write_geotiff(sheets / f"s{i}{j}.tif", image[:, r0:r1, c0:c1], nodata=nodata,
+                          transform=TRANSFORM * TRANSFORM.translation(c0, r0))
+
+    def request(out: Path) -> Path:
+        return _request(world, out, src=[str(sheets)], mosaic=True)
+
+    ref = tmp_path / "ref" / "map.tif"
+    ref.parent.mkdir()
+    r = _cli(request(ref))
+    assert r.returncode == 0, r.stderr
+    whole = tmp_path / "ref" / "whole.tif"  # the uncut scene: the mosaic is seamless
+    assert _cli(_request(world, whole, resume=False)).returncode == 0
+    with rasterio.open(ref) as a, rasterio.open(whole) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    for k in (2, STRIPS // 2, STRIPS - 2):
+        out = tmp_path / f"k{k}" / "map.tif"
+        out.parent.mkdir()
+        done = _kill_after(request(out), out, k)
+        assert k <= done < STRIPS and not out.exists(), (k, done)
+        r = _cli(request(out))
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == ref.read_bytes(), f"killed after {done} strips"
+        assert _files(out.parent) == ["map.tif", "map.tif.aux.xml"]
+    # A changed sheet is another scene.
+    out = tmp_path / "changed" / "map.tif"
+    out.parent.mkdir()
+    _kill_after(request(out), out, 2)
+    with rasterio.open(sheets / "s11.tif", "r+") as ds:
+        ds.write(np.full((3, 1, 1), 9, np.uint8), window=rasterio.windows.Window(0, 0, 1, 1))
+    r = _cli(request(out))
+    assert r.returncode == 1 and r.stderr.count("Error:") == 1, r.stderr
+    assert "input scene differs" in r.stderr, r.stderr

@@ -6,20 +6,26 @@ import os
 
 from qgis.core import (
     QgsProcessing,
+    QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
     QgsProcessingParameterVectorLayer,
+    QgsProperty,
 )
 
 from . import engine_bridge
-from .algorithm_base import GeodduAlgorithm, docs_url, existing_file
+from .algorithm_base import GeodduAlgorithm, docs_url, existing_file, raster_path
+from .output_guard import file_state, listdir
 from .styling import ClassMapStyler, ClassPolygonStyler, read_classes
 
 __all__ = ["DEVICES", "PRECISIONS", "SegmentAlgorithm", "docs_url", "make_folders",
@@ -38,6 +44,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
     PRECISION, SUBIMAGE_SIZE = "PRECISION", "SUBIMAGE_SIZE"
     PROBABILITIES, CONFIDENCE, POLYGONS = "PROBABILITIES", "CONFIDENCE", "POLYGONS"
     AOI = "AOI"
+    MOSAIC_WITH, TILE_OUTPUTS = "MOSAIC_WITH", "TILE_OUTPUTS"
     NAME, TITLE, HELP_ANCHOR = "segment", "Segment raster (DDU-Net)", "segment-raster-ddu-net"
     DESCRIPTION = "Segments a raster into a class map with a DDU-Net checkpoint."
     HELP = (
@@ -59,10 +66,25 @@ class SegmentAlgorithm(GeodduAlgorithm):
         "Plugins > geoddu > Hardware and precision… shows it).\n"
         "Subimage size (SUBIMAGE_SIZE, advanced): pixels per subimage side (0: the "
         "checkpoint's).\n"
+        "Segment together with (MOSAIC_WITH, optional): more raster layers (files GDAL "
+        "reads: tiles or sheets of the same scene) segmented with the input as ONE seamless "
+        "mosaic, through a GDAL virtual raster over their union, so sheet edges are no seams. "
+        "They must share the input's CRS, resolution, pixel grid, band count, data type and "
+        "nodata (else the run stops with one line saying which differ). Where they overlap, "
+        "later layers are drawn over earlier ones (GDAL's VRT order): the input first, then "
+        "these layers in the order given. A virtual raster (.vrt) as the input is one scene "
+        "already.\n"
+        "Per-tile class maps (TILE_OUTPUTS, optional, with MOSAIC_WITH): a folder that gets "
+        "one class map per input, <name>.tif, each cut from the seamless result on that "
+        "input's exact grid. The engine writes either the one class map over the union or the "
+        "per-tile maps: with this folder the Class map is not written (leave it a temporary "
+        "output or skip it; a named Class map file is refused), and Class probabilities, "
+        "Confidence and Polygons are not available.\n"
         "Area of interest (AOI, optional): a polygon layer, in any CRS; only the pixels "
         "inside its polygons are segmented, the rest of the class map is nodata (255).\n"
         "Class map (OUTPUT): a GeoTIFF (uint8, nodata 255) with the input's CRS and "
-        "transform; it is added to the project with the checkpoint's class colours and "
+        "transform (with MOSAIC_WITH: over the union of all inputs); it is added to the "
+        "project with the checkpoint's class colours and "
         "names.\n"
         "Class probabilities (PROBABILITIES) and Confidence (CONFIDENCE), optional: "
         "float32 GeoTIFFs with one band per class, and the highest class probability.\n"
@@ -74,7 +96,8 @@ class SegmentAlgorithm(GeodduAlgorithm):
         "Polygons: simplify borders by (SIMPLIFY, advanced): map units; shared borders "
         "are simplified once, without gaps or overlaps (0: none).\n"
         "\n"
-        "Outputs: the class map (and the optional outputs asked for), and ENGINE, the "
+        "Outputs: the class map or TILE_OUTPUTS (and the optional outputs asked for), and "
+        "ENGINE, the "
         "engine set-up that ran (import, env or cli). Cancelling stops between subimages "
         "and leaves no output file.\n"
         "The engine is geoddu imported in QGIS's Python, a configured Python environment, "
@@ -107,8 +130,16 @@ class SegmentAlgorithm(GeodduAlgorithm):
         self.addParameter(QgsProcessingParameterVectorLayer(
             self.AOI, self.tr("Area of interest (only these pixels; the rest is nodata)"),
             [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.MOSAIC_WITH, self.tr("Segment together with (one seamless mosaic)"),
+            QgsProcessing.TypeRaster, optional=True))
+        # Optional only so that it can be skipped when TILE_OUTPUTS is given (the engine
+        # writes one or the other); created by default, so a plain run is as before.
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT, self.tr("Class map")))
+            self.OUTPUT, self.tr("Class map"), optional=True, createByDefault=True))
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            self.TILE_OUTPUTS, self.tr("Per-tile class maps (folder)"), optional=True,
+            createByDefault=False))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.PROBABILITIES, self.tr("Class probabilities"), optional=True,
             createByDefault=False))
@@ -162,9 +193,23 @@ class SegmentAlgorithm(GeodduAlgorithm):
                 parameters, self.AOI, context, ["gpkg", "shp", "geojson", "fgb"], "gpkg",
                 feedback)
             aoi_layer = aoi_layer or None
+        tiles = self.parameterAsFileOutput(parameters, self.TILE_OUTPUTS, context) or None
+        output = None
+        if not tiles or named_file(parameters.get(self.OUTPUT)):
+            # Asked for only here: asking registers the layer to load when the run ends.
+            output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
+        # Else the engine writes either the map over the union or the per-tile maps, and a
+        # Class map left temporary (the dialog's default) is nothing the user asked for. A
+        # named one goes on with output_dir, and the engine refuses the pair in one line.
+        # More rasters: one scene with the input, in this order (GDAL's VRT draws later
+        # sources over earlier ones where they overlap). The engine checks they fit.
+        mosaic_with = [raster_path(layer) for layer in
+                       self.parameterAsLayerList(parameters, self.MOSAIC_WITH, context) or []]
         request = {
-            "src": src,
-            "output": self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
+            "src": [src, *mosaic_with] if mosaic_with else src,
+            "mosaic": True if mosaic_with else None,
+            "output": output,
+            "output_dir": tiles,
             "model": self.parameterAsFile(parameters, self.MODEL, context),
             "bands": self.parameterAsInts(parameters, self.BANDS, context) or None,
             "device": device,
@@ -181,15 +226,25 @@ class SegmentAlgorithm(GeodduAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         request = self.segment_request(parameters, context, feedback)
-        dst = request["output"]
+        dst, tiles = request.get("output"), request.get("output_dir")
         extra = {key: request.get(key) for key, _ in EXTRA_RASTERS}
         polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
         min_area, simplify = self.polygon_options(parameters, context)
+        if polygons and tiles:
+            # Polygons are made here from the one class map, which the engine does not write
+            # with per-tile maps (as it refuses --vector with --output-dir).
+            raise QgsProcessingException(
+                "Polygons need the Class map over all inputs, not Per-tile class maps")
 
         engine = self.find_engine(feedback)
         # Output folders that do not exist yet are made (as QGIS's own algorithms do), and
-        # removed again, if still empty, when the run fails.
-        made = make_folders([dst, polygons, *extra.values()])
+        # removed again, if still empty, when the run fails. The per-tile folder itself too:
+        # the engine wants it to exist.
+        made = make_folders([dst, polygons, *extra.values(),
+                             os.path.join(tiles, "map.tif") if tiles else None])
+        # The per-tile maps are named by the engine (after the inputs); those this run wrote
+        # are the files in the folder that are new or changed.
+        before = folder_state(tiles)
         # With polygons, segmenting is the first 80 % of the bar and polygonising the rest.
         share = 80.0 if polygons else 100.0
         written = []  # this run's outputs: a cancelled or failed run removes them all
@@ -200,7 +255,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
                 request, cancel=feedback.isCanceled,
                 progress=self.stage_progress(feedback, engine_bridge.STAGES, 0.0, share),
                 log=feedback.pushConsoleInfo)
-            written += [output, *[path for path in extra.values() if path]]
+            written += [path for path in (dst, *extra.values()) if path]
             if polygons:
                 feedback.setProgressText(self.tr("geoddu: polygons"))
                 polygons = engine.vectorize(
@@ -211,18 +266,51 @@ class SegmentAlgorithm(GeodduAlgorithm):
                     cancel=feedback.isCanceled, log=feedback.pushConsoleInfo)
         feedback.setProgress(100)
 
-        classes = read_classes(output)
-        if context.willLoadLayerOnCompletion(dst):
+        tile_maps = [path for path, state in folder_state(tiles).items()
+                     if before.get(path) != state]
+        classes = read_classes(dst or (tile_maps[0] if tile_maps else ""))
+        if dst and context.willLoadLayerOnCompletion(dst):
             details = context.layerToLoadOnCompletionDetails(dst)
             details.setPostProcessor(ClassMapStyler.create(classes))
+        for path in tile_maps:
+            # Loaded (by the dialog, runAndLoadResults) and styled like the class map.
+            name = os.path.splitext(os.path.basename(path))[0]
+            context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
+                name, context.project(), self.TILE_OUTPUTS))
+            context.layerToLoadOnCompletionDetails(path).setPostProcessor(
+                ClassMapStyler.create(classes, name))
         if polygons and context.willLoadLayerOnCompletion(polygons):
             details = context.layerToLoadOnCompletionDetails(polygons)
             details.setPostProcessor(ClassPolygonStyler.create(classes))
-        results = {self.OUTPUT: output, self.ENGINE: engine.kind}
+        results = {self.ENGINE: engine.kind}
+        if dst:
+            results[self.OUTPUT] = output
+        if tiles:
+            results[self.TILE_OUTPUTS] = tiles
         results.update({name: extra[key] for key, name in EXTRA_RASTERS if extra[key]})
         if polygons:
             results[self.POLYGONS] = polygons
         return results
+
+
+def named_file(value) -> bool:
+    """Whether an output parameter's raw value names a file (not skipped, not temporary)."""
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink
+    if isinstance(value, QgsProperty):
+        if value.propertyType() != QgsProperty.StaticProperty:
+            return True  # an expression (in a model): a name given, whatever it gives
+        value = value.staticValue()
+    return bool(value) and value != QgsProcessing.TEMPORARY_OUTPUT
+
+
+def folder_state(folder: str | None) -> dict:
+    """``{path: (size, mtime)}`` of the GeoTIFFs in ``folder`` (none without one)."""
+    if not folder:
+        return {}
+    paths = [os.path.join(folder, name) for name in sorted(listdir(folder))
+             if name.lower().endswith((".tif", ".tiff"))]
+    return {path: file_state(path) for path in paths}
 
 
 def make_folders(paths) -> list[str]:

@@ -32,7 +32,8 @@ class InProcessEngine(Engine):
             execute(job, progress=progress, cancel=cancel)
 
         self._call(run, request_outputs(request))
-        return request["output"]
+        # A mosaic's per-tile maps (output_dir) stand in for the class map.
+        return request.get("output") or request.get("output_dir")
 
     def vectorize(self, src, dst, *, min_area=None, simplify=None, progress=None, cancel=None,
                   log=None):
