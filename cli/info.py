@@ -73,6 +73,8 @@ def info(model_path, checkpoint, size, subimages, hardware, device, refresh, as_
         model = model_from_checkpoint(ckpt)
         meta = {k: ckpt[k] for k in ("classes", "bands", "normalization", "subimage_size")}
         meta["geoddu_version"] = ckpt.get("geoddu_version")
+        # The model card (docs/model-cards.md); {} for checkpoints that have none.
+        meta["card"] = dict(ckpt.get("card") or {})
     else:
         model = create_model(**cfg)
     params = parameter_counts(model)
@@ -135,3 +137,6 @@ def info(model_path, checkpoint, size, subimages, hardware, device, refresh, as_
         console.print(
             f"Classes: {names}; bands {meta['bands']}; subimage size {meta['subimage_size']}"
         )
+        from .card import print_card
+
+        print_card(meta["card"], model_path)

@@ -17,6 +17,7 @@ from geoddu.io.atomic import os_error_line
 from geoddu.version import __version__
 
 from . import (
+    card,
     convert,
     demo,
     evaluate,
@@ -109,6 +110,7 @@ def cli() -> None:
 
 
 cli.add_command(info.info)
+cli.add_command(card.card)
 cli.add_command(init.init)
 cli.add_command(convert.convert)
 cli.add_command(segment.segment)

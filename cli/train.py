@@ -100,6 +100,9 @@ def _typed(flags: str, name: str, help: str, **kwargs: object):
 @bands_option("Folder data: image bands to train on [all].")
 @click.option("--keep-unknown", is_flag=True,
               help="DeepGlobe: count 'unknown' in loss and mIoU (ignored by default).")
+@click.option("--card", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Model card fields (YAML or JSON): description, license, citation, authors, "
+                   "intended_use, limitations; geoddu adds what it knows (docs/model-cards.md).")
 @click.option("--resume", is_flag=True,
               help="Continue RUN_DIR/last.pt exactly where it stopped: the first run's command "
                    "line with --resume added, or just -o RUN_DIR --resume. --epochs may extend "

@@ -17,7 +17,7 @@ from .options import MODEL_OPTION_KEYS
 # Options a resumed run may change: where it runs, how long, where the data now lives, and
 # how it reports. Every other option given with --resume must equal what the run stored.
 RESUME_MAY_CHANGE = ("run_dir", "resume", "data", "epochs", "device", "workers", "spatial_ranks",
-                     "ranks", "gpus", "timeout", "overwrite", "quiet", "progress")
+                     "ranks", "gpus", "timeout", "overwrite", "quiet", "progress", "card")
 # Where last.pt keeps what each other option set: the model's config, the training config,
 # the training record or the dataset's description. An option whose place holds nothing (a
 # folder option on a synthetic run) had no effect on the run and has nothing to conflict with.

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .card import check_card
 from .errors import GeodduError, first_line
 from .io.atomic import write_atomically
 from .model_config import DEFAULT_CONFIG, ENCODERS, MAX_CLASSES, MAX_DEPTH
@@ -279,13 +280,16 @@ def save_checkpoint(
     *,
     training: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
+    card: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write atomically: a killed run leaves the previous checkpoint, never a truncated one.
 
     `training` is the training configuration (for the record); `state` is what `--resume`
-    needs (optimiser, scheduler, epoch, RNG) and is only stored in `last.pt`-style files.
+    needs (optimiser, scheduler, epoch, RNG) and is only stored in `last.pt`-style files;
+    `card` is the model card (geoddu.card), checked before anything is written.
     """
     path = Path(path)
+    checked_card = None if card is None else check_card(card, path)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -297,6 +301,14 @@ def save_checkpoint(
     }
     if state is not None:
         payload["resume"] = state
+    if checked_card is not None:
+        payload["card"] = checked_card
+    _write_payload(path, payload)
+    return path
+
+
+def _write_payload(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary file beside `path`, renamed over it."""
 
     def write(tmp: Path) -> None:
         try:
@@ -309,7 +321,33 @@ def save_checkpoint(
 
     # A temporary file beside it, renamed over it: a killed run leaves the previous checkpoint.
     write_atomically(path, write)
-    return path
+
+
+def update_card(
+    path: str | os.PathLike,
+    fields: Mapping[str, Any] | None = None,
+    *,
+    remove: tuple[str, ...] | list[str] = (),
+) -> dict[str, Any]:
+    """Set `fields` and drop the `remove` keys of `path`'s model card, in place and atomically
+    (temp file + rename), leaving every other entry, the weights above all, exactly as read.
+    Any card field may be set (e.g. ``{"accuracy": {...}}`` from `geoddu assess`); the result
+    is checked as on load. Returns the new card."""
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    card = dict(ckpt.get("card") or {})
+    for key in remove:
+        card.pop(key, None)
+    card.update(fields or {})
+    ckpt["card"] = check_card(card, path)
+    # The dict torch.load gave back is written as it came: the same tensors, bit for bit.
+    _write_payload(path, ckpt)
+    return ckpt["card"]
+
+
+def read_card(path: str | os.PathLike) -> dict[str, Any]:
+    """The model card of a checkpoint ({} when it has none), the checkpoint checked."""
+    return dict(load_checkpoint(path).get("card") or {})
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -368,6 +406,9 @@ def check_checkpoint(ckpt: Any, where: str | os.PathLike | None = None) -> None:
         # rely on, e.g. ckpt.get("training", {}).get(...).
         if key in ckpt and not isinstance(ckpt[key], dict):
             fail(key, f"must be a dict, not {_kind(ckpt[key])}")
+    if ckpt.get("card") is not None:
+        # Optional (older checkpoints, `geoddu init`); when present, every field is checked.
+        check_card(ckpt["card"], where)
 
 
 def check_weights(

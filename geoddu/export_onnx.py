@@ -206,6 +206,9 @@ def deepness_metadata(
     }
     if resolution_cm is not None:
         meta["resolution"] = resolution_cm
+    if ckpt.get("card"):
+        # The model card (docs/model-cards.md), for whoever opens the ONNX file alone.
+        meta["geoddu_card"] = ckpt["card"]
     return {k: json.dumps(v) for k, v in meta.items()}
 
 

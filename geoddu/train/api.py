@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ..card import read_card_file
 from ..errors import GeodduError
 from ..events import epoch_event, progress_event, start_event
 from .config import preset
@@ -58,10 +59,12 @@ def train_model(request: TrainRequest | None = None, *, on_event: EventFn | None
     if mesh is None and request.spatial_ranks not in (None, 1):
         raise GeodduError("--spatial-ranks needs several ranks: start with torchrun or --ranks N")
     callbacks = event_callbacks(on_event)
+    # Read before any work: a bad card file is one line, not a run that fails at its first save.
+    card = read_card_file(request.card) if request.card is not None else None
     if request.resume:
         return resume_training(request.run_dir, data=request.data, epochs=request.epochs,
                                device=request.device, workers=request.workers,
-                               callbacks=callbacks, mesh=mesh)
+                               callbacks=callbacks, mesh=mesh, card=card)
     config = preset(request.dataset, subimages=request.subimages,
                     **{k: getattr(request, k) for k in CONFIG_FIELDS})
     return start_training(
@@ -69,7 +72,7 @@ def train_model(request: TrainRequest | None = None, *, on_event: EventFn | None
         model_options=model_options(request), init_checkpoint=request.init_model,
         encoder_weights=request.encoder_weights, adapt_bands=request.adapt_bands,
         freeze_encoder=request.freeze_encoder, dataset_options=dataset_options(request),
-        overwrite=request.overwrite, callbacks=callbacks, mesh=mesh,
+        overwrite=request.overwrite, callbacks=callbacks, mesh=mesh, card=card,
     )
 
 

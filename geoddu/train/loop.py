@@ -17,6 +17,7 @@ the single-process step. Rank 0 alone writes the run directory.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import math
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..card import check_user_fields
 from ..checkpoint import build_metadata, model_from_checkpoint, save_checkpoint
 from ..errors import GeodduError
 from ..io.atomic import write_atomically
@@ -98,8 +100,12 @@ class Trainer:
         callbacks: Callbacks | None = None,
         resume_state: dict[str, Any] | None = None,
         mesh: TrainMesh | None = None,
+        card: dict[str, Any] | None = None,
     ) -> None:
         self.config = config.check()
+        # The user's model card fields (--card FILE); geoddu adds its own at every save.
+        self.user_card = check_user_fields(card or {}, "--card")
+        self._card_static: dict[str, Any] | None = None
         self.mesh = mesh or TrainMesh()
         self.device = resolve_device(
             config.device, "training runs on one device; give --device cpu, cuda or cuda:N")
@@ -228,11 +234,13 @@ class Trainer:
             self.history.append(row)
             if not main:
                 continue
+            # Both files hold this epoch's weights: the card's metrics are this epoch's.
+            card = self._card(row, val)
             if improved:
                 save_checkpoint(self.run_dir / BEST, self.model, self.metadata,
-                                training=self._training_record())
+                                training=self._training_record(), card=card)
             save_checkpoint(self.run_dir / LAST, self.model, self.metadata,
-                            training=self._training_record(), state=self._state())
+                            training=self._training_record(), state=self._state(), card=card)
             self._write_history()
             if self.callbacks.on_epoch:
                 self.callbacks.on_epoch(row)
@@ -325,6 +333,30 @@ class Trainer:
             "last_val_miou": _finite(last.get("val_miou")),
             "stopped_early": self.stopped_early,
             "geoddu_version": __version__,
+        }
+
+    def _card(self, row: dict[str, Any], val: dict[str, Any]) -> dict[str, Any]:
+        """The model card of the weights saved after epoch row["epoch"] (docs/model-cards.md)."""
+        if self._card_static is None:  # once per run: the CPU's name, the data's sizes
+            self._card_static = model_card_facts(self.train_set, self.val_set, self.metadata,
+                                                 self.record, self.device)
+        metrics = {
+            "epoch": row["epoch"],
+            "val_loss": _finite(row["val_loss"]),
+            "val_miou": _finite(row["val_miou"]),
+            "val_iou": {str(name): _finite(v)
+                        for name, v in zip(val["classes"], val["iou"], strict=True)},
+            "train_loss": _finite(row["train_loss"]),
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epoch,
+        }
+        seconds = sum(float(r.get("seconds", 0.0)) for r in self.history)
+        return {
+            **self.user_card,
+            **self._card_static,
+            "metrics": metrics,
+            "training_time_s": round(seconds, 3),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
 
     def _state(self) -> dict[str, Any]:
@@ -424,6 +456,62 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
             m.p = p
     if hasattr(model, "config"):
         model.config["dropout"] = p
+
+
+def model_card_facts(train_set: Any, val_set: Any, metadata: dict[str, Any],
+                     record: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """What a run knows about itself for the model card, apart from the per-epoch metrics:
+    the data, its bands, pixel size and classes, the hardware and the versions."""
+    import platform
+
+    from ..hardware import machine
+
+    described = dict(record.get("dataset") or {})
+    source: dict[str, Any] = {
+        "kind": described.pop("kind", getattr(train_set, "kind", None)),
+        "path": record.get("data"),
+        "options": described,
+        "patches": {"train": len(train_set), "val": len(val_set)},
+        "patch_size": list(train_set.patch_shape),
+    }
+    images = getattr(train_set, "image_paths", None)
+    if images is not None:
+        source["images"] = len(images)
+        source["image_sizes"] = sorted({f"{w} x {h}" for h, w in
+                                        getattr(train_set, "shapes", [])})[:20]
+    data = metadata.get("data") or {}
+    if data.get("dtype"):
+        source["dtype"] = data["dtype"]
+    try:
+        cpu = machine().cpu.model
+    except Exception:  # noqa: BLE001 - a card without the CPU's name beats no training
+        cpu = platform.processor() or platform.machine()
+    hardware: dict[str, Any] = {"device": str(device), "cpu": cpu,
+                                "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        hardware["gpu"] = torch.cuda.get_device_name(device)
+    names = getattr(train_set, "band_names", None)
+    facts = {
+        "data_source": source,
+        "bands": list(metadata["bands"]),
+        "band_names": list(names) if names else None,
+        "pixel_size": data.get("pixel_size"),
+        "crs_units": data.get("units"),
+        "normalization": metadata["normalization"],
+        "classes": metadata["classes"],
+        "hardware": hardware,
+        "versions": {"geoddu": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
+    # Datasets describe themselves with numpy scalars or paths here and there: a card holds
+    # plain JSON values only, and a stray type must not stop a run at its first save.
+    return json.loads(json.dumps(facts, default=_json_value))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 def describe_data(dataset: Any) -> dict[str, Any] | None:

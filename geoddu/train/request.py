@@ -32,7 +32,7 @@ BATCHNORM_RULES = ("pooled", "per-subimage")
 
 _COUNT = Check(low=1, integer=True)
 _FRACTION = Check(low=0, high=1, high_open=True)
-_PATHS = ("run_dir", "data", "init_model", "encoder_weights", "classes_file")
+_PATHS = ("run_dir", "data", "init_model", "encoder_weights", "classes_file", "card")
 _TEXTS = ("arch", "device", "class_column")
 
 
@@ -85,6 +85,8 @@ class TrainRequest(JsonRequest):
     amp: bool | None = None  # the older spelling of precision fp16 (True) / fp32 (False)
     workers: int | None = checked(Check(low=0, integer=True))
     spatial_ranks: int | None = checked(_COUNT)
+    # -- the model card's user fields: a YAML or JSON file (geoddu.card.read_card_file)
+    card: str | None = None
     # -- the run folder
     resume: bool = False
     overwrite: bool = False

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..card import user_fields
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..data import open_dataset
 from ..errors import GeodduError
@@ -52,13 +53,15 @@ def start_training(
     overwrite: bool = False,
     callbacks: Callbacks | None = None,
     mesh: TrainMesh | None = None,
+    card: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a new model (or fine-tune `init_checkpoint`) on `dataset` into `run_dir`.
 
     `arch` is the paper's notation ('DDU-Net(3,32,Y)', 'U-Net(4)') or an encoder name;
     `model_options` override it (the CLI passes only the options given on the command line).
     Input bands and classes always come from the data. `encoder_weights`: a local ResNet
-    state dict (`adapt_bands`: spread a 3-band one over the data's bands). Under torchrun every
+    state dict (`adapt_bands`: spread a 3-band one over the data's bands). `card`: the user's
+    model card fields (geoddu.card.read_card_file); geoddu adds what it knows. Under torchrun every
     rank calls this with the same arguments and its `mesh`; only rank 0 touches `run_dir`.
     """
     mesh = mesh or TrainMesh()
@@ -122,7 +125,8 @@ def start_training(
             "freeze_encoder": freeze,
         }
         return Trainer(model, train_set, val_set, Path(run_dir), config,
-                       normalization=normalization, record=record, callbacks=callbacks, mesh=mesh)
+                       normalization=normalization, record=record, callbacks=callbacks, mesh=mesh,
+                       card=card)
 
     # Every rank stops on any rank's set-up error (rank 0 prints it) instead of the others
     # waiting for it in the first collective.
@@ -138,8 +142,11 @@ def resume_training(
     workers: int | None = None,
     callbacks: Callbacks | None = None,
     mesh: TrainMesh | None = None,
+    card: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Continue `run_dir/last.pt` exactly where it stopped (optionally with more epochs).
+
+    The model card keeps the run's user fields; `card` (user fields) replaces them.
 
     Under torchrun rank 0 reads the checkpoint and sends it to the other ranks, so only its
     host needs the run directory (every host needs the data). The number of ranks may differ
@@ -178,7 +185,8 @@ def resume_training(
         record["data"] = str(Path(source).resolve())
         return Trainer(model, train_set, val_set, Path(run_dir), config,
                        normalization=ckpt["normalization"], record=record, callbacks=callbacks,
-                       resume_state=ckpt["resume"], mesh=mesh)
+                       resume_state=ckpt["resume"], mesh=mesh,
+                       card=user_fields(ckpt.get("card")) if card is None else card)
 
     return mesh.agreed(build).fit()
 

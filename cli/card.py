@@ -1,0 +1,74 @@
+"""`geoddu card`: print a checkpoint's model card, or edit its user fields in place."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .options import json_option, model_option
+
+
+@click.command(short_help="Print a checkpoint's model card; --set/--unset edit its user fields.")
+@model_option("The checkpoint whose card to print or edit.", required=True, exists=True)
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Set a user field: description, license, citation, authors (separate "
+                   "several with ';'), intended_use, limitations. Repeatable.")
+@click.option("--unset", "removals", multiple=True, metavar="KEY",
+              help="Remove a user field. Repeatable.")
+@json_option
+def card(model: str, assignments: tuple[str, ...], removals: tuple[str, ...],
+         as_json: bool) -> None:
+    """Print the model card of a checkpoint: what it was trained on (data, bands, pixel size,
+    classes, normalisation), how well it did (validation metrics of the saved epoch), on what
+    and when, and the user's fields (description, licence, citation, authors, intended use,
+    limitations). See docs/model-cards.md.
+
+    With --set and --unset, edit the user fields and write the checkpoint back atomically
+    (a temporary file renamed over it); the weights are not touched.
+
+    \b
+    Examples:
+      geoddu card -m runs/k2/best.pt
+      geoddu card -m best.pt --set license=CC-BY-4.0 --set "authors=A. Doe; B. Roe"
+      geoddu card -m best.pt --unset limitations --json
+    """
+    # Heavy imports here: `geoddu card --help` must not import torch.
+    from geoddu.card import USER_FIELDS, parse_assignment
+    from geoddu.checkpoint import read_card, update_card
+    from geoddu.errors import GeodduError
+
+    fields = dict(parse_assignment(a) for a in assignments)
+    for key in removals:
+        if key not in USER_FIELDS:
+            raise GeodduError(f"--unset {key}: not a user field (one of {', '.join(USER_FIELDS)})")
+        if key in fields:
+            raise GeodduError(f"--set {key} and --unset {key}: give one")
+    if fields or removals:
+        result = update_card(model, fields, remove=removals)
+    else:
+        result = read_card(model)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    print_card(result, model)
+
+
+def print_card(card: dict, title: str) -> None:
+    """The card as a two-column table (also used by `geoddu info -m`)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from geoddu.card import card_lines
+
+    console = Console()
+    if not card:
+        console.print(f"{title}: no model card (set fields with `geoddu card -m {title} --set "
+                      f"description=...`)")
+        return
+    table = Table("field", "value", title=f"Model card of {title}", show_lines=False)
+    for key, text in card_lines(card):
+        # rich markup in a card is text, not formatting: a card may come from anyone.
+        table.add_row(key, escape(text))
+    console.print(table)
