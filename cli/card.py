@@ -62,11 +62,12 @@ def print_card(card: dict, title: str) -> None:
 
     from geoddu.card import card_lines
 
-    console = Console()
     if not card:
-        console.print(f"{title}: no model card (set fields with `geoddu card -m {title} --set "
-                      f"description=...`)")
+        # Plain echo: one line however narrow the terminal (rich would wrap it).
+        click.echo(f"{title}: no model card (set fields with `geoddu card -m {title} --set "
+                   f"description=...`)")
         return
+    console = Console()
     table = Table("field", "value", title=f"Model card of {title}", show_lines=False)
     for key, text in card_lines(card):
         # rich markup in a card is text, not formatting: a card may come from anyone.

@@ -130,7 +130,7 @@ def test_card_command_edits_atomically_and_keeps_the_weights(run, tmp_path):
 
 
 def test_update_card_and_info(run, tmp_path, checkpoint):
-    path = tmp_path / "model.pt"
+    path = tmp_path / "trained.pt"
     shutil.copyfile(run / "best.pt", path)
     figures = {"overall": 0.91, "kappa": 0.8, "per_class": {"water": {"users": 0.9}}}
     card = update_card(path, {"accuracy": figures})
