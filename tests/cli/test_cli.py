@@ -244,7 +244,7 @@ def test_every_checkpoint_option_is_m_model():
                 assert param.opts == ["-m", "--model"], (name, param.opts)
                 named.append(name)
             assert "--checkpoint" not in param.opts or param.hidden, (name, param.opts)
-    assert sorted(named) == ["evaluate", "export", "info", "segment", "train"]
+    assert sorted(named) == ["card", "evaluate", "export", "info", "segment", "train"]
 
 
 def test_info_takes_m_and_still_the_old_checkpoint_flag(tmp_path, checkpoint):
