@@ -105,10 +105,13 @@ class FolderDataset(PatchDataset):
         self.shapes = []
         pixel_sizes, units, dtypes = [], set(), []
         count = None
+        first_names: tuple[str | None, ...] = ()
         for n, path in enumerate(images):
             with open_raster(path) as src:
                 self._check_image(src, n, bands)
                 count = count or src.count
+                if n == 0:
+                    first_names = tuple(src.band_names)
                 if bands is None and src.count != count:
                     raise GeodduError(f"{path}: {src.count} bands, but the first image has {count}")
                 self.shapes.append((src.height, src.width))
@@ -125,6 +128,10 @@ class FolderDataset(PatchDataset):
                     (n, r, c) for r in range(0, src.height, p) for c in range(0, src.width, p)
                 ]
         self.bands = list(bands) if bands else list(range(1, (count or 0) + 1))
+        # The first image's band descriptions (or colour interpretations), for the model card;
+        # None when the file names none of the bands trained on.
+        names = [first_names[b - 1] if b <= len(first_names) else None for b in self.bands]
+        self.band_names = [nm or "" for nm in names] if any(names) else None
         # Every image has a pixel size, in one unit: their median per axis (one value when they
         # agree); else none can be said.
         if pixel_sizes and None not in pixel_sizes and len(units) == 1:

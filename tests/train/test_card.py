@@ -40,6 +40,9 @@ def _tif(path, array, dtype, nodata=None):
                        transform=Affine(2.0, 0, 600000.0, 0, -2.0, 5770000.0),
                        nodata=nodata) as dst:
         dst.write(array.astype(dtype))
+        if array.shape[0] == 2:
+            dst.set_band_description(1, "red")
+            dst.set_band_description(2, "nir")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_train_fills_the_card(run):
     card = load_checkpoint(run / "best.pt")["card"]
     # Automatic fields: from the GeoTIFFs' transforms and CRS, the data and this machine.
     assert card["pixel_size"] == [2.0, 2.0] and card["crs_units"] == "metre"
-    assert card["bands"] == [1, 2]
+    assert card["bands"] == [1, 2] and card["band_names"] == ["red", "nir"]
     assert [c["name"] for c in card["classes"]] == ["background", "building", "water"]
     assert card["normalization"] == {"mean": [0.0, 0.0], "std": [255.0, 255.0]}
     source = card["data_source"]
@@ -93,6 +96,17 @@ def test_train_fills_the_card(run):
     assert card["license"] == "CC-BY-4.0" and card["authors"] == ["A. Doe", "B. Roe"]
     assert card["description"].startswith("Buildings") and card["intended_use"] == "tests only"
     assert load_checkpoint(run / "last.pt")["card"]["license"] == "CC-BY-4.0"
+
+
+def test_resume_keeps_the_user_fields(run, tmp_path):
+    again = tmp_path / "run"
+    shutil.copytree(run, again)
+    before = load_checkpoint(again / "last.pt")["card"]
+    res = CliRunner().invoke(cli, ["train", "-o", str(again), "--resume", "--epochs", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    card = load_checkpoint(again / "last.pt")["card"]
+    assert card["license"] == "CC-BY-4.0" and card["authors"] == ["A. Doe", "B. Roe"]
+    assert card["metrics"]["epoch"] == 2 and card["training_time_s"] > before["training_time_s"]
 
 
 def test_card_command_edits_atomically_and_keeps_the_weights(run, tmp_path):
