@@ -57,6 +57,9 @@ _KINDS: dict[str, str] = {
 MAX_TEXT = 20_000  # characters per string (a long description or BibTeX entry fits)
 MAX_ITEMS = 10_000  # entries per list or dict
 MAX_DEPTH = 8  # nesting levels below the card itself
+# Values in all: YAML aliases and pickle's memo can share one list many times over, so a small
+# file can stand for billions of values ("billion laughs"); counting them bounds every walk.
+MAX_VALUES = 200_000
 MAX_CARD_BYTES = 1_000_000  # the whole card as JSON
 MAX_FILE_BYTES = 256_000  # a --card file
 
@@ -71,8 +74,9 @@ def check_card(card: Any, where: str | os.PathLike | None = None) -> dict[str, A
         _fail(where, "card", f"unknown field(s) {', '.join(_show(k) for k in unknown[:3])} "
                              f"(known: {', '.join(FIELDS)})")
     plain = {}
+    budget = [MAX_VALUES]
     for key, value in card.items():
-        _check_value(where, f"card.{key}", value, 0)
+        _check_value(where, f"card.{key}", value, 0, budget)
         _check_field(where, key, value)
         plain[key] = _plain(value)
     size = len(json.dumps(plain))
@@ -175,8 +179,12 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _check_value(where: Any, field: str, value: Any, depth: int) -> None:
-    """JSON values only, within the limits; iterative depth is bounded by MAX_DEPTH."""
+def _check_value(where: Any, field: str, value: Any, depth: int, budget: list[int]) -> None:
+    """JSON values only, within the limits; the recursion is bounded by MAX_DEPTH and the
+    walk by `budget` (values left to look at)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        _fail(where, "card", f"more than {MAX_VALUES:,} values")
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):
@@ -196,10 +204,10 @@ def _check_value(where: Any, field: str, value: Any, depth: int) -> None:
             for k, v in value.items():
                 if not isinstance(k, str) or len(k) > 200:
                     _fail(where, field, f"keys must be short text, not {_show(k)}")
-                _check_value(where, f"{field}.{k}", v, depth + 1)
+                _check_value(where, f"{field}.{k}", v, depth + 1, budget)
         else:
             for n, v in enumerate(value):
-                _check_value(where, f"{field}[{n}]", v, depth + 1)
+                _check_value(where, f"{field}[{n}]", v, depth + 1, budget)
         return
     _fail(where, field, f"must be text, a number, a list or a dict, not {_kind(value)}")
 

@@ -197,6 +197,10 @@ def test_hostile_cards_are_one_line_on_load(run, tmp_path, name):
     ("description: " + "[" * 60 + "]" * 60 + "\n", "nested"),
     ("description: !!python/object/apply:os.system ['echo hi']\n", "not YAML or JSON"),
     ("description: [unclosed\n", "not YAML or JSON"),
+    # "Billion laughs": aliases that stand for 10^8 strings in a few hundred bytes.
+    ("description: [&a [x, x, x, x, x, x, x, x, x, x], " + ", ".join(
+        f"&{c} [{', '.join(['*' + p] * 10)}]" for p, c in zip("abcdef", "bcdefg", strict=True))
+     + "]\n", "more than 200,000 values"),
     ('{"license": "MIT", "citation": "Doe 2026"}', None),  # JSON is YAML
 ])
 def test_card_files(tmp_path, text, message):
