@@ -16,8 +16,11 @@ from .options import json_option, model_option
                    "several with ';'), intended_use, limitations. Repeatable.")
 @click.option("--unset", "removals", multiple=True, metavar="KEY",
               help="Remove a user field. Repeatable.")
+@click.option("--clear", is_flag=True,
+              help="Remove the whole card (geoddu's fields too; also a card that fails the "
+                   "checks), then apply --set.")
 @json_option
-def card(model: str, assignments: tuple[str, ...], removals: tuple[str, ...],
+def card(model: str, assignments: tuple[str, ...], removals: tuple[str, ...], clear: bool,
          as_json: bool) -> None:
     """Print the model card of a checkpoint: what it was trained on (data, bands, pixel size,
     classes, normalisation), how well it did (validation metrics of the saved epoch), on what
@@ -32,6 +35,7 @@ def card(model: str, assignments: tuple[str, ...], removals: tuple[str, ...],
       geoddu card -m runs/k2/best.pt
       geoddu card -m best.pt --set license=CC-BY-4.0 --set "authors=A. Doe; B. Roe"
       geoddu card -m best.pt --unset limitations --json
+      geoddu card -m damaged.pt --clear
     """
     # Heavy imports here: `geoddu card --help` must not import torch.
     from geoddu.card import USER_FIELDS, parse_assignment
@@ -44,8 +48,8 @@ def card(model: str, assignments: tuple[str, ...], removals: tuple[str, ...],
             raise GeodduError(f"--unset {key}: not a user field (one of {', '.join(USER_FIELDS)})")
         if key in fields:
             raise GeodduError(f"--set {key} and --unset {key}: give one")
-    if fields or removals:
-        result = update_card(model, fields, remove=removals)
+    if fields or removals or clear:
+        result = update_card(model, fields, remove=removals, clear=clear)
     else:
         result = read_card(model)
     if as_json:

@@ -328,21 +328,26 @@ def update_card(
     fields: Mapping[str, Any] | None = None,
     *,
     remove: tuple[str, ...] | list[str] = (),
+    clear: bool = False,
 ) -> dict[str, Any]:
     """Set `fields` and drop the `remove` keys of `path`'s model card, in place and atomically
     (temp file + rename), leaving every other entry, the weights above all, exactly as read.
     Any card field may be set (e.g. ``{"accuracy": {...}}`` from `geoddu assess`); the result
-    is checked as on load. Returns the new card."""
+    is checked as on load. `clear`: start from an empty card, the old one unread (also one
+    that fails the checks). Returns the new card."""
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, drop_card=clear)
     card = dict(ckpt.get("card") or {})
     for key in remove:
         card.pop(key, None)
     card.update(fields or {})
-    ckpt["card"] = check_card(card, path)
+    if card:
+        ckpt["card"] = check_card(card, path)
+    else:
+        ckpt.pop("card", None)
     # The dict torch.load gave back is written as it came: the same tensors, bit for bit.
     _write_payload(path, ckpt)
-    return ckpt["card"]
+    return ckpt.get("card", {})
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
@@ -350,8 +355,10 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     return dict(load_checkpoint(path).get("card") or {})
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a checkpoint; any problem is one GeodduError line naming the field."""
+def load_checkpoint(path: str | os.PathLike, *, drop_card: bool = False) -> dict[str, Any]:
+    """Read and check a checkpoint; any problem is one GeodduError line naming the field.
+    `drop_card`: leave the model card out, unchecked (`geoddu card --clear` repairs a damaged
+    one this way)."""
     path = Path(path)
     if not path.exists():
         raise GeodduError(f"{path}: checkpoint not found")
@@ -374,6 +381,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             # torch's own message suggests weights_only=False, i.e. running the file's code:
             # never pass that on.
             raise GeodduError(f"{damaged} (cannot be read as a torch checkpoint)") from exc
+    if drop_card and isinstance(ckpt, dict):
+        ckpt.pop("card", None)
     check_checkpoint(ckpt, path)
     return ckpt
 
@@ -407,8 +416,12 @@ def check_checkpoint(ckpt: Any, where: str | os.PathLike | None = None) -> None:
         if key in ckpt and not isinstance(ckpt[key], dict):
             fail(key, f"must be a dict, not {_kind(ckpt[key])}")
     if ckpt.get("card") is not None:
-        # Optional (older checkpoints, `geoddu init`); when present, every field is checked.
-        check_card(ckpt["card"], where)
+        # Optional (older checkpoints, `geoddu init`); when present, every field is checked,
+        # and the message says how to get rid of a damaged one.
+        try:
+            check_card(ckpt["card"], where)
+        except GeodduError as exc:
+            raise GeodduError(f"{exc} (`geoddu card -m FILE --clear` removes the card)") from None
 
 
 def check_weights(

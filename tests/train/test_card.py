@@ -186,7 +186,15 @@ def test_hostile_cards_are_one_line_on_load(run, tmp_path, name):
         load_checkpoint(path)
     assert message in str(err.value) and "\n" not in str(err.value)
     if name == "unknown key":
-        assert message in _one_line_error(CliRunner().invoke(cli, ["info", "-m", str(path)]))
+        runner = CliRunner()
+        text = _one_line_error(runner.invoke(cli, ["info", "-m", str(path)]))
+        assert message in text and "--clear" in text
+        # The way out: drop the damaged card (unread), keep the weights.
+        res = runner.invoke(cli, ["card", "-m", str(path), "--clear", "--set", "license=MIT"])
+        assert res.exit_code == 0, res.output
+        assert load_checkpoint(path)["card"] == {"license": "MIT"}
+        res = runner.invoke(cli, ["card", "-m", str(path), "--unset", "license"])
+        assert res.exit_code == 0 and "card" not in load_checkpoint(path)
 
 
 @pytest.mark.parametrize("text, message", [
