@@ -24,6 +24,7 @@ from . import (
     info,
     init,
     native_stderr,
+    sample,
     segment,
     synth,
     train,
@@ -113,6 +114,7 @@ cli.add_command(init.init)
 cli.add_command(convert.convert)
 cli.add_command(segment.segment)
 cli.add_command(vectorize.vectorize)
+cli.add_command(sample.sample)
 cli.add_command(synth.synth)
 cli.add_command(train.train)
 cli.add_command(evaluate.evaluate)
