@@ -45,13 +45,10 @@ def parse_expected_ua(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--seed", type=click.IntRange(0), default=None,
               help="Random seed: the same seed gives the same points on any machine. Without "
                    "it a seed is drawn and printed, so the sample can be drawn again.")
-@click.option("--window-size", type=click.IntRange(16), default=1024, show_default=True,
-              help="Pixels per window side while reading; memory grows with its square, "
-                   "not with the map.")
 @overwrite_option
 @quiet_option
 @json_option
-def sample(src, output, n, expected_ua, target_se, min_per_class, seed, window_size, overwrite,
+def sample(src, output, n, expected_ua, target_se, min_per_class, seed, overwrite,
            quiet, as_json) -> None:
     """Draw a stratified random sample (strata = map classes) of pixels from the class map
     MAP and write them as points at the pixel centres, in the map's CRS, for accuracy
@@ -61,8 +58,9 @@ def sample(src, output, n, expected_ua, target_se, min_per_class, seed, window_s
     Each point carries point_id, map_class, map_class_name (from the map's category names),
     stratum_pixels, stratum_weight (the class's share of the valid pixels), row, col and an
     empty `reference`. Nodata is never sampled and no pixel is drawn twice. The map is read
-    twice, window by window (count the classes, then pick the drawn pixels), so memory grows
-    with the sample, not the map. The layer is written to a temporary file and renamed when
+    twice in windows of 1024 x 1024 pixels (count the classes, then pick the drawn pixels), so
+    memory grows with the sample, not the map; the windows are fixed, so the same map and seed
+    always give the same points. The layer is written to a temporary file and renamed when
     complete: a failed run leaves nothing.
 
     \b
@@ -85,7 +83,7 @@ def sample(src, output, n, expected_ua, target_se, min_per_class, seed, window_s
 
         result = run_sample(src, output, n=n, min_per_class=min_per_class,
                             expected_ua=expected_ua, target_se=target_se, seed=seed,
-                            overwrite=overwrite, window_size=window_size, progress=progress)
+                            overwrite=overwrite, progress=progress)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif not quiet:
@@ -97,19 +95,26 @@ def _print_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Strata (map classes)")
-    for name, justify in (("class", "right"), ("name", "left"), ("mapped pixels", "right"),
-                          ("area (ha)", "right"), ("weight W", "right"),
-                          ("expected UA", "right"), ("points", "right")):
-        table.add_column(name, justify=justify)
     olofsson = result.draw.design == "olofsson"
+    table = Table(title="Strata (map classes)")
+    columns = [("class", "right"), ("name", "left"), ("mapped pixels", "right"),
+               ("area (ha)", "right"), ("weight W", "right"), ("points", "right")]
+    if olofsson:
+        columns.insert(5, ("expected UA", "right"))
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
     for s in result.strata:
-        table.add_row(str(s.class_id), s.name, f"{s.pixels:,}",
-                      "-" if s.area_ha is None else f"{s.area_ha:,.2f}", f"{s.weight:.4f}",
-                      f"{s.expected_ua:g}" if olofsson else "-", str(s.points))
+        cells = [str(s.class_id), s.name, f"{s.pixels:,}",
+                 "-" if s.area_ha is None else f"{s.area_ha:,.2f}", f"{s.weight:.4f}",
+                 str(s.points)]
+        if olofsson:
+            cells.insert(5, f"{s.expected_ua:g}")
+        table.add_row(*cells)
     total_area = None if any(s.area_ha is None for s in result.strata) else sum(
         s.area_ha for s in result.strata)
-    table.add_row("", "total", f"{sum(s.pixels for s in result.strata):,}",
-                  "-" if total_area is None else f"{total_area:,.2f}", "1.0000", "",
-                  str(result.points), style="bold")
+    cells = ["", "total", f"{sum(s.pixels for s in result.strata):,}",
+             "-" if total_area is None else f"{total_area:,.2f}", "1.0000", str(result.points)]
+    if olofsson:
+        cells.insert(5, "")
+    table.add_row(*cells, style="bold")
     Console().print(table)

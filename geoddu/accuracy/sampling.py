@@ -13,11 +13,12 @@ Pass 2 walks the windows in the same order, keeping how many pixels of each clas
 passed, and picks the pixels whose ranks fall in the window. It stops as soon as every rank is
 found.
 
-Reproducible: the ranks of class c come from numpy's PCG64 generator seeded with
-(seed, c), and everything else (allocation, reading order) is integer arithmetic, so the same
-map, options and seed give the same points on any machine (with the same numpy major
-version: numpy keeps ``Generator.integers``' stream stable); a class's points do not change
-when another class's allocation does.
+Reproducible: the ranks of class c come from numpy's PCG64 generator seeded with (seed, c),
+and everything else (allocation, reading order) is integer arithmetic, so the same map, options
+and seed give the same points on any machine (with the same numpy major version: numpy keeps
+``Generator.integers``' stream stable); a class's points do not change when another class's
+allocation does. The reading order, and so the pixel a rank names, depends on ``window_size``:
+the fronts keep it at :data:`DEFAULT_WINDOW`.
 """
 
 from __future__ import annotations
@@ -230,7 +231,9 @@ def draw_sample(
     value} with an optional ``"*"`` default), Cochran's n for the standard error ``target_se``
     of the overall accuracy (default 0.01; :mod:`.allocation`). Then at least
     ``min_per_class`` points per class (:func:`.allocation.allocate`). ``seed``: the same seed
-    gives the same points; None draws one (kept in the result). ``progress(stage, done,
+    gives the same points; None draws one (kept in the result). ``window_size`` sets memory
+    (its square) and the reading order: the same seed with another window size gives other
+    points, so keep the default to reproduce a sample. ``progress(stage, done,
     total)`` is called per window of each pass ("count", then "pick"); ``cancel()`` returning
     True stops with :class:`~geoddu.Cancelled`.
     """
@@ -453,12 +456,12 @@ def sample(
                            progress=progress, cancel=cancel)
         if progress is not None:
             progress("write_points", 0, 1)
-        out.write(draw, draw.strata)
+        try:
+            out.write(draw, draw.strata)
+        except OSError as exc:  # only here: an OSError while reading the map is rasterio's
+            raise GeodduError(os_error_line(exc, str(dst))) from exc
         if progress is not None:
             progress("write_points", 1, 1)
-    except OSError as exc:
-        out.discard()
-        raise GeodduError(os_error_line(exc, str(dst))) from exc
     except BaseException:
         out.discard()
         raise
