@@ -42,7 +42,7 @@ def parse_expected_ua(ctx: click.Context, param: click.Parameter, value: str | N
               metavar="M",
               help="At least M points per class (all its pixels if it has fewer); the other "
                    "classes give up points in proportion. Olofsson et al. suggest 50-100.")
-@click.option("--seed", type=click.IntRange(0), default=None,
+@click.option("--seed", type=click.IntRange(0), default=None, metavar="S",
               help="Random seed: the same seed gives the same points on any machine. Without "
                    "it a seed is drawn and printed, so the sample can be drawn again.")
 @overwrite_option

@@ -4,7 +4,7 @@ Two ways to size the sample, both followed by the same per-class minimum:
 
 * a total ``n`` given by the user;
 * Olofsson et al. (2014), "Good practices for estimating area and assessing accuracy of land
-  change", Remote Sensing of Environment 148, 42-57, Section 5.1.1 (sample size): for a
+  change", Remote Sensing of Environment 148, 42-57, Section 5 (sampling design, sample size): for a
   stratified random sample whose strata are the map classes, the total that gives a chosen
   standard error S(Ô) of the estimated overall accuracy is Cochran's (1977)
 
@@ -105,7 +105,7 @@ def allocate(counts: Mapping[int, int], n: int, min_per_class: int = 0) -> dict[
 
 def cochran_sample_size(weights: Mapping[int, float], expected_ua: Mapping[int, float],
                         target_se: float) -> int:
-    """Olofsson et al. (2014) Section 5.1.1: n = (sum W_i S_i / S(Ô))^2 with
+    """Olofsson et al. (2014) Section 5 (sample size): n = (sum W_i S_i / S(Ô))^2 with
     S_i = sqrt(U_i (1 - U_i)), rounded up (the target is a largest standard error)."""
     if not 0 < target_se < 1:
         raise GeodduError(f"the target standard error must be between 0 and 1, not {target_se}")

@@ -398,9 +398,13 @@ class _PointsOutput:
         try:
             with pyogrio_path(target) as safe:
                 fields = [SHAPEFILE_FIELDS.get(f, f) if self.shapefile else f for f in FIELDS]
+                # FlatGeobuf's spatial index would reorder the features (Hilbert order):
+                # without it they stay in point_id order, and a sample is small.
+                options = {"SPATIAL_INDEX": "NO"} if self.driver == "FlatGeobuf" else None
                 pyogrio.raw.write(safe, wkb, values, fields, driver=self.driver,
                                   geometry_type="Point", crs=draw.crs_wkt,
-                                  encoding="UTF-8" if self.shapefile else None, **layer)
+                                  encoding="UTF-8" if self.shapefile else None,
+                                  layer_options=options, **layer)
         except GeodduError:
             raise
         except Exception as exc:  # noqa: BLE001 - pyogrio/GDAL raise many types
