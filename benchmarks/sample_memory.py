@@ -6,6 +6,10 @@ own process and prints the peak RSS the kernel reports for it (wait4's ru_maxrss
 read twice, window by window, so the peak should not grow with the map (16x the pixels), only
 with the sample.
 
+The maps are made by a child process: Linux keeps a process's peak RSS across fork and exec,
+so a child started from a parent that had just held the map's strips reported the parent's
+peak (483 MB instead of 248 in a first version of this script).
+
     python benchmarks/sample_memory.py [--sizes 4096,16384] [--n 2000] [--workdir DIR]
 """
 
@@ -14,18 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
-import rasterio
-from rasterio.transform import from_origin
-from rasterio.windows import Window
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import workdir  # noqa: E402
 
 NAMES = ["water", "forest", "grass", "crop", "urban", "wetland"]
 
@@ -33,6 +31,12 @@ NAMES = ["water", "forest", "grass", "crop", "urban", "wetland"]
 def make_map(path: Path, size: int) -> Path:
     """A size^2 class map: patches of 64x64 pixels of random classes (wetland rare), with
     pixel noise and a nodata frame of 100 pixels; written strip by strip."""
+    # Imported here, in the child that makes the map: the parent stays small (docstring).
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
     if path.exists():
         return path
     rng = np.random.default_rng(size)
@@ -89,13 +93,20 @@ def main() -> None:
     ap.add_argument("--sizes", default="4096,16384", help="map sides [4096,16384]")
     ap.add_argument("--n", type=int, default=2000, help="points [2000]")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--make", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    work = workdir(args.workdir, "geoddu-sample-memory-")
+    if args.make is not None:  # the child that writes one map (see the module docstring)
+        make_map(args.make, int(args.sizes))
+        return
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="geoddu-sample-memory-"))
+    work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
     for size in sizes:
         t0 = time.perf_counter()
-        src = make_map(work / f"classes_{size}.tif", size)
+        src = work / f"classes_{size}.tif"
+        subprocess.run([sys.executable, __file__, "--make", str(src), "--sizes", str(size)],
+                       check=True)
         made = time.perf_counter() - t0
         mb = src.stat().st_size / 2**20
         rss, seconds, what = run_alone(src, work / f"points_{size}.gpkg", args.n)
@@ -103,6 +114,8 @@ def main() -> None:
         print(f"{size}^2 map ({size * size / 1e6:.0f} Mpx, {mb:.0f} MB on disk, made in "
               f"{made:.0f} s): geoddu sample --n {args.n} --min-per-class 50: peak RSS "
               f"{rss:.0f} MB, {seconds:.1f} s; {what}")
+    parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"(this script's own peak RSS, a floor for the figures above: {parent:.0f} MB)")
     if len(results) > 1:
         (s0, r0), (s1, r1) = results[0], results[-1]
         print(f"peak RSS {s1}^2 / {s0}^2: {r1 / r0:.3f} for {(s1 / s0) ** 2:.0f}x the pixels")

@@ -39,6 +39,7 @@ import numpy as np
 from geoddu.errors import Cancelled, GeodduError
 from geoddu.io.atomic import AtomicOutput, os_error_line, sidecar_of
 from geoddu.io.writer import CLASS_NODATA
+from geoddu.resources import release_free_memory
 from geoddu.vectorize.class_windows import CancelFn, ClassReader, ProgressFn, window_grid
 from geoddu.vectorize.writers import driver_for
 
@@ -181,12 +182,24 @@ def _open(src: str) -> tuple[ClassReader, Any, Any]:
 
 def _windows(reader: ClassReader, size: int):
     """The windows in the one fixed order both passes use (rows of windows, left to right),
-    reopening the map after each row of windows so GDAL's cache never holds more than a row."""
+    reopening the map after each row of windows so GDAL's cache never holds more than a row.
+
+    After each row the freed heap goes back to the system: glibc serves the next window's
+    arrays from the heap once large ones were freed (its mmap threshold rises), and the holes
+    stayed resident: 16384^2 took 50 MB more than 4096^2 before (benchmarks/sample_memory.py).
+    """
     src = reader.source
     grid = window_grid(src.height, src.width, size)
+    # Where whole blocks tile the windows (a tiled map, e.g. 512^2 tiles and 1024^2 windows),
+    # no block is shared by two windows: reopen after every window, and GDAL holds no more
+    # than one window's blocks, not a row's (a row grows with the map's width).
+    bh, bw = src.block_shape
+    alone = size % bh == 0 and size % bw == 0
     for i, (r0, c0, h, w) in enumerate(grid):
-        if i and c0 == 0:
+        if i and (alone or c0 == 0):
             reader.next_row()
+        if i and c0 == 0:
+            release_free_memory()
         yield i, len(grid), r0, c0, reader.read(r0, c0, h, w)
 
 
