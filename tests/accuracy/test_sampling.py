@@ -125,12 +125,14 @@ def test_distinct_ranks_are_distinct_sorted_and_in_range():
 
 
 # -- the draw --------------------------------------------------------------------------------
-def test_points_are_pixel_centres_of_their_class_never_nodata_never_twice(class_map):
+# 64: windows made of whole 64^2 tiles (reopened per window); 48: windows cut across tiles.
+@pytest.mark.parametrize("window", [64, 48])
+def test_points_are_pixel_centres_of_their_class_never_nodata_never_twice(class_map, window):
     src, cls = class_map
-    d = draw_sample(src, n=400, min_per_class=20, seed=11, window_size=64)
+    d = draw_sample(src, n=400, min_per_class=20, seed=11, window_size=window)
     valid = cls != 255
     counts = np.bincount(cls[valid], minlength=5)
-    assert d.windows == math.ceil(H / 64) * math.ceil(W / 64)
+    assert d.windows == math.ceil(H / window) * math.ceil(W / window)
     assert [s.class_id for s in d.strata] == [0, 1, 2, 3]  # snow (4) has no pixel
     assert [s.pixels for s in d.strata] == counts[:4].tolist()
     assert [s.name for s in d.strata] == NAMES[:4]
@@ -293,3 +295,23 @@ def test_category_names_from_the_pam_sidecar(tmp_path):
         "</CategoryNames></PAMRasterBand></PAMDataset>")
     d = draw_sample(src, n=20, seed=0)
     assert [s.name for s in d.strata] == ["sea", "wood", "class 2", "rock"]
+
+
+def test_cancel_and_progress(class_map, tmp_path):
+    from geoddu.errors import Cancelled
+
+    src, _ = class_map
+    seen = []
+    sample(src, tmp_path / "p.gpkg", n=30, seed=1, window_size=64,
+           progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert seen[0] == ("count", 1, 20) and ("count", 20, 20) in seen
+    assert ("pick", 20, 20) in seen and seen[-1] == ("write_points", 1, 1)
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 25  # during the second pass
+
+    with pytest.raises(Cancelled, match="nothing was written"):
+        sample(src, tmp_path / "q.gpkg", n=30, seed=1, window_size=64, cancel=cancel)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["landcover.tif", "p.gpkg"]
