@@ -91,6 +91,17 @@ def _pm(value, se, z: float, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if not math.isfinite(s) else f"{v:.{digits}f} ± {z * s:.{digits}f}"
 
 
+def _table(title: str, first: str, *numeric: str):
+    """A rich table whose first column is text and the others right-aligned figures."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column(first)
+    for name in numeric:
+        table.add_column(name, justify="right")
+    return table
+
+
 def _print_tables(result) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -101,22 +112,22 @@ def _print_tables(result) -> None:
     console.print(f"{result.map_path} against {result.reference_path} "
                   f"({result.reference_kind}, {result.sample.used} {result.sample_unit} used; "
                   f"design {e.design}; intervals 95%)")
-    counts = Table("map \\ reference", *names, "total", title="Sample error matrix")
+    counts = _table("Sample error matrix", "map \\ reference", *names, "total")
     for i, name in enumerate(names):
         counts.add_row(name, *(str(int(v)) for v in e.counts[i]), str(int(e.counts[i].sum())))
     counts.add_row("total", *(str(int(v)) for v in e.counts.sum(axis=0)),
                    str(int(e.counts.sum())))
     console.print(counts)
-    props = Table("map \\ reference", *names, "total",
-                  title="Error matrix in proportions of area")
+    props = _table("Error matrix in proportions of area", "map \\ reference", *names,
+                   "total")
     for i, name in enumerate(names):
         props.add_row(name, *(f"{v:.4f}" for v in e.proportions[i]),
                       f"{e.proportions[i].sum():.4f}")
     props.add_row("total", *(f"{v:.4f}" for v in e.proportions.sum(axis=0)),
                   f"{e.proportions.sum():.4f}")
     console.print(props)
-    per = Table("class", "user's acc.", "producer's acc.", "F1", "IoU", "mapped (ha)",
-                "estimated area (ha)", title="Per class")
+    per = _table("Per class", "class", "user's acc.", "producer's acc.", "F1", "IoU",
+                 "mapped (ha)", "estimated area (ha)")
     for i, name in enumerate(names):
         area = "–" if not e.area[i] == e.area[i] else \
             f"{e.area[i]:,.1f} ± {e.ci(e.area_se[i]):,.1f}"
