@@ -32,8 +32,11 @@ __all__ = ["Skipped", "ReferenceSample", "ClassLookup", "read_reference"]
 
 OUTSIDE = "outside the map"
 ON_NODATA = "on the map's nodata"
+# Polygons and rasters lose pixels, not units: counted apart so that no sum mixes the two.
+NODATA_PIXELS = "pixels on the map's nodata"
 EMPTY = "no reference class"
 UNKNOWN = "unknown reference class"
+UNKNOWN_PIXELS = "pixels of an unknown reference class"
 # How many skipped units are listed one by one (all are counted).
 LISTED = 200
 
@@ -215,7 +218,7 @@ def _add_polygon(sample: ReferenceSample, ds: Any, info: MapInfo, index: int, ge
         valid &= values != info.nodata
     lost = int((~valid).sum())
     if lost:
-        sample.skip(Skipped(index, ON_NODATA, shown, pixels=lost), lost)
+        sample.skip(Skipped(index, NODATA_PIXELS, shown, pixels=lost), lost)
     if valid.any():
         sample.counts[:, ref] += np.bincount(values[valid], minlength=sample.counts.shape[0])
         sample.used += int(valid.sum())
@@ -276,16 +279,16 @@ def _raster_reference(info: MapInfo, path: str, n_classes: int) -> ReferenceSamp
                 on_nodata = (ref_id >= 0) & ~map_ok
                 if on_nodata.any():
                     lost = int(on_nodata.sum())
-                    sample.skipped_counts[ON_NODATA] = sample.skipped_counts.get(ON_NODATA, 0) \
-                        + lost
+                    sample.skipped_counts[NODATA_PIXELS] = \
+                        sample.skipped_counts.get(NODATA_PIXELS, 0) + lost
                 use = (ref_id >= 0) & map_ok
                 pairs = m[use] * n_classes + ref_id[use]
                 sample.counts += np.bincount(pairs, minlength=n_classes**2).reshape(
                     n_classes, n_classes)
                 sample.used += int(use.sum())
-        if sample.skipped_counts.get(ON_NODATA):
-            sample.skipped.append(Skipped(None, ON_NODATA,
-                                          pixels=sample.skipped_counts[ON_NODATA]))
+        if sample.skipped_counts.get(NODATA_PIXELS):
+            sample.skipped.append(Skipped(None, NODATA_PIXELS,
+                                          pixels=sample.skipped_counts[NODATA_PIXELS]))
         for value, cnt in sorted(unknown.items()):
-            sample.skip(Skipped(None, UNKNOWN, str(value), pixels=cnt), cnt)
+            sample.skip(Skipped(None, UNKNOWN_PIXELS, str(value), pixels=cnt), cnt)
     return sample

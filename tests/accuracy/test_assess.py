@@ -17,7 +17,14 @@ from shapely.geometry import Point, box
 
 from geoddu.accuracy.assess import assess
 from geoddu.accuracy.estimators import estimate
-from geoddu.accuracy.reference import EMPTY, ON_NODATA, OUTSIDE, UNKNOWN
+from geoddu.accuracy.reference import (
+    EMPTY,
+    NODATA_PIXELS,
+    ON_NODATA,
+    OUTSIDE,
+    UNKNOWN,
+    UNKNOWN_PIXELS,
+)
 from geoddu.io.writer import class_map_pam_xml
 
 H, W, PIXEL = 60, 80, 10.0
@@ -135,17 +142,20 @@ def test_polygons_count_pixels(tmp_path, class_map):
         (x0, y0), (x1, y1) = TRANSFORM * (c0, r1), TRANSFORM * (c1, r0)
         return box(x0, y0, x1, y1)
 
-    gdf = gpd.GeoDataFrame({"cls": ["water", "crop", "forest"]},
-                           geometry=[cells(0, 0, 4, 4), cells(30, 48, 36, 50) .union(
-                               cells(30, 50, 36, 52)), cells(-5, 0, 3, 3)], crs=CRS)
+    # A fourth reaches into the nodata corner: 12 crop pixels, 4 on nodata.
+    gdf = gpd.GeoDataFrame({"cls": ["water", "crop", "forest", "crop"]},
+                           geometry=[cells(0, 0, 4, 4), cells(30, 48, 36, 50).union(
+                               cells(30, 50, 36, 52)), cells(-5, 0, 3, 3),
+                               cells(48, 58, 52, 62)], crs=CRS)
     ref = tmp_path / "polygons.gpkg"
     gdf.to_crs("EPSG:3857").to_file(ref)
     result = assess(class_map, ref, class_column="cls")
     counts = result.estimates.counts
     assert result.sample_unit == "pixels" and result.reference_kind == "polygons"
     assert counts[0, 0] == 16 and counts[0, 1] == 9  # water map: 16 said water, 9 forest
-    assert counts[1, 2] == 12 and counts[2, 2] == 12  # the crop polygon over forest and crop
-    assert counts.sum() == 16 + 9 + 24
+    assert counts[1, 2] == 12 and counts[2, 2] == 12 + 12  # crop polygons over forest, crop
+    assert counts.sum() == 16 + 9 + 24 + 12
+    assert result.sample.skipped_counts == {NODATA_PIXELS: 4}
     assert any("counts pixels" in n for n in result.notes)
 
 
@@ -154,12 +164,15 @@ def test_reference_raster_same_grid_and_refused_otherwise(tmp_path, class_map):
     ref = cls.copy()
     ref[:10, :10] = 1  # forest on the ground where water is mapped
     ref[0, 79] = 255  # no reference there
+    ref[50:, 60:] = 2  # crop on the ground where the map has nodata: 200 pixels
+    ref[30, 30] = 7  # not a class of the map
     path = write_map(tmp_path / "ref.tif", ref)
     result = assess(class_map, path)
-    valid = (cls != 255) & (ref != 255)
+    valid = (cls != 255) & (ref < 3)
     want = np.zeros((3, 3), int)
     np.add.at(want, (cls[valid], ref[valid]), 1)
     assert result.estimates.counts.tolist() == want.tolist()
+    assert result.sample.skipped_counts == {NODATA_PIXELS: 200, UNKNOWN_PIXELS: 1}
     assert result.reference_kind == "raster"
     shifted = write_map(tmp_path / "shifted.tif", ref,
                         transform=from_origin(500_010, 4_000_000, PIXEL, PIXEL))
