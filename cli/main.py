@@ -17,6 +17,7 @@ from geoddu.io.atomic import os_error_line
 from geoddu.version import __version__
 
 from . import (
+    assess,
     convert,
     demo,
     evaluate,
@@ -118,6 +119,7 @@ cli.add_command(sample.sample)
 cli.add_command(synth.synth)
 cli.add_command(train.train)
 cli.add_command(evaluate.evaluate)
+cli.add_command(assess.assess)
 cli.add_command(export.export)
 cli.add_command(demo.demo)
 
