@@ -12,10 +12,12 @@ Two ways to size the sample, both followed by the same per-class minimum:
 
   with W_i the mapped proportion of class i and U_i its expected user's accuracy (the
   finite-population term of the exact formula is dropped, as in the paper: a map has far more
-  pixels than a sample has points). The paper's worked example (W = 0.02, 0.015, 0.32, 0.645;
-  U = 0.70, 0.60, 0.90, 0.95; S(Ô) = 0.01) gives n = 641; ``tests/accuracy`` checks it. The same
-  formula is what R's ``sits::sits_sampling_design`` implements
-  (https://search.r-project.org/CRAN/refmans/sits/html/sits_sampling_design.html).
+  pixels than a sample has points). With the weights of the paper's worked example (W = 0.02,
+  0.015, 0.32, 0.645), U = 0.70, 0.60, 0.90, 0.95 (the values we recall it planning with) and
+  S(Ô) = 0.01 it gives n = 641; ``tests/accuracy`` checks that and a hand-computed case. R's
+  ``sits::sits_sampling_design`` implements the same formula
+  (https://search.r-project.org/CRAN/refmans/sits/html/sits_sampling_design.html); the paper's
+  own text was not reachable from this project's reference search.
 
 The allocation rule (docs/accuracy.md, "Sampling"):
 
