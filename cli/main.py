@@ -17,6 +17,7 @@ from geoddu.io.atomic import os_error_line
 from geoddu.version import __version__
 
 from . import (
+    assess,
     card,
     convert,
     demo,
@@ -25,6 +26,7 @@ from . import (
     info,
     init,
     native_stderr,
+    sample,
     segment,
     synth,
     train,
@@ -115,9 +117,11 @@ cli.add_command(init.init)
 cli.add_command(convert.convert)
 cli.add_command(segment.segment)
 cli.add_command(vectorize.vectorize)
+cli.add_command(sample.sample)
 cli.add_command(synth.synth)
 cli.add_command(train.train)
 cli.add_command(evaluate.evaluate)
+cli.add_command(assess.assess)
 cli.add_command(export.export)
 cli.add_command(demo.demo)
 

@@ -30,6 +30,8 @@ STAGE_UNITS = {
     "communicate": "tiles",
     "sieve": "windows",
     "polygonize": "windows",
+    "count": "windows",
+    "pick": "windows",
     "scenes": "scenes",
 }
 # A plain-line report at most this often per stage (plus its start and end): a log of a

@@ -3,7 +3,9 @@
 from .errors import Cancelled, GeodduError
 from .version import __version__
 
-__all__ = ["Cancelled", "GeodduError", "__version__", "load_model", "segment", "train_model"]
+__all__ = [
+    "Cancelled", "GeodduError", "__version__", "assess", "load_model", "segment", "train_model",
+]
 
 
 def __getattr__(name: str):
@@ -16,6 +18,10 @@ def __getattr__(name: str):
         from .engine.api import segment
 
         return segment
+    if name == "assess":
+        from .accuracy.assess import assess
+
+        return assess
     if name == "train_model":
         from .train.api import train_model
 

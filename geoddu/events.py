@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "SEGMENT_STAGES",
+    "SAMPLE_STAGES",
     "STAGE_LABELS",
     "TRAIN_STAGES",
     "VECTOR_STAGES",
@@ -34,6 +35,7 @@ __all__ = [
 SEGMENT_STAGES = ("encode", "communicate", "decode")
 VECTOR_STAGES = ("sieve", "polygonize", "simplify", "write")
 TRAIN_STAGES = ("train", "validate")
+SAMPLE_STAGES = ("count", "pick", "write_points")
 STAGE_LABELS = {
     "encode": "encode",
     "communicate": "communicate",
@@ -43,6 +45,9 @@ STAGE_LABELS = {
     "simplify": "simplify",
     "write": "write polygons",
     "scenes": "scenes",
+    "count": "count pixels",
+    "pick": "pick points",
+    "write_points": "write points",
     "train": "train",
     "validate": "validate",
 }

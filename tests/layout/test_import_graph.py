@@ -107,6 +107,9 @@ FORBIDDEN = {
                   "geoddu.cli"),
     "geoddu.vectorize": ("geoddu.models", "geoddu.train", "geoddu.engine", "geoddu.parallel",
                          "geoddu.cli"),
+    # Accuracy assessment reads maps and vectors; it never needs a model or torch.
+    "geoddu.accuracy": ("geoddu.models", "geoddu.train", "geoddu.engine", "geoddu.parallel",
+                        "geoddu.cli"),
 }
 
 

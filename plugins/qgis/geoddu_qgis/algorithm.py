@@ -75,7 +75,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
         "these layers in the order given. A virtual raster (.vrt) as the input is one scene "
         "already.\n"
         "Per-tile class maps (TILE_OUTPUTS, optional, with MOSAIC_WITH): a folder that gets "
-        "one class map per input, <name>.tif, each cut from the seamless result on that "
+        "one class map per input, NAME.tif, each cut from the seamless result on that "
         "input's exact grid. The engine writes either the one class map over the union or the "
         "per-tile maps: with this folder the Class map is not written (leave it a temporary "
         "output or skip it; a named Class map file is refused), and Class probabilities, "
