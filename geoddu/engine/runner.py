@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -68,16 +69,17 @@ class CellRunner:
         """fn(worker, cell, raw, valid) for each cell of `blocks[k]` on device k."""
 
         def work(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
-            for cell, raw, valid in _prefetch(ctx.source, blocks[k], stop):
-                if stop.is_set():
-                    break
-                live = fn(ctx, cell, raw, valid)
-                with self._lock:
-                    if live:
-                        self.encoder_runs += 1
-                    elif stage == "decode":
-                        self.skipped += 1
-                tick(stage)
+            with closing(_prefetch(ctx.source, blocks[k], stop)) as feed:
+                for cell, raw, valid in feed:
+                    if stop.is_set():
+                        break
+                    live = fn(ctx, cell, raw, valid)
+                    with self._lock:
+                        if live:
+                            self.encoder_runs += 1
+                        elif stage == "decode":
+                            self.skipped += 1
+                    tick(stage)
 
         self._on_devices(len(blocks), work, {stage: sum(map(len, blocks))})
 
@@ -90,9 +92,9 @@ class CellRunner:
         in the device's thread after each."""
 
         def run(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
-            feed = _prefetch(ctx.source, work[k].reads, stop)
-            runs, skipped = run_strips(ctx, work[k].strips, plan, feed, sink, area, tick, stop,
-                                       strip_done)
+            with closing(_prefetch(ctx.source, work[k].reads, stop)) as feed:
+                runs, skipped = run_strips(ctx, work[k].strips, plan, feed, sink, area, tick,
+                                           stop, strip_done)
             with self._lock:
                 self.encoder_runs += runs
                 self.skipped += skipped
@@ -188,6 +190,10 @@ class CellRunner:
             release_free_memory()
 
 
+# Callers close the generator (contextlib.closing) as soon as their work ends: an exception
+# raised in the calling thread (a signal: Terminated, KeyboardInterrupt) keeps the frame, and
+# with it an unclosed generator, alive in its traceback until the interpreter shuts down, when
+# the reader thread can no longer run and the generator's drain loop would wait for it forever.
 def _prefetch(
     source: RasterSource, cells: Sequence[Subimage], stop: threading.Event,
     depth: int = READ_AHEAD,
