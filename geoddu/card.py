@@ -68,7 +68,7 @@ def check_card(card: Any, where: str | os.PathLike | None = None) -> dict[str, A
     """A plain, checked copy of `card`; the first problem is one GeodduError line naming
     `where` and the field ("model.pt: card.license: must be text, not 3")."""
     if not isinstance(card, Mapping):
-        _fail(where, "card", f"must be a dict of fields, not {_kind(card)}")
+        _fail(where, "card", f"must be a dict of fields, not {kind_of(card)}")
     unknown = [k for k in card if k not in FIELDS]
     if unknown:
         _fail(where, "card", f"unknown field(s) {', '.join(_show(k) for k in unknown[:3])} "
@@ -209,7 +209,7 @@ def _check_value(where: Any, field: str, value: Any, depth: int, budget: list[in
             for n, v in enumerate(value):
                 _check_value(where, f"{field}[{n}]", v, depth + 1, budget)
         return
-    _fail(where, field, f"must be text, a number, a list or a dict, not {_kind(value)}")
+    _fail(where, field, f"must be text, a number, a list or a dict, not {kind_of(value)}")
 
 
 def _check_field(where: Any, key: str, value: Any) -> None:
@@ -224,9 +224,9 @@ def _check_field(where: Any, key: str, value: Any) -> None:
             isinstance(value, list | tuple) and all(isinstance(v, str) for v in value))):
         _fail(where, field, f"must be text or a list of texts, not {_show(value)}")
     if kind == "dict" and not isinstance(value, Mapping):
-        _fail(where, field, f"must be a dict, not {_kind(value)}")
+        _fail(where, field, f"must be a dict, not {kind_of(value)}")
     if kind == "list" and not isinstance(value, list | tuple):
-        _fail(where, field, f"must be a list, not {_kind(value)}")
+        _fail(where, field, f"must be a list, not {kind_of(value)}")
     if kind == "number" and not (isinstance(value, int | float) and not isinstance(value, bool)
                                  and value >= 0):
         _fail(where, field, f"must be a number of at least 0, not {_show(value)}")
@@ -256,7 +256,8 @@ def _show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """'a str', 'an int', 'None': what a value is, for a one-line message."""
     if value is None:
         return "None"
     name = type(value).__name__

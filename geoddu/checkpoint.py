@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .card import check_card
+from .card import check_card, kind_of
 from .errors import GeodduError, first_line
 from .io.atomic import write_atomically
 from .model_config import DEFAULT_CONFIG, ENCODERS, MAX_CLASSES, MAX_DEPTH
@@ -116,7 +116,7 @@ def check_description(
     fail = _Fail(where)
     config = fields["config"]
     if not isinstance(config, Mapping):
-        fail("config", f"must be a dict of model options, not {_kind(config)}")
+        fail("config", f"must be a dict of model options, not {kind_of(config)}")
     unknown = [k for k in config if k not in DEFAULT_CONFIG]
     if unknown:
         fail("config", f"unknown option(s) {', '.join(_show(k) for k in unknown)}")
@@ -156,12 +156,12 @@ def check_description(
 
     classes = fields["classes"]
     if not isinstance(classes, list | tuple):
-        fail("classes", f"must be a list of classes, not {_kind(classes)}")
+        fail("classes", f"must be a list of classes, not {kind_of(classes)}")
     if len(classes) != n_cls:
         fail("classes", f"{len(classes)} listed for a model with {n_cls} (config.num_classes)")
     for k, c in enumerate(classes):
         if not isinstance(c, Mapping):
-            fail(f"classes[{k}]", f'must be {{"name": ..., "color": [r, g, b]}}, not {_kind(c)}')
+            fail(f"classes[{k}]", f'must be {{"name": ..., "color": [r, g, b]}}, not {kind_of(c)}')
         name = c.get("name")
         if not isinstance(name, str) or not name.strip():
             fail(f"classes[{k}].name", f"must be a non-empty string, not {_show(name)}")
@@ -175,7 +175,7 @@ def check_description(
 
     bands = fields["bands"]
     if not isinstance(bands, list | tuple):
-        fail("bands", f"must be a list of band numbers, not {_kind(bands)}")
+        fail("bands", f"must be a list of band numbers, not {kind_of(bands)}")
     if len(bands) != n_in:
         fail("bands", f"{len(bands)} listed for a model with {n_in} input channels "
                       f"(config.in_channels)")
@@ -184,7 +184,7 @@ def check_description(
 
     norm = fields["normalization"]
     if not isinstance(norm, Mapping):
-        fail("normalization", f'must be {{"mean": [...], "std": [...]}}, not {_kind(norm)}')
+        fail("normalization", f'must be {{"mean": [...], "std": [...]}}, not {kind_of(norm)}')
     for key in ("mean", "std"):
         values = norm.get(key)
         if not isinstance(values, list | tuple) or len(values) != n_in:
@@ -215,7 +215,7 @@ def _check_data(fail: _Fail, data: Any, n_in: int) -> None:
     """
     if not isinstance(data, Mapping):
         fail("data", f'must be {{"pixel_size": ..., "dtype": ..., "value_range": ...}}, '
-                     f"not {_kind(data)}")
+                     f"not {kind_of(data)}")
     for key in ("pixel_size", "dtype", "value_range"):
         if key not in data:
             fail(f"data.{key}", "missing")
@@ -391,7 +391,7 @@ def check_checkpoint(ckpt: Any, where: str | os.PathLike | None = None) -> None:
     """Check a checkpoint already read (what `load_checkpoint` does after `torch.load`)."""
     fail = _Fail(where)
     if not isinstance(ckpt, dict):
-        fail("", f"not a geoddu checkpoint (it holds {_kind(ckpt)}, not a checkpoint dict)")
+        fail("", f"not a geoddu checkpoint (it holds {kind_of(ckpt)}, not a checkpoint dict)")
     if "format" not in ckpt:
         if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             fail("", "not a geoddu checkpoint (a bare state dict? it has weights but no "
@@ -414,7 +414,7 @@ def check_checkpoint(ckpt: Any, where: str | os.PathLike | None = None) -> None:
         # Their contents belong to training (and change with it); the shape is what readers
         # rely on, e.g. ckpt.get("training", {}).get(...).
         if key in ckpt and not isinstance(ckpt[key], dict):
-            fail(key, f"must be a dict, not {_kind(ckpt[key])}")
+            fail(key, f"must be a dict, not {kind_of(ckpt[key])}")
     if ckpt.get("card") is not None:
         # Optional (older checkpoints, `geoddu init`); when present, every field is checked,
         # and the message says how to get rid of a damaged one.
@@ -430,7 +430,7 @@ def check_weights(
     """The state dict must fit `model` exactly: same names, shapes and kinds, finite values."""
     fail = _Fail(where)
     if not isinstance(state, Mapping):
-        fail("state_dict", f"must be a dict of tensors, not {_kind(state)}")
+        fail("state_dict", f"must be a dict of tensors, not {kind_of(state)}")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -442,7 +442,7 @@ def check_weights(
     for key, ref in own.items():
         value = state[key]
         if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
-            fail(f"state_dict[{key!r}]", f"must be a dense tensor, not {_kind(value)}")
+            fail(f"state_dict[{key!r}]", f"must be a dense tensor, not {kind_of(value)}")
         if value.shape != ref.shape:
             fail("state_dict", f"{misfit}: {key} has shape {tuple(value.shape)}, "
                                f"expected {tuple(ref.shape)}")
@@ -523,13 +523,6 @@ def _show(value: Any, limit: int = 40) -> str:
     """A value for a one-line message: repr keeps it on one line, the cut keeps it short."""
     text = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor {tuple(value.shape)}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "None"
-    name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _few(keys: list[str], n: int = 3) -> str:

@@ -28,7 +28,6 @@ import re
 import secrets
 import shutil
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +36,14 @@ from typing import Any
 import numpy as np
 
 from geoddu.errors import Cancelled, GeodduError
-from geoddu.io.atomic import AtomicOutput, os_error_line, sidecar_of
+from geoddu.io.atomic import AtomicOutput, os_error_line
 from geoddu.io.writer import CLASS_NODATA
 from geoddu.resources import release_free_memory
 from geoddu.vectorize.class_windows import CancelFn, ClassReader, ProgressFn, window_grid
 from geoddu.vectorize.writers import driver_for
 
 from .allocation import allocate, cochran_sample_size, resolve_expected_ua
+from .map_info import pam_category_names
 
 __all__ = ["SampleDraw", "SampleResult", "Stratum", "draw_sample", "sample"]
 
@@ -130,28 +130,8 @@ class SampleResult:
 
 
 # -- the map ---------------------------------------------------------------------------------
-def _aux_category_names(src: str) -> list[str] | None:
-    """Band 1's GDAL category names from the PAM sidecar (``MAP.aux.xml``), for maps written by
-    other tools without geoddu's CLASS_NAMES tag (rasterio does not expose category names)."""
-    path = sidecar_of(src)
-    if not path.is_file():
-        return None
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError):
-        return None
-    for band in root.iter("PAMRasterBand"):
-        if band.get("band", "1") != "1":
-            continue
-        cats = band.find("CategoryNames")
-        if cats is not None:
-            names = [(c.text or "") for c in cats.findall("Category")]
-            return names or None
-    return None
-
-
 def _map_names(reader: ClassReader, src: str) -> dict[int, str]:
-    names = reader.names or _aux_category_names(src) or []
+    names = reader.names or pam_category_names(src) or []
     return {i: n for i, n in enumerate(names) if n and i < CLASS_NODATA}
 
 
