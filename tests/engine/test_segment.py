@@ -200,6 +200,22 @@ def test_cancel_leaves_no_output(tmp_path, scene, checkpoint):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "scene.tif"]
 
 
+def test_one_device_computes_in_the_calling_thread(tmp_path, scene, checkpoint):
+    # A second computing thread beside the one that loaded the model makes libgomp throttle
+    # its workers' spin: the small model ran 1.5x slower (docs/precision.md). Several devices
+    # still get a thread each.
+    import threading
+
+    model = geoddu.load_model(checkpoint)
+    threads = set()
+    model.net.encoder.register_forward_hook(lambda *_: threads.add(threading.get_ident()))
+    geoddu.segment(scene, tmp_path / "o.tif", model)
+    assert threads == {threading.get_ident()}
+    threads.clear()
+    geoddu.segment(scene, tmp_path / "two.tif", model, device="cpu,cpu")
+    assert len(threads) == 2 and threading.get_ident() not in threads
+
+
 def test_progress_reports_every_stage(tmp_path, scene, checkpoint):
     seen = []
     geoddu.segment(
