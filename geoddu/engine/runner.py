@@ -1,8 +1,8 @@
 """The local executor's machinery: a per-subimage function over each device's planned block
 of cells, or each device's planned strips, one thread per device, each with its own dataset
 handle and a prefetching reader (of the device's planned reads), so reading overlaps compute.
-One device computes in the calling thread. Progress is reported and cancellation polled from
-the calling thread.
+One device computes in the calling thread. Progress is reported, and cancellation and held
+signals (:mod:`geoddu.engine.interrupts`) polled, from the calling thread.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..errors import Cancelled
 from ..io.raster import RasterSource
 from ..partition import Subimage
 from ..resources import release_free_memory
+from .interrupts import HeldSignals
 from .memory import READ_AHEAD
 from .plan import SegmentPlan
 from .stages import Worker
@@ -110,9 +111,19 @@ class CellRunner:
         """work(k, worker, stop, tick) in one thread per device k < n, each with its own
         dataset handle; progress is reported and cancellation polled from this thread, and
         the first error stops the others and is raised here."""
-        if n == 1:
-            self._in_this_thread(work, totals)
-            return
+        with HeldSignals() as held:
+            if n == 1:
+                self._in_this_thread(work, totals, held)
+            else:
+                self._in_threads(n, work, totals, held)
+
+    def _in_threads(
+        self,
+        n: int,
+        work: Callable[[int, Worker, threading.Event, Tick], None],
+        totals: dict[str, int],
+        held: HeldSignals,
+    ) -> None:
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
 
@@ -151,6 +162,7 @@ class CellRunner:
                 elif kind == "exit":
                     running -= 1
                 if error is None and not stop.is_set():
+                    held.deliver()
                     self.check_cancel()
         except BaseException:
             stop.set()
@@ -167,7 +179,7 @@ class CellRunner:
 
     def _in_this_thread(
         self, work: Callable[[int, Worker, threading.Event, Tick], None],
-        totals: dict[str, int],
+        totals: dict[str, int], held: HeldSignals,
     ) -> None:
         """One device: its work runs in the calling thread. libgomp lets its idle workers spin
         only while it manages no more threads than there are cores; a second computing thread
@@ -178,6 +190,7 @@ class CellRunner:
         def tick(stage: str) -> None:
             done[stage] += 1
             self.report(stage, done[stage], totals[stage])
+            held.deliver()
             self.check_cancel()
 
         self.check_cancel()
