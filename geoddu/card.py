@@ -154,6 +154,46 @@ def card_lines(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def no_card_line(title: str) -> str:
+    """What `geoddu card -m`, `geoddu info -m` and the QGIS plugin say of a checkpoint without
+    a card."""
+    return (f"{title}: no model card (set fields with `geoddu card -m {title} --set "
+            f"description=...`)")
+
+
+def card_text(card: Mapping[str, Any], title: str) -> str:
+    """The card as plain text: a heading, then one ``field: value`` line per row of
+    :func:`card_lines` (the rows `geoddu info -m` tabulates). For logs without a table, such
+    as QGIS's Processing log (`geoddu card --text`)."""
+    if not card:
+        return no_card_line(title)
+    return "\n".join([f"Model card of {title}",
+                      *(f"  {key}: {text}" for key, text in card_lines(card))])
+
+
+def card_html(card: Mapping[str, Any], title: str) -> str:
+    """The card as a self-contained HTML page (no scripts, no external files): the rows of
+    :func:`card_lines`, escaped (a card is text a stranger may have written)."""
+    import html
+
+    name = html.escape(title)
+    if card:
+        rows = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(text)}</td></tr>"
+                       for key, text in card_lines(card))
+        body = f"<table>{rows}</table>"
+    else:
+        body = f"<p>{html.escape(no_card_line(title))}</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Model card of {name}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:.3em .6em;
+text-align:left;vertical-align:top}}th{{background:#f3f3f3}}td{{white-space:pre-wrap}}</style>
+</head><body><h1>Model card of {name}</h1>
+{body}
+</body></html>
+"""
+
+
 def _text(key: str, value: Any) -> str:
     if value is None:
         return "-"

@@ -44,7 +44,8 @@ def test_provider_and_algorithm_are_registered(plugin):
     provider = registry.providerById("geoddu")
     assert provider is not None
     assert sorted(a.id() for a in provider.algorithms()) == [
-        "geoddu:segment", "geoddu:train", "geoddu:vectorize"]
+        "geoddu:assess", "geoddu:modelcard", "geoddu:sample", "geoddu:segment", "geoddu:train",
+        "geoddu:vectorize"]
     alg = registry.algorithmById("geoddu:segment")
     assert alg.displayName() == "Segment raster (DDU-Net)"
     names = [p.name() for p in alg.parameterDefinitions()]

@@ -156,6 +156,9 @@ def test_train_then_segment(plugin, scene, mode, feedback_cls, tmp_path):
     assert all("train loss" in m and "val mIoU" in m for m in epochs)
     values = feedback.progress_values
     assert values and values == sorted(values) and values[-1] == pytest.approx(100)
+    # The new checkpoint's model card, as `geoddu card --text` shows it: training filled it.
+    card = feedback.messages[feedback.messages.index(f"Model card of {ckpt}"):]
+    assert any(m.startswith("  metrics: ") and "val_miou=" in m for m in card), card[:5]
 
     # The checkpoint segments: a class map with the label layer's class names and colours,
     # the green half mostly forest and the red half mostly urban.
@@ -263,7 +266,8 @@ def test_every_algorithm_documents_its_parameters(plugin):
     repository = meta["general"]["repository"]
     provider = QgsApplication.processingRegistry().providerById("geoddu")
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["geoddu:segment", "geoddu:train", "geoddu:vectorize"]
+    assert ids == ["geoddu:assess", "geoddu:modelcard", "geoddu:sample", "geoddu:segment",
+                   "geoddu:train", "geoddu:vectorize"]
     for alg in provider.algorithms():
         assert alg.group() == "DDU-Net" and alg.groupId() == "ddunet"
         assert alg.helpUrl().startswith(repository + "/blob/main/docs/qgis.md#")

@@ -237,6 +237,8 @@ class SegmentAlgorithm(GeodduAlgorithm):
                 "Polygons need the Class map over all inputs, not Per-tile class maps")
 
         engine = self.find_engine(feedback)
+        if request.get("model"):
+            self.log_model_card(engine, request["model"], feedback)
         # Output folders that do not exist yet are made (as QGIS's own algorithms do), and
         # removed again, if still empty, when the run fails. The per-tile folder itself too:
         # the engine wants it to exist.

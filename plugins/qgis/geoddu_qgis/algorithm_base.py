@@ -142,6 +142,18 @@ class GeodduAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(
                 str(engine_bridge.EngineError(f"{type(exc).__name__}: {exc}"))) from None
 
+    def log_model_card(self, engine: engine_bridge.Engine, model: str, feedback) -> None:
+        """The checkpoint's model card in the log, as ``geoddu card --text`` (and ``geoddu
+        info -m``) shows it. A card that cannot be read is one line and the run goes on: the
+        run itself says what is wrong with the checkpoint."""
+        try:
+            text = engine.model_card(model, log=feedback.pushConsoleInfo)
+        except engine_bridge.EngineError as exc:
+            feedback.pushInfo(self.tr("Model card: {}").format(exc))
+            return
+        for line in text.splitlines():
+            feedback.pushInfo(line)
+
     def input_raster(self, parameters, context, name: str = "INPUT") -> str:
         """The path of the INPUT raster. A file QGIS cannot open as a layer is still handed to
         the engine, which may read it (TIFFs only tifffile reads) or says in one line why not."""

@@ -1,7 +1,10 @@
 """The ``geoddu`` command as a subprocess (set-up ``cli``, or an ``env`` QGIS cannot import).
 
 A segment job or a training run goes to the command's stdin as JSON (``--request -``), every
-option by its request field name and any file name as it is: no path is ever on a command line.
+option by its request field name and any file name as it is: no path is on its command line.
+The smaller commands (vectorize, sample, assess, card) take each path as one ``--name=PATH``
+argument and the input after ``--``, so that a name starting with ``-`` stays a value; sample,
+assess and card print their result on stdout (JSON, or the card's text).
 The command answers with JSON progress lines on stderr (``geoddu.events``); the plugin reads
 those alone, never the command's human text, but for the last ``Error: ...`` line of a command
 that died before it could write an ``error`` event. Plain Python (standard library only).
@@ -107,9 +110,70 @@ class CliEngine(Engine):
             raise EngineError("geoddu info --hardware printed no machine report", done.stdout)
         return report
 
-    def _run(self, args, outputs, on_event, cancel, log, stdin_text=None) -> str | None:
+    def sample(self, src, dst, *, n=None, expected_ua=None, target_se=None, min_per_class=0,
+               seed=None, progress=None, cancel=None, log=None):
+        # `geoddu sample --json` reports no progress lines: the run shows as one step. Options
+        # as --name=VALUE and the map after `--`, so that names starting with `-` stay values.
+        args = [*self.command, "sample", f"--output={dst}", "--overwrite", "--json",
+                f"--min-per-class={int(min_per_class)}"]
+        if n is not None:
+            args.append(f"--n={int(n)}")
+        if expected_ua is not None:
+            args.append(f"--expected-ua={expected_ua}")
+            if target_se is not None:
+                args.append(f"--target-se={float(target_se)!r}")
+        if seed is not None:
+            args.append(f"--seed={int(seed)}")
+        printed: list[str] = []
+        self._run_newer("sample", [*args, "--", src], [dst], cancel, log, printed)
+        return _printed_json(printed, "geoddu sample --json")
+
+    def assess(self, src, reference, *, class_column=None, layer=None, design="stratified",
+               report=None, json_path=None, csv_path=None, progress=None, cancel=None,
+               log=None):
+        args = [*self.command, "assess", f"--reference={reference}", f"--design={design}",
+                "--overwrite"]
+        for option, value in (("class-column", class_column), ("layer", layer),
+                              ("report", report), ("csv", csv_path)):
+            if value:
+                args.append(f"--{option}={value}")
+        # The figures come back as the JSON file asked for, else as JSON on stdout.
+        args += [f"--json={json_path}", "--quiet"] if json_path else ["--json=-"]
+        outputs = [path for path in (report, json_path, csv_path) if path]
+        printed: list[str] = []
+        self._run_newer("assess", [*args, "--", src], outputs, cancel, log, printed)
+        if not json_path:
+            return _printed_json(printed, "geoddu assess --json")
+        try:
+            with open(json_path, encoding="utf-8") as stream:
+                return json.load(stream)
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"{json_path}: geoddu assess wrote no readable JSON ({exc})"
+                              ) from None
+
+    def model_card(self, model, *, html=None, log=None):
+        args = [*self.command, "card", f"--model={model}", "--text"]
+        if html:
+            args += [f"--html={html}", "--overwrite"]
+        printed: list[str] = []
+        self._run_newer("card", args, [html] if html else [], None, log, printed)
+        return "\n".join(printed).strip()
+
+    def _run_newer(self, job, args, outputs, cancel, log, printed) -> None:
+        """Run a command newer than ``segment``, its stdout into ``printed``; a geoddu that
+        does not know it (click's "No such command/option") is TOO_OLD[job]."""
+        try:
+            self._run(args, outputs, None, cancel, log, stdout=printed)
+        except EngineError as exc:
+            if "No such command" in str(exc) or "No such option" in str(exc):
+                raise EngineError(TOO_OLD[job], exc.details) from None
+            raise
+
+    def _run(self, args, outputs, on_event, cancel, log, stdin_text=None,
+             stdout: list[str] | None = None) -> str | None:
         """Run one geoddu command (``stdin_text`` on its stdin); hand its JSON events to
-        ``on_event``; map failures to EngineError.
+        ``on_event``; map failures to EngineError. ``stdout``: a list that gets the lines the
+        command prints on stdout (its result), instead of the log.
 
         A failed or cancelled run leaves nothing at ``outputs``: what the command wrote there,
         and the temporary files it left beside them, are removed.
@@ -125,7 +189,7 @@ class CliEngine(Engine):
             _send(proc, stdin_text)
         self.killed = False
         try:
-            outcome = self._follow(proc, lines, on_event, cancel, log)
+            outcome = self._follow(proc, lines, on_event, cancel, log, stdout)
         except BaseException:  # a callback failed, or this thread was interrupted
             if proc.poll() is None:
                 proc.kill()
@@ -175,10 +239,12 @@ class CliEngine(Engine):
         except OSError as exc:
             raise EngineError(f"cannot run {self.command[0]}: {exc.strerror or exc}") from None
 
-    def _follow(self, proc, lines: queue.Queue, on_event, cancel, log) -> tuple:
+    def _follow(self, proc, lines: queue.Queue, on_event, cancel, log,
+                stdout: list[str] | None = None) -> tuple:
         """Read the command's lines until both streams end: events to ``on_event`` (until a
-        cancel), other lines to ``log``. Returns (exit status, cancelled, the error event's
-        message, the done event's output, the last 20 other lines)."""
+        cancel), stdout to ``stdout`` when given, other lines to ``log``. Returns (exit
+        status, cancelled, the error event's message, the done event's output, the last 20
+        other lines)."""
         error_message = output = None
         tail: list[str] = []
         open_streams = 2
@@ -195,6 +261,9 @@ class CliEngine(Engine):
                 open_streams -= 1
                 continue
             line = line.rstrip("\r\n")
+            if stdout is not None and name == "stdout":
+                stdout.append(line)
+                continue
             event = _parse_event(line) if name == "stderr" else None
             if event is None:
                 if line.strip():
@@ -233,6 +302,18 @@ def _progress_events(progress):
                      int(event.get("total", 0)))
 
     return on_event
+
+
+def _printed_json(printed: list[str], what: str) -> dict:
+    """The JSON object a command printed on stdout."""
+    text = "\n".join(printed)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise EngineError(f"{what} did not print JSON", text[-2000:]) from None
+    if not isinstance(value, dict):
+        raise EngineError(f"{what} printed no JSON object", text[-2000:])
+    return value
 
 
 def _error_line(tail: list[str]) -> str:

@@ -83,6 +83,9 @@ TOO_OLD = {
              "--request`); update geoddu",
     "hardware": "this geoddu cannot describe the hardware (no `geoddu info --hardware`); "
                 "update geoddu",
+    "sample": "this geoddu cannot draw accuracy samples (no `geoddu sample`); update geoddu",
+    "assess": "this geoddu cannot assess accuracy (no `geoddu assess`); update geoddu",
+    "card": "this geoddu cannot show model cards (no `geoddu card --text`); update geoddu",
 }
 
 
@@ -168,6 +171,40 @@ class Engine:
         dict of ``geoddu.hardware_report.hardware_report`` (``geoddu info --hardware --json``),
         keys ``machine``, ``probes``, ``auto``, ``cache`` and, with ``model`` (a checkpoint),
         ``checkpoint``. Raises :class:`EngineError` with the engine's one-line message."""
+        raise NotImplementedError
+
+    def sample(self, src: str, dst: str, *, n: int | None = None,
+               expected_ua: str | None = None, target_se: float | None = None,
+               min_per_class: int = 0, seed: int | None = None,
+               progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+               log: LogFn | None = None) -> dict:
+        """Draw a stratified random sample of points from the class map ``src`` into the point
+        layer ``dst`` (format by extension, overwritten): what ``geoddu sample`` does
+        (``geoddu.accuracy.sample``). ``n`` points in total, or Olofsson's sample size from
+        ``expected_ua`` (the text ``--expected-ua`` takes, e.g. ``"0.85,water=0.95"``) and
+        ``target_se``; then ``min_per_class``; ``seed`` None draws one. Returns the object
+        ``geoddu sample --json`` prints (``output``, ``points``, ``seed``, ``design``,
+        ``n_requested``, ``strata``...). Same errors as :meth:`segment`."""
+        raise NotImplementedError
+
+    def assess(self, src: str, reference: str, *, class_column: str | None = None,
+               layer: str | None = None, design: str = "stratified",
+               report: str | None = None, json_path: str | None = None,
+               csv_path: str | None = None, progress: ProgressFn | None = None,
+               cancel: CancelFn | None = None, log: LogFn | None = None) -> dict:
+        """Assess the class map ``src`` against ``reference`` (points or polygons with their
+        class in ``class_column``, ``layer`` of a multi-layer file; or a raster on the map's
+        grid): what ``geoddu assess`` does (``geoddu.accuracy.assess``), writing the HTML
+        ``report``, the JSON and the CSV asked for (overwritten, all or none). Returns the
+        assessment as ``geoddu assess --json`` writes it. Same errors as :meth:`segment`."""
+        raise NotImplementedError
+
+    def model_card(self, model: str, *, html: str | None = None,
+                   log: LogFn | None = None) -> str:
+        """The model card of the checkpoint ``model`` as plain ``field: value`` lines under a
+        heading (``geoddu card --text``, ``geoddu.card.card_text``: the rows ``geoddu info
+        -m`` shows), or the line saying it has none; with ``html``, also written there as a
+        page (``geoddu.card.card_html``, overwritten). Raises :class:`EngineError`."""
         raise NotImplementedError
 
     @staticmethod

@@ -3,7 +3,9 @@
 The Processing algorithms find an engine (:func:`.discovery.find_engine`), then call
 ``engine.segment(request)``, ``engine.vectorize(...)`` (polygons) or ``engine.train(request)``
 (a training run), ``request`` being a plain dict of the engine's request fields
-(:mod:`.engine_base` says which). This module gathers what they use, each part in its own
+(:mod:`.engine_base` says which); and ``engine.sample(...)``, ``engine.assess(...)`` (accuracy)
+and ``engine.model_card(model)``, which return what ``geoddu sample --json``, ``geoddu assess
+--json`` and ``geoddu card --text`` print. This module gathers what they use, each part in its own
 module:
 
 - :mod:`.engine_base`: the :class:`Engine` contract, its errors, stage names and the overall

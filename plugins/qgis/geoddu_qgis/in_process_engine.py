@@ -7,6 +7,7 @@ Plain Python (standard library only, no QGIS import).
 from __future__ import annotations
 
 import importlib
+import json
 import traceback
 
 from .engine_base import TOO_OLD, Engine, EngineCancelled, EngineError, request_outputs
@@ -82,6 +83,81 @@ class InProcessEngine(Engine):
 
         self._call(run, [])
         return found["report"]
+
+    def sample(self, src, dst, *, n=None, expected_ua=None, target_se=None, min_per_class=0,
+               seed=None, progress=None, cancel=None, log=None):
+        package = self.module.__name__
+        found = {}
+
+        def run():
+            sampling = self._import(package + ".accuracy.sampling", TOO_OLD["sample"])
+            ua = None
+            if expected_ua is not None:  # parsed as `geoddu sample --expected-ua` parses it
+                ua = importlib.import_module(
+                    package + ".accuracy.allocation").parse_expected_ua(expected_ua)
+            result = sampling.sample(src, dst, n=n, min_per_class=min_per_class, expected_ua=ua,
+                                     target_se=target_se if ua is not None else None,
+                                     seed=seed, overwrite=True, progress=progress,
+                                     cancel=cancel)
+            found["summary"] = result.to_dict()
+
+        self._call(run, [dst])
+        return found["summary"]
+
+    def assess(self, src, reference, *, class_column=None, layer=None, design="stratified",
+               report=None, json_path=None, csv_path=None, progress=None, cancel=None,
+               log=None):
+        package = self.module.__name__
+        outputs = [path for path in (report, json_path, csv_path) if path]
+        found = {}
+
+        def run():
+            assess = self._import(package + ".accuracy.assess", TOO_OLD["assess"]).assess
+            render = importlib.import_module(package + ".accuracy.report")
+            cancelled = importlib.import_module(package + ".errors").Cancelled
+
+            def step(stage: str, done: int, total: int) -> None:
+                # The assessment takes no cancel callback: its progress reports are where a
+                # cancel can stop it.
+                if cancel is not None and cancel():
+                    raise cancelled("cancelled; no output was written")
+                if progress is not None:
+                    progress(stage, done, total)
+
+            # What `geoddu assess` does: outputs checked first, written together at the end.
+            files = render.open_outputs({"json": json_path, "csv": csv_path, "report": report},
+                                        map_path=src, overwrite=True)
+            try:
+                result = assess(src, reference, class_column=class_column, layer=layer,
+                                design=design, progress=step)
+            except BaseException:
+                for out in files.values():
+                    out.discard()
+                raise
+            render.write_outputs(result, files)
+            # As `geoddu assess --json` prints it: the same dict through either route.
+            found["result"] = json.loads(render.to_json(result))
+
+        self._call(run, outputs)
+        return found["result"]
+
+    def model_card(self, model, *, html=None, log=None):
+        package = self.module.__name__
+        found = {}
+
+        def run():
+            cards = self._import(package + ".card", TOO_OLD["card"])
+            if not hasattr(cards, "card_text"):
+                raise EngineError(TOO_OLD["card"])
+            card = importlib.import_module(package + ".checkpoint").read_card(model)
+            if html:
+                write = importlib.import_module(package + ".io.atomic").write_atomically
+                write(html, lambda temp: temp.write_text(cards.card_html(card, model),
+                                                         encoding="utf-8"))
+            found["text"] = cards.card_text(card, model)
+
+        self._call(run, [html] if html else [])
+        return found["text"]
 
     @staticmethod
     def _import(name: str, missing: str):

@@ -3,7 +3,9 @@
 from qgis.core import QgsProcessingProvider
 
 from . import settings
+from .accuracy_algorithms import AssessAlgorithm, SampleAlgorithm
 from .algorithm import SegmentAlgorithm
+from .card_algorithm import ModelCardAlgorithm
 from .icons import plugin_icon
 from .train_algorithm import TrainAlgorithm
 from .vectorize_algorithm import VectorizeAlgorithm
@@ -31,7 +33,8 @@ class GeodduProvider(QgsProcessingProvider):
         settings.unregister()
 
     def loadAlgorithms(self):  # noqa: N802
-        for algorithm in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm()):
+        for algorithm in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm(),
+                          SampleAlgorithm(), AssessAlgorithm(), ModelCardAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802

@@ -263,6 +263,7 @@ class TrainAlgorithm(GeodduAlgorithm):
         feedback.setProgress(100)
         feedback.pushInfo(self.tr("Checkpoint: {} (best epoch {} of {})").format(
             output, summary["best_epoch"], summary["epochs_run"]))
+        self.log_model_card(engine, output, feedback)
         results = {self.OUTPUT: output, self.RUN_FOLDER: run_dir, self.ENGINE: engine.kind,
                    self.EPOCHS_RUN: summary["epochs_run"], self.BEST_EPOCH: summary["best_epoch"],
                    self.BEST_VAL_MIOU: summary["best_val_miou"]}
