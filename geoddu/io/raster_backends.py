@@ -206,6 +206,16 @@ class TiffBackend:
         th, tw = self._block
         self._tiles_down = math.ceil(self.height / th)
         self._tiles_across = math.ceil(self.width / tw)
+        # A damaged file can list fewer offsets or byte counts than its size needs (found by
+        # fuzzing: an IndexError deep in a read); say so at open.
+        need = self._tiles_down * self._tiles_across * sep
+        for i, page in enumerate(self.pages):
+            if page is not None and min(len(page.dataoffsets), len(page.databytecounts)) < need:
+                raise GeodduError(
+                    f"{self.path}: damaged TIFF: page {i} lists "
+                    f"{min(len(page.dataoffsets), len(page.databytecounts))} data segments, its "
+                    f"size needs {need}"
+                )
         self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self._cache_bytes = 0
         # Decode one segment now: a compression tifffile cannot decode (e.g. JPEG-XL without
