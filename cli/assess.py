@@ -27,9 +27,13 @@ from .options import overwrite_option, quiet_option
               metavar="FILE", help="Write every figure as a CSV row (tidy format).")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Write a self-contained HTML report (matrices as heat maps).")
+@click.option("--into", "into", type=str, default=None, metavar="MODEL.pt",
+              help="Also write the figures into the model card of the checkpoint that made the "
+                   "map (its \"accuracy\" field), in place and atomically; the weights are not "
+                   "touched. Checked before any work.")
 @overwrite_option
 @quiet_option
-def assess(src, reference, class_column, layer, design, json_out, csv_out, report_out,
+def assess(src, reference, class_column, layer, design, json_out, csv_out, report_out, into,
            overwrite, quiet) -> None:
     """Assess the class map MAP against reference data, as recommended by Olofsson et al.
     (2014): the sample error matrix, the error matrix in proportions of area, overall, user's
@@ -48,21 +52,28 @@ def assess(src, reference, class_column, layer, design, json_out, csv_out, repor
       geoddu assess landcover.tif -r points.gpkg --class-column ref --json out.json
       geoddu assess landcover.tif -r survey.tif --report report.html --csv figures.csv
       geoddu assess landcover.tif -r points.gpkg --class-column ref --design simple --json
+      geoddu assess landcover.tif -r points.gpkg --class-column ref --into runs/k2/best.pt
     """
     from geoddu.accuracy.assess import assess as run_assess
     from geoddu.accuracy.report import open_outputs, to_json, write_outputs
 
     to_stdout = json_out == "-"
     files = {"json": None if to_stdout else json_out, "csv": csv_out, "report": report_out}
-    outputs = open_outputs(files, map_path=src, overwrite=overwrite)
+    outputs = open_outputs(files, map_path=src, overwrite=overwrite,
+                           inputs={"--into": into, "--reference": reference})
     try:
+        # With --into the model is checked before any work and its card written last, so a bad
+        # model leaves no output and a failed card write discards them.
         result = run_assess(src, reference, class_column=class_column, layer=layer,
-                            design=design)
+                            design=design, into=into)
     except BaseException:
         for out in outputs.values():
             out.discard()
         raise
     write_outputs(result, outputs)
+    if into is not None and not quiet:
+        click.echo(f"Wrote the figures into the model card of {into} (field \"accuracy\"; "
+                   f"`geoddu card -m {into}` shows it)", err=True)
     if to_stdout:
         click.echo(to_json(result))
         return

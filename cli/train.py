@@ -93,7 +93,8 @@ def _typed(flags: str, name: str, help: str, **kwargs: object):
 @_typed("--patch-size", "patch_size", "Global patch size in px [DeepGlobe 1024, folder 512].")
 @_typed("--val-fraction", "val_fraction",
         "Share of images (DeepGlobe) or patches (folder) for validation.")
-@_typed("--test-fraction", "test_fraction", "Share kept out for `geoddu evaluate`.")
+@_typed("--test-fraction", "test_fraction", "Share kept out for testing: evaluated once after "
+        "the last epoch into the model card (\"test\"), and by `geoddu evaluate`.")
 @click.option("--classes-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Folder data: classes YAML/JSON [DATA/classes.yaml].")
 @click.option("--class-column", default=None, help="Folder data: vector attribute with the class.")

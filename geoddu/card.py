@@ -21,15 +21,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .card_sections import check_accuracy, check_test
 from .errors import GeodduError
 
 # Fields the user writes (--card FILE, `geoddu card --set`): each text, authors text or a list.
 USER_FIELDS = ("description", "license", "citation", "authors", "intended_use", "limitations")
-# Fields geoddu writes: training fills all but "accuracy", which `geoddu assess` (through
+# Fields geoddu writes: training fills all but "accuracy", which `geoddu assess --into` (through
 # update_card) adds.
 AUTO_FIELDS = (
     "data_source", "bands", "band_names", "pixel_size", "crs_units", "normalization", "classes",
-    "metrics", "training_time_s", "hardware", "versions", "date", "accuracy",
+    "metrics", "test", "training_time_s", "hardware", "versions", "date", "accuracy",
 )
 FIELDS = USER_FIELDS + AUTO_FIELDS
 
@@ -45,11 +46,12 @@ _KINDS: dict[str, str] = {
     "normalization": "dict",
     "classes": "list",
     "metrics": "dict",
+    "test": "test",
     "training_time_s": "number",
     "hardware": "dict",
     "versions": "dict",
     "date": "text",
-    "accuracy": "dict",
+    "accuracy": "accuracy",
 }
 
 # Limits: a card describes a model, it is not a data store. Well above any honest card, well
@@ -161,6 +163,10 @@ def _text(key: str, value: Any) -> str:
         return " x ".join(f"{v:g}" for v in value)
     if key == "training_time_s":
         return f"{value:.1f} s"
+    if key == "accuracy" and isinstance(value, Mapping):
+        return accuracy_text(value)
+    if key == "test" and isinstance(value, Mapping):
+        return test_text(value)
     if key == "classes" and isinstance(value, list):
         return ", ".join(str(c.get("name", c)) if isinstance(c, Mapping) else str(c)
                          for c in value)
@@ -169,6 +175,40 @@ def _text(key: str, value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_short(v) for v in value)
     return str(value)
+
+
+def _pm(figure: Mapping[str, Any], digits: int = 3) -> str:
+    """"0.912 ± 0.031" from {"estimate", "ci"}; "-" where the sample gave none."""
+    value, ci = figure.get("estimate"), figure.get("ci")
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if ci is None else f"{value:,.{digits}f} ± {ci:,.{digits}f}"
+
+
+def accuracy_text(acc: Mapping[str, Any]) -> str:
+    """One paragraph: the overall figures and what they rest on, then each class."""
+    head = (f"overall accuracy {_pm(acc['overall_accuracy'])} (95%), "
+            f"{acc['sample_size']:,} {acc['sample_unit']}, {acc['design']} design; "
+            f"{acc['map']} against {acc['reference']}, {acc['date']}; quantity / allocation "
+            f"disagreement {_fig(acc['quantity_disagreement'])} / "
+            f"{_fig(acc['allocation_disagreement'])}")
+    rows = [f"{c['name']}: user's {_pm(c['users_accuracy'])}, producer's "
+            f"{_pm(c['producers_accuracy'])}, area {_pm(c['area_ha'], 1)} ha "
+            f"(mapped {c['mapped_area_ha']:,.1f})" for c in acc["classes"]]
+    return "; ".join([head, *rows])
+
+
+def test_text(test: Mapping[str, Any]) -> str:
+    if not test.get("evaluated"):
+        return f"not evaluated: {test.get('reason')}"
+    iou = ", ".join(f"{k} {_fig(v)}" for k, v in test["iou"].items())
+    return (f"mIoU {_fig(test['miou'])}, overall accuracy {_fig(test['overall_accuracy'])} "
+            f"on {test['patches']:,} test patches ({test['pixels']:,} px), weights of epoch "
+            f"{test['epoch']}; IoU {iou}")
+
+
+def _fig(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _short(value: Any) -> str:
@@ -214,6 +254,13 @@ def _check_value(where: Any, field: str, value: Any, depth: int, budget: list[in
 
 def _check_field(where: Any, key: str, value: Any) -> None:
     kind, field = _KINDS[key], f"card.{key}"
+    # The structured sections have their own shape, checked key by key.
+    if kind == "accuracy":
+        check_accuracy(value, where)
+        return
+    if kind == "test":
+        check_test(value, where)
+        return
     if kind.endswith("-or-none"):
         if value is None:
             return

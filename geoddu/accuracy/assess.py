@@ -35,6 +35,10 @@ class Assessment:
     pixel_area_m2: float
     sample: ReferenceSample
     notes: list[str] = field(default_factory=list)
+    # The checkpoint whose model card the figures were written into (`into`), and what went
+    # under its "accuracy" key.
+    model_path: str | None = None
+    card_section: dict[str, Any] | None = None
 
     @property
     def skipped_total(self) -> int:
@@ -54,6 +58,7 @@ class Assessment:
             "skipped": dict(self.sample.skipped_counts),
             "skipped_list": [s.to_dict() for s in self.sample.skipped],
             "notes": list(self.notes),
+            **({"into": self.model_path} if self.model_path is not None else {}),
             **self.estimates.to_dict(),
         }
 
@@ -65,6 +70,7 @@ def assess(
     class_column: str | None = None,
     layer: str | None = None,
     design: str = "stratified",
+    into: str | os.PathLike[str] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Assessment:
     """Assess the class map ``map_path`` against ``reference`` (points or polygons with the
@@ -72,9 +78,17 @@ def assess(
 
     The map's class pixel counts come from one blockwise pass over the map; with
     ``design="stratified"`` they are the strata weights of Olofsson et al. (2014).
+
+    ``into``: the checkpoint of the model that made the map; the figures are written into its
+    model card under ``accuracy`` (:mod:`.model_card`), atomically, once everything is
+    computed. It is checked first, so a missing or damaged model costs no work.
     """
     if design not in DESIGNS:
         raise GeodduError(f"unknown design {design!r} (one of {', '.join(DESIGNS)})")
+    if into is not None:
+        from .model_card import check_model
+
+        check_model(into)
     info: MapInfo = open_class_map(map_path)
     pixel_area = info.require_pixel_area()
 
@@ -101,10 +115,18 @@ def assess(
     hectares = mapped[keep] * pixel_area / M2_PER_HA
     notes = _notes(design, sample, names, mapped[keep], counts)
     est = estimate(counts, hectares, classes=names, design=design)
-    return Assessment(
+    result = Assessment(
         map_path=info.path, reference_path=os.fspath(reference),
         reference_kind=sample.kind, sample_unit=sample.unit, class_ids=keep, estimates=est,
         mapped_pixels=mapped[keep], pixel_area_m2=pixel_area, sample=sample, notes=notes)
+    if into is not None:
+        from .model_card import write_into_card
+
+        if progress is not None:
+            progress("writing the model card", 0, 1)
+        result.card_section = write_into_card(result, into)
+        result.model_path = os.fspath(into)
+    return result
 
 
 def _notes(design: str, sample: ReferenceSample, names: list[str], mapped: np.ndarray,

@@ -164,13 +164,16 @@ RENDER = {"json": to_json, "csv": to_csv, "report": to_html}
 
 
 def open_outputs(paths: dict[str, str | os.PathLike[str] | None], *, map_path: str,
-                 overwrite: bool) -> dict[str, Any]:
-    """Check every output before any work (distinct, not the map, absent unless
-    ``overwrite``): {"json"|"csv"|"report": AtomicOutput}."""
+                 overwrite: bool,
+                 inputs: dict[str, str | os.PathLike[str] | None] | None = None
+                 ) -> dict[str, Any]:
+    """Check every output before any work (distinct, not the map nor another of `inputs`,
+    absent unless ``overwrite``): {"json"|"csv"|"report": AtomicOutput}."""
     from geoddu.io.atomic import AtomicOutput, check_distinct_paths
 
     given = {k: v for k, v in paths.items() if v is not None}
-    check_distinct_paths({f"--{k}": v for k, v in given.items()}, {"map": map_path})
+    check_distinct_paths({f"--{k}": v for k, v in given.items()},
+                         {"map": map_path, **(inputs or {})})
     outputs: dict[str, Any] = {}
     try:
         for kind, path in given.items():

@@ -134,9 +134,12 @@ def event_callbacks(on_event: EventFn | None) -> Callbacks:
 def summary_line(result: TrainResult) -> str:
     """'done after 2 epochs; best.pt: epoch 2, val loss 0.4123, val mIoU 0.512 (runs/k2)'."""
     how = "stopped early" if result.stopped_early else "done"
+    test = result.test or {}
+    # The test split's figure when there is one (evaluated once, after the last epoch).
+    tested = f", test mIoU {metric(test.get('miou'))}" if test.get("evaluated") else ""
     return (f"{how} after {result.epochs_run} epochs; best.pt: epoch {result.best_epoch}, "
-            f"val loss {result.best_val_loss:.4f}, val mIoU {metric(result.best_val_miou)} "
-            f"({result.run_dir})")
+            f"val loss {result.best_val_loss:.4f}, val mIoU {metric(result.best_val_miou)}"
+            f"{tested} ({result.run_dir})")
 
 
 def done_details(result: TrainResult) -> dict[str, Any]:
@@ -144,7 +147,7 @@ def done_details(result: TrainResult) -> dict[str, Any]:
     return {"run_dir": str(result.run_dir), "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
             "best_val_miou": result.best_val_miou, "stopped_early": result.stopped_early,
-            "best": str(result.best), "last": str(result.last)}
+            "best": str(result.best), "last": str(result.last), "test": result.test}
 
 
 def metric(value: float | None) -> str:

@@ -145,10 +145,14 @@ def evaluate(
         loss_sum, count = float(packed[0]), float(packed[1])
         acc.confusion = packed[2:].round().to(torch.int64).numpy().reshape(acc.confusion.shape)
     iou = acc.iou()
+    # Labelled pixels (ignored ones left out) and the share of them predicted right.
+    pixels = int(acc.confusion.sum())
     return {
         "loss": loss_sum / count if count else float("nan"),
         "iou": [None if np.isnan(v) else float(v) for v in iou],
         "miou": acc.miou(),
         "classes": [c["name"] for c in dataset.classes],
         "images": int(count),
+        "pixels": pixels,
+        "overall_accuracy": float(np.trace(acc.confusion) / pixels) if pixels else float("nan"),
     }

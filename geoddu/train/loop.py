@@ -33,7 +33,13 @@ import numpy as np
 import torch
 
 from ..card import check_user_fields
-from ..checkpoint import build_metadata, model_from_checkpoint, save_checkpoint
+from ..checkpoint import (
+    build_metadata,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    update_card,
+)
 from ..errors import GeodduError
 from ..io.atomic import write_atomically
 from ..models.ddunet import DDUNet
@@ -81,6 +87,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     # The weights after the last epoch (last.pt holds the same), on every rank.
     model: DDUNet | None = None
+    # best.pt's card "test" section: the test split's figures, or why there are none.
+    test: dict[str, Any] | None = None
 
     @property
     def best(self) -> Path:
@@ -108,6 +116,8 @@ class Trainer:
         resume_state: dict[str, Any] | None = None,
         mesh: TrainMesh | None = None,
         card: dict[str, Any] | None = None,
+        test_set: Any = None,
+        no_test: str | None = None,
     ) -> None:
         self.config = config.check()
         # The user's model card fields (--card FILE); geoddu adds its own at every save.
@@ -122,6 +132,16 @@ class Trainer:
             raise GeodduError("training needs a non-empty training and validation split")
         for ds in (train_set, val_set):
             check_model_fits(model, ds, "the model")
+        # The test split is evaluated once, after the last epoch (never to pick weights); without
+        # one, the card says why (`no_test`).
+        self.test_set = test_set if test_set is not None and len(test_set) else None
+        if self.test_set is not None:
+            check_model_fits(model, self.test_set, "the model")
+        self.no_test = no_test or "no test split was given to the trainer"
+        # A CPU copy of best.pt's weights, for evaluating them on the test split at the end
+        # when a later epoch did not improve (None: not improved since this process started).
+        self._best_weights: dict[str, torch.Tensor] | None = None
+        self.test_result: dict[str, Any] | None = None
         self.run_dir = Path(run_dir)
         self.callbacks = callbacks or Callbacks()
         self.record = dict(record or {})
@@ -210,7 +230,9 @@ class Trainer:
                 "device": str(self.device), "amp": self.amp, "precision": self.precision,
                 "ranks": self.mesh.world, "spatial_ranks": self.mesh.spatial_size,
             })
+        ran = False  # an epoch in this process (a resumed run may have none left)
         while self.epoch < cfg.epochs and not self.stopped_early:
+            ran = True
             t0 = time.perf_counter()
             train_loss = self._train_epoch(self.epoch)
             val = evaluate(
@@ -229,6 +251,15 @@ class Trainer:
                 self.bad_epochs += 1
             self.stopped_early = (self.epoch >= cfg.min_epochs and self.bad_epochs >= cfg.patience
                                   and self.epoch < cfg.epochs)
+            final = self.stopped_early or self.epoch >= cfg.epochs
+            # These weights on the test split, once, after the last epoch (every rank takes
+            # part, as in validation); earlier files say the test is still to come.
+            test = self._test(self.model, self.epoch) if final else self._pending_test()
+            if improved and final:
+                self.test_result = test
+            elif improved and self.test_set is not None:
+                self._best_weights = {k: v.detach().to("cpu", copy=True)
+                                      for k, v in self.model.state_dict().items()}
             row = {
                 "epoch": self.epoch,
                 "train_loss": train_loss,
@@ -243,7 +274,7 @@ class Trainer:
             if not main:
                 continue
             # Both files hold this epoch's weights: the card's metrics are this epoch's.
-            card = self._card(row, val)
+            card = {**self._card(row, val), "test": test}
             if improved:
                 save_checkpoint(self.run_dir / BEST, self.model, self.metadata,
                                 training=self._training_record(), card=card)
@@ -252,7 +283,72 @@ class Trainer:
             self._write_history()
             if self.callbacks.on_epoch:
                 self.callbacks.on_epoch(row)
+        if ran and self.test_result is None:
+            self._test_best()
         return self.result()
+
+    # -- the test split -----------------------------------------------------------------------
+    def _pending_test(self) -> dict[str, Any]:
+        if self.test_set is None:
+            return {"evaluated": False, "reason": self.no_test}
+        return {"evaluated": False, "reason": "training had not finished when this file was "
+                                              "written: the test split is evaluated after the "
+                                              "last epoch"}
+
+    def _test(self, model: DDUNet, epoch: int) -> dict[str, Any]:
+        """The card's "test" section for `model` (the weights of `epoch`)."""
+        if self.test_set is None:
+            return self._pending_test()
+        cfg = self.config
+        # A DataLoader draws its seed from torch's global generator: the test must leave no
+        # trace in the state last.pt saves, or a run cut here would resume differently from one
+        # that went on (the test runs at the end of a run, not of every epoch).
+        rng = torch.get_rng_state()
+        try:
+            res = evaluate(
+                model, self.test_set, normalization=self.normalization, grid=self.grid,
+                batch_size=cfg.batch_size, device=self.device, precision=self.precision,
+                workers=cfg.workers, loss=cfg.loss,
+                shard=(self.mesh.rank, self.mesh.world), reduce=self.mesh.reduce_sum(),
+            )
+        finally:
+            torch.set_rng_state(rng)
+        return {
+            "evaluated": True,
+            "split": "test",
+            "epoch": int(epoch),
+            "patches": len(self.test_set),
+            "pixels": int(res["pixels"]),
+            "loss": _finite(res["loss"]),
+            "miou": _finite(res["miou"]),
+            "overall_accuracy": _finite(res["overall_accuracy"]),
+            "iou": {str(name): _finite(v)
+                    for name, v in zip(res["classes"], res["iou"], strict=True)},
+        }
+
+    def _test_best(self) -> None:
+        """best.pt was written by an earlier epoch than the last: evaluate its weights on the
+        test split and put the figures into its card (in place, atomically)."""
+        if self.test_set is None:
+            self.test_result = self._pending_test()
+            return
+        if self.best_epoch == 0:  # no epoch improved on the start (a NaN loss): no best.pt
+            return
+        weights = self._best_weights
+        if weights is None:
+            # Best before this process started (a resumed run): rank 0 holds best.pt.
+            weights = self.mesh.broadcast_object(
+                load_checkpoint(self.run_dir / BEST)["state_dict"] if self.mesh.is_main else None)
+        # The last epoch's weights go back in afterwards (the result's model is the last one);
+        # swapping beats a deep copy, which would also copy what the executor attached.
+        last = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(weights)
+        try:
+            self.test_result = self._test(self.model, self.best_epoch)
+        finally:
+            self.model.load_state_dict(last)
+        if self.mesh.is_main:
+            update_card(self.run_dir / BEST, {"test": self.test_result})
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """(images, labels, global batch size): this rank's share of each global batch, in the
@@ -426,6 +522,7 @@ class Trainer:
             stopped_early=self.stopped_early,
             history=list(self.history),
             model=self.model,
+            test=self.test_result,
         )
 
 

@@ -37,6 +37,21 @@ def open_splits(kind: str, data: str | os.PathLike, options: dict[str, Any] | No
     return [open_dataset(kind, data, s, **(options or {})) for s in splits]
 
 
+def open_test_split(kind: str, data: str | os.PathLike,
+                    options: dict[str, Any] | None = None) -> tuple[Any, str | None]:
+    """(the test split, None), or (None, why there is none): the model card says which.
+
+    Data without a test split is not an error for training (e.g. a test fraction of 0), so the
+    reason is kept, not raised."""
+    try:
+        test_set = open_dataset(kind, data, "test", **(options or {}))
+    except GeodduError as exc:
+        return None, f"no test split: {exc}"
+    if len(test_set) == 0:
+        return None, f"no test split: the {kind} data's test split is empty"
+    return test_set, None
+
+
 def start_training(
     dataset: str,
     data: str | os.PathLike,
@@ -73,6 +88,7 @@ def start_training(
         if adapt_bands and not encoder_weights:
             raise GeodduError("--adapt-bands adapts --encoder-weights; give those too")
         train_set, val_set = open_splits(dataset, data, dataset_options)
+        test_set, no_test = open_test_split(dataset, data, dataset_options)
         opts = dict(model_options or {})
         pretrained, kept = None, None
         for key, have in (("in_channels", train_set.in_channels),
@@ -126,7 +142,7 @@ def start_training(
         }
         return Trainer(model, train_set, val_set, Path(run_dir), config,
                        normalization=normalization, record=record, callbacks=callbacks, mesh=mesh,
-                       card=card)
+                       card=card, test_set=test_set, no_test=no_test)
 
     # Every rank stops on any rank's set-up error (rank 0 prints it) instead of the others
     # waiting for it in the first collective.
@@ -179,6 +195,7 @@ def resume_training(
             raise GeodduError(f"{run_dir}: the checkpoint does not say which data it was "
                               f"trained on")
         train_set, val_set = open_splits(kind, source, described)
+        test_set, no_test = open_test_split(kind, source, described)
         keep = ("dataset", "data", "arch", "init_checkpoint", "encoder_weights", "adapt_bands",
                 "freeze_encoder")
         record = {k: record.get(k) for k in keep}
@@ -186,7 +203,8 @@ def resume_training(
         return Trainer(model, train_set, val_set, Path(run_dir), config,
                        normalization=ckpt["normalization"], record=record, callbacks=callbacks,
                        resume_state=ckpt["resume"], mesh=mesh,
-                       card=user_fields(ckpt.get("card")) if card is None else card)
+                       card=user_fields(ckpt.get("card")) if card is None else card,
+                       test_set=test_set, no_test=no_test)
 
     return mesh.agreed(build).fit()
 

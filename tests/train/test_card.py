@@ -143,10 +143,28 @@ def test_card_command_edits_atomically_and_keeps_the_weights(run, tmp_path):
         runner.invoke(cli, ["card", "-m", str(path), "--set", "license"]))
 
 
+def _figure(estimate, se):
+    return {"estimate": estimate, "se": se, "ci": None if se is None else 1.96 * se}
+
+
+# An "accuracy" section as `geoddu assess --into` writes it (geoddu.accuracy.model_card).
+ACCURACY = {
+    "map": "map.tif", "reference": "points.gpkg", "reference_kind": "points",
+    "sample_unit": "points", "design": "stratified", "sample_size": 40, "skipped": 0,
+    "z": 1.96, "area_unit": "ha", "overall_accuracy": _figure(0.91, 0.03),
+    "quantity_disagreement": 0.02, "allocation_disagreement": 0.07,
+    "classes": [{"id": 1, "name": "water", "mapped_pixels": 120, "mapped_area_ha": 4.8,
+                 "sample_units": 40, "users_accuracy": _figure(0.9, 0.04),
+                 "producers_accuracy": _figure(1.0, None), "f1": 0.95, "iou": None,
+                 "area_ha": _figure(4.5, 0.3)}],
+    "notes": [], "date": "2026-01-02T03:04:05+00:00",
+}
+
+
 def test_update_card_and_info(run, tmp_path, checkpoint):
     path = tmp_path / "trained.pt"
     shutil.copyfile(run / "best.pt", path)
-    figures = {"overall": 0.91, "kappa": 0.8, "per_class": {"water": {"users": 0.9}}}
+    figures = ACCURACY
     card = update_card(path, {"accuracy": figures})
     assert card["accuracy"] == figures and read_card(path)["accuracy"] == figures
     assert read_card(path)["license"] == "CC-BY-4.0"
@@ -154,8 +172,10 @@ def test_update_card_and_info(run, tmp_path, checkpoint):
     res = runner.invoke(cli, ["info", "-m", str(path), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["checkpoint"]["card"]["accuracy"] == figures
-    res = runner.invoke(cli, ["info", "-m", str(path)])
+    res = runner.invoke(cli, ["info", "-m", str(path)], env={"COLUMNS": "1000"})
     assert res.exit_code == 0 and "Model card" in res.output and "CC-BY-4.0" in res.output
+    assert "overall accuracy 0.910 ± 0.059 (95%), 40 points, stratified design" in res.output
+    assert "water: user's 0.900 ± 0.078, producer's 1.000, area 4.5 ± 0.6 ha" in res.output
     # A checkpoint without a card stays valid and says so.
     assert "card" not in load_checkpoint(checkpoint) and read_card(checkpoint) == {}
     res = runner.invoke(cli, ["card", "-m", str(checkpoint)])

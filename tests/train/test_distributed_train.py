@@ -307,6 +307,12 @@ def test_training_run_equals_one_process(tmp_path, synthetic, single_run, world,
     written = load_checkpoint(tmp_path / "run" / "last.pt")
     assert written["training"]["mesh"] == {"data": world // spatial, "spatial": spatial}
     _assert_same_run(written["state_dict"], single, set(_noise_only(single_run.model)))
+    # The test split, evaluated by all ranks together after the last epoch: one process's
+    # figures (ranks without a test batch add nothing).
+    test = load_checkpoint(tmp_path / "run" / "best.pt")["card"]["test"]
+    assert test["evaluated"] and test["pixels"] == single_run.test["pixels"] > 0
+    assert test["epoch"] == single_run.test["epoch"]
+    assert test["miou"] == pytest.approx(single_run.test["miou"], abs=1e-4)
 
 
 def test_training_run_with_dropout_equals_one_process(tmp_path, synthetic, single_run):
