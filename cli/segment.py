@@ -8,6 +8,7 @@ import click
 
 from geoddu.engine.request import PROBABILITY_DTYPES, SCHEDULES, SegmentRequest
 from geoddu.errors import GeodduError
+from geoddu.io.warp import DEFAULT_WARP_RESAMPLING
 
 from .options import (
     area_options,
@@ -68,6 +69,22 @@ from .requests import error_events, request_fields
               default=SegmentRequest.band_resampling, show_default=True,
               help="How a band file at another resolution than the first is resampled onto "
                    "its grid (GDAL's methods; nearest for classes or QA bands).")
+@click.option("--resample", type=field_type(SegmentRequest, "resample"), default=None,
+              is_flag=False, flag_value=DEFAULT_WARP_RESAMPLING, metavar="[METHOD]",
+              help="Read the scene at the model's pixel size (its card's pixel_size) through a "
+                   "GDAL warped VRT, with this GDAL warp kernel; --resample alone: "
+                   f"{DEFAULT_WARP_RESAMPLING}. Methods: "
+                   + ", ".join(field_type(SegmentRequest, "resample").choices)
+                   + " (docs/resampling.md).")
+@click.option("--output-grid", type=field_type(SegmentRequest, "output_grid"),
+              default=SegmentRequest.output_grid, show_default=True,
+              help="With --resample: write the class map on the scene's grid (same CRS, "
+                   "transform and size as SRC; classes resampled by nearest neighbour) or on "
+                   "the model's (the warped grid). --probabilities and --confidence need "
+                   "model.")
+@click.option("--strict", is_flag=True,
+              help="Stop (exit 1, nothing written) when the scene's pixel size differs from "
+                   "the model's by more than 1.5x, instead of warning.")
 @click.option("--subimage-size", type=click.IntRange(1), default=None,
               help="Override the checkpoint's subimage size (a multiple of the model stride).")
 @device_option("cpu (default), cuda, cuda:1; several comma-separated spread the work.")
@@ -142,6 +159,7 @@ def segment(src, output_dir, skip_existing, timeout, request_file, show_plan, as
       geoddu segment --band-files B04.tif,B03.tif,B02.tif -o landcover.tif -m model.pt
       geoddu segment --stac item.json --assets red,green,blue -o landcover.tif -m model.pt
       geoddu segment sheets/ --mosaic -o map.tif -m model.pt
+      geoddu segment scene-0.5m.tif -o landcover.tif -m model-2m.pt --resample bilinear
       geoddu segment sheets/ --mosaic --output-dir out/ -m model.pt --target-crs EPSG:32631
       torchrun --nproc-per-node 4 -m geoddu.cli segment scene.tif -o out.tif -m model.pt
 

@@ -30,7 +30,14 @@ def segment(
     precision, probabilities, confidence, cog, overwrite, aoi, aoi_layer, aoi_where, vector,
     vector_min_area, vector_simplify, scratch, store_max_ram_bytes, comm_tile_cells, schedule,
     strip_cells, skip_budget_bytes, band_files, stac, assets, band_resampling, resume, mosaic,
-    output_dir, target_crs, resolution), checked when the request is built.
+    output_dir, target_crs, resolution, resample, output_grid, strict), checked when the
+    request is built.
+
+    Pixel size (docs/resampling.md): a scene whose pixels are more than 1.5x the model's (its
+    card's `pixel_size`) either way gives a `GeodduWarning`, or with ``strict=True`` a
+    `GeodduError` before any work. ``resample="bilinear"`` (any GDAL warp kernel) reads the
+    scene at the model's pixel size through a GDAL warped VRT; ``output_grid="scene"`` (the
+    default) writes the class map on the scene's grid (nearest), ``"model"`` on the warped one.
 
     Bands in separate files: `src` None and `band_files=["B04.tif", "B03.tif", "B02.tif"]`, or
     `stac="item.json"` (or an https URL) with `assets=["red", "green", "blue"]`, in the model's

@@ -23,6 +23,7 @@ from ..predictor import SegmentationModel, load_model
 from .mapstore import MapStore
 from .planner import JobPlan, concrete_precision, make_plan, open_scene, read_area
 from .request import SegmentRequest
+from .resampling import Resampled, read_at_model_pixels, regrid_outputs
 from .scene_check import warn_if_unlike
 from .scene_source import scene_path
 
@@ -77,6 +78,8 @@ class Job:
     stores: list[MapStore] = field(default_factory=list)
     # What the scene needs while open (the VRT of --band-files), closed after it.
     resources: ExitStack = field(default_factory=ExitStack)
+    # --resample: the scene's own grid and the model's, which `source` is read on.
+    resampled: Resampled | None = None
 
     @property
     def store_shape(self) -> tuple[int, int, int]:
@@ -119,11 +122,13 @@ class Job:
             self.close()
 
     def result_fields(self) -> dict[str, Any]:
-        """What every executor's result reports about the job itself."""
+        """What every executor's result reports about the job itself (the size: the class
+        map's)."""
+        grid = self.resampled.output if self.resampled is not None else self.source
         return {
             "output": Path(self.request.output),
-            "width": self.source.width,
-            "height": self.source.height,
+            "width": grid.width,
+            "height": grid.height,
             "subimages": len(self.plan.cells.decode),
             "communicated": self.plan.cells.communicates,
             "seconds": time.perf_counter() - self.started,
@@ -190,6 +195,8 @@ def open_job(
         path, bands = resources.enter_context(
             scene_path(request, len(model.spec.bands), beside_output=rank == 0))
         source = open_scene(path, bands, model.spec)
+        source, resampled = read_at_model_pixels(request, model.metadata, source, resources,
+                                                 beside_output=rank == 0)
     except BaseException:
         resources.close()
         raise
@@ -198,13 +205,15 @@ def open_job(
         area = read_area(request, source)
         if world > 1:
             devices = [str(model.device)]
-        plan = make_plan(request, model.spec, source, area, devices, world, rank)
+        plan = make_plan(request, model.spec, source, area, devices, world, rank,
+                         resampled=resampled)
         check_scratch_space(scratch, plan.memory.scratch_bytes)
     except BaseException:
         source.close()
         resources.close()
         raise
-    return Job(request, model, source, plan, area, scratch, started, resources=resources)
+    return Job(request, model, source, plan, area, scratch, started, resources=resources,
+               resampled=resampled)
 
 
 def finish_outputs(
@@ -213,10 +222,12 @@ def finish_outputs(
     progress: Callable[[str, int, int], None] | None,
     cancel: Callable[[], bool] | None,
 ) -> list[Path]:
-    """Polygonise (with --vector) from the finished, not yet renamed class map, then rename
-    every output into place together. Returns the outputs beside the class map."""
+    """Put the class map on the scene's grid (--resample, --output-grid scene), polygonise
+    (with --vector) from the finished, not yet renamed class map, then rename every output
+    into place together. Returns the outputs beside the class map."""
     request = job.request
     extra = [Path(p) for p in (request.probabilities, request.confidence) if p is not None]
+    regrid_outputs(job, writers)  # --resample --output-grid scene: back on the scene's grid
     if request.vector is None:
         commit_all(w.output for w in writers.values())
         return extra

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from .mapstore import MapStore
 from .memory import MemoryEstimate, estimate_memory, split_stores
 from .plan import SegmentPlan, plan_segment
 from .request import SegmentRequest
+from .resampling import Resampled, read_at_model_pixels
 from .scene_source import scene_path
 from .steps import (
     DecodeRow,
@@ -53,6 +55,9 @@ class SceneHeader:
     height: int
     bands: tuple[int, ...]
     dtype: str
+    # --resample: the scene's own grid, the model's grid it is read on (width and height
+    # above), the method and the output's grid (Resampled.to_dict).
+    resampled: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class JobPlan:
             f"plan: {self.scene.path} -> {self.request.output} (no pixel read, nothing written)",
             f"scene      {self.scene.width} x {self.scene.height} px, bands "
             f"{','.join(map(str, self.scene.bands))} ({self.scene.dtype})",
+            *([f"resampled  {self.scene.resampled['line']}"] if self.scene.resampled else []),
             f"model      {model}: {arch['encoder']} encoder, depth {arch['depth']}, {comm}",
             f"subimages  {grid['subimage_size']} px, {grid['rows']} x {grid['cols']}: "
             f"{grid['decode']} decoded, {grid['encode']} encoded"
@@ -204,6 +210,16 @@ def model_spec(model: Any) -> ModelSpec:
     from ..checkpoint import load_checkpoint
 
     return ModelSpec.from_checkpoint(load_checkpoint(model))
+
+
+def model_metadata(model: Any) -> Mapping[str, Any]:
+    """A loaded model's checkpoint dict, or a checkpoint path's (read, checked, no model
+    built): its card and "data" record say the pixel size it was trained at."""
+    if hasattr(model, "metadata"):
+        return model.metadata
+    from ..checkpoint import load_checkpoint
+
+    return load_checkpoint(model)
 
 
 def open_scene(src: str, bands: tuple[int, ...] | None, spec: ModelSpec) -> RasterSource:
@@ -275,10 +291,17 @@ def plan_job(
     if request.precision == "auto":
         device = devices[0] if devices else resolve_devices(request.device, request.gpus)[0]
         request = concrete_precision(request, device)
-    spec = model_spec(request.model)
-    with scene_path(request, len(spec.bands)) as (path, bands), \
-            open_scene(path, bands, spec) as source:
-        return make_plan(request, spec, source, read_area(request, source), devices, world, rank)
+    metadata = model_metadata(request.model)
+    spec = request.model.spec if hasattr(request.model, "spec") else \
+        ModelSpec.from_checkpoint(metadata)
+    with ExitStack() as stack:
+        path, bands = stack.enter_context(scene_path(request, len(spec.bands)))
+        source = open_scene(path, bands, spec)
+        source, resampled = read_at_model_pixels(request, metadata, source, stack,
+                                                 beside_output=False)
+        with source:
+            return make_plan(request, spec, source, read_area(request, source), devices, world,
+                             rank, resampled=resampled)
 
 
 def make_plan(
@@ -289,8 +312,11 @@ def make_plan(
     devices: Sequence[str] | None = None,
     world: int = 1,
     rank: int = 0,
+    *,
+    resampled: Resampled | None = None,
 ) -> JobPlan:
-    """The plan, from the model's spec, the open scene and its area of interest."""
+    """The plan, from the model's spec, the open scene (with --resample: the warped one, read
+    on `resampled.model`) and its area of interest."""
     if devices is None:
         from ..parallel.devices import resolve_devices
 
@@ -301,7 +327,8 @@ def make_plan(
                          comm_halo=spec.comm_halo, tile_cells=request.comm_tile_cells,
                          touched=touched)
     scene = SceneHeader(request.scene_label, source.width, source.height, tuple(source.bands),
-                        str(source.dtype))
+                        str(source.dtype), None if resampled is None else
+                        {**resampled.to_dict(), "line": resampled.describe()})
     skip_bytes = spec.skip_bytes(part.row_sizes[0], request.precision)
     if world > 1 and spec.communicates:
         # A rank's strip would need its neighbours' rows as they are encoded; ranks exchange

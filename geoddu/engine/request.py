@@ -19,6 +19,7 @@ from ..errors import GeodduError
 from ..io.atomic import check_distinct_paths
 from ..io.band_stack import DEFAULT_RESAMPLING, RESAMPLINGS
 from ..io.sources import expand_sources
+from ..io.warp import WARP_RESAMPLINGS
 from ..parallel import PRECISION_CHOICES, PRECISIONS
 from ..request_base import Check, JsonRequest, checked
 
@@ -38,6 +39,8 @@ SKIP_BUDGET_BYTES = 1 << 30
 SCHEDULES = ("auto", "one-pass", "two-pass")
 # What --probabilities and --confidence are written as (geoddu.io.writer.probability_writer).
 PROBABILITY_DTYPES = ("float32", "uint8")
+# Which grid the class map of a --resample run is written on (docs/resampling.md).
+OUTPUT_GRIDS = ("scene", "model")
 
 PathLike = str | os.PathLike
 
@@ -104,6 +107,14 @@ class SegmentRequest(JsonRequest):
     output_dir: str | None = None
     target_crs: str | None = None
     resolution: float | None = None
+    # The pixel-size rule (geoddu.engine.pixel_size, docs/resampling.md): ``resample``, one of
+    # GDAL's warp kernels, reads the scene at the model's pixel size through a warped VRT;
+    # ``output_grid`` "scene" puts the class map back on the scene's grid (nearest), "model"
+    # leaves it on the warped grid. ``strict``: a pixel size unlike the model's stops the run
+    # before any work instead of a warning.
+    resample: str | None = checked(Check(choices=WARP_RESAMPLINGS), None)
+    output_grid: str = checked(Check(choices=OUTPUT_GRIDS), "scene")
+    strict: bool = False
     # Set by --mosaic on the one-scene run over its VRT (a new file in a new folder every run):
     # the inputs it was built from, which is what --resume recognises the scene by.
     mosaic_of: tuple[str, ...] | None = None
@@ -170,6 +181,7 @@ class SegmentRequest(JsonRequest):
         }
         put(self, "outputs", {k: v for k, v in outputs.items() if v is not None})
         self.check_fields()  # every field is set now (outputs included)
+        self._check_resample()
         for src in self.inputs:
             check_distinct_paths(
                 self.outputs,
@@ -261,6 +273,28 @@ class SegmentRequest(JsonRequest):
                               "model's band order")
         if self.src is not None and self.band_resampling != DEFAULT_RESAMPLING:
             raise GeodduError("--band-resampling needs --band-files or --stac")
+
+    def _check_resample(self) -> None:
+        if self.resample is None:
+            if self.output_grid != "scene":
+                raise GeodduError("--output-grid model needs --resample: without it the scene "
+                                  "is read on its own grid")
+            return
+        if self.resume:
+            raise GeodduError("--resume does not go with --resample: resample the scene first "
+                              "(gdalwarp -tr), or run without --resume")
+        if self.wants_probabilities and self.output_grid == "scene":
+            raise GeodduError("--probabilities and --confidence are written on the model's "
+                              "grid: add --output-grid model to --resample")
+        if self.mosaic and self.output_dir is not None and self.output_grid == "model":
+            raise GeodduError("--output-dir cuts each input's map on its own grid: use "
+                              "--output-grid scene with --resample and --mosaic")
+
+    @property
+    def regrids_output(self) -> bool:
+        """Whether the class map is computed on the model's grid and then written on the
+        scene's (--resample with --output-grid scene)."""
+        return self.resample is not None and self.output_grid == "scene"
 
     @property
     def scene_label(self) -> str:

@@ -1,10 +1,12 @@
 """Is a scene like the data its model was trained on? One warning line when it is not.
 
 A checkpoint written by `geoddu train` records its training data (the optional "data" key, see
-geoddu.checkpoint): pixel size, data type and value range. A scene of another data type family
-(16-bit on an 8-bit model), with pixels 2x or more larger or smaller, or with values far
-outside the trained range usually gives a poor map without any error. That is worth one line,
-never a failure: the user may know better (a rescaled scene, a model that generalises).
+geoddu.checkpoint): pixel size, data type and value range; its card records the pixel size too.
+A scene of another data type family (16-bit on an 8-bit model), with pixels of another size
+(the rule of geoddu.engine.pixel_size: more than 1.5x apart), or with values far outside the
+trained range usually gives a poor map without any error. That is worth one line, never a
+failure: the user may know better (a rescaled scene, a model that generalises); ``--strict``
+makes the pixel size a failure (geoddu.engine.job).
 
 :func:`scene_differences` is the comparison (pure: facts in, message out);
 :func:`warn_if_unlike` gathers the scene's facts (a small sample of its pixels only when the
@@ -13,7 +15,6 @@ model recorded a measured range) and issues a :class:`geoddu.errors.GeodduWarnin
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import GeodduWarning
+from .pixel_size import PixelSize, model_pixel_size, pixel_difference
 
 __all__ = ["SceneFacts", "dtype_family", "scene_differences", "warn_if_unlike"]
 
-# Pixel sizes this many times apart (either way, on either axis) are "a lot".
-PIXEL_RATIO = 2.0
 # Values further outside the trained [min, max] than this many times its width are "far".
 VALUE_MARGIN = 1.0
 # The value sample: up to SAMPLE_GRID x SAMPLE_GRID windows of SAMPLE_SIZE px, spread evenly.
@@ -44,6 +44,12 @@ class SceneFacts:
     pixel_size: Sequence[float] | None = None  # map units per pixel, [x, y]; None: no georef
     units: str | None = None  # the CRS's linear unit ("metre", "degree", ...)
     value_range: Sequence[Sequence[float]] | None = None  # [min, max] per model band, sampled
+
+    @property
+    def pixels(self) -> PixelSize | None:
+        if self.pixel_size is None:
+            return None
+        return PixelSize((float(self.pixel_size[0]), float(self.pixel_size[1])), self.units)
 
 
 def dtype_family(dtype: Any) -> str:
@@ -69,46 +75,33 @@ def wants_values(data: Mapping[str, Any] | None, scene_dtype: Any) -> bool:
     )
 
 
-def scene_differences(data: Mapping[str, Any] | None, scene: SceneFacts) -> str | None:
+def scene_differences(data: Mapping[str, Any] | None, scene: SceneFacts,
+                      pixels: PixelSize | None | bool = True) -> str | None:
     """One line saying how `scene` differs a lot from the training data `data` (a checkpoint's
-    "data" record), or None when it does not, or when the model does not say."""
-    if not data:
-        return None
+    "data" record), or None when it does not, or when the model does not say. `pixels`: the
+    model's pixel size (geoddu.engine.pixel_size.model_pixel_size, which prefers the card's);
+    True: the one `data` records."""
+    if pixels is True:
+        pixels = model_pixel_size({"data": data})
     clauses: list[str] = []
     advice: list[str] = []
-    family = dtype_family(scene.dtype) != dtype_family(data["dtype"])
+    family = bool(data) and dtype_family(scene.dtype) != dtype_family(data["dtype"])
     if family:
         clauses.append(f"is {scene.dtype} but the model was trained on {data['dtype']} data")
-    pixels = _pixel_clause(data, scene)
-    if pixels:
-        clauses.append(pixels)
-    values = None if family else _value_clause(data, scene)
+    size = pixel_difference(pixels or None, scene.pixels)
+    if size:
+        clauses.append(size[0])
+    values = None if family or not data else _value_clause(data, scene)
     if values:
         clauses.append(values)
     if not clauses:
         return None
     if family or values:
         advice.append("check --bands and the normalisation")
-    if pixels:
-        advice.append("resample the scene or use a model trained at its pixel size")
+    if size:
+        advice.append(size[1])
     said = ", and it ".join(clauses)
     return f"{scene.name} {said}; {', and '.join(advice)}"
-
-
-def _pixel_clause(data: Mapping[str, Any], scene: SceneFacts) -> str | None:
-    trained, units = data.get("pixel_size"), data.get("units")
-    if trained is None or scene.pixel_size is None:
-        return None
-    if units and scene.units and units != scene.units:
-        return None  # metres against degrees: no honest comparison
-    ratio = max(
-        max(s / t, t / s) for s, t in zip(scene.pixel_size, trained, strict=True)
-    )
-    if ratio < PIXEL_RATIO:
-        return None
-    unit = units or scene.units
-    return (f"has {_size(scene.pixel_size, unit)} pixels but the model was trained on "
-            f"{_size(trained, unit)} pixels")
 
 
 def _value_clause(data: Mapping[str, Any], scene: SceneFacts) -> str | None:
@@ -127,16 +120,6 @@ def _value_clause(data: Mapping[str, Any], scene: SceneFacts) -> str | None:
     _, band, lo, hi, tlo, thi = worst
     return (f"has values {_num(lo)} to {_num(hi)} in band {band} but the model was trained on "
             f"{_num(tlo)} to {_num(thi)}")
-
-
-def _size(size: Sequence[float], unit: str | None) -> str:
-    x, y = size
-    text = _num(x) if math.isclose(x, y, rel_tol=1e-3) else f"{_num(x)} x {_num(y)}"
-    if unit is None:
-        return f"{text} map-unit"
-    if unit.lower() in ("metre", "meter"):
-        return f"{text} m"
-    return f"{text}°" if unit.lower() == "degree" else f"{text} {unit}"
 
 
 def _num(v: float) -> str:
@@ -186,11 +169,13 @@ def sample_range(source: Any) -> list[list[float]] | None:
 
 def warn_if_unlike(metadata: Mapping[str, Any], source: Any, name: str) -> None:
     """Issue one GeodduWarning when the scene differs a lot from the model's training data
-    (nothing for checkpoints without a "data" record, and only on the first rank)."""
+    (nothing for checkpoints that record neither a "data" record nor a card's pixel size, and
+    only on the first rank)."""
     data = metadata.get("data")
-    if not data or _other_rank():
+    pixels = model_pixel_size(metadata)
+    if (not data and pixels is None) or _other_rank():
         return
-    message = scene_differences(data, scene_facts(source, name, data))
+    message = scene_differences(data, scene_facts(source, name, data), pixels)
     if message:
         warnings.warn(message, GeodduWarning, stacklevel=3)
 

@@ -34,7 +34,8 @@ __all__ = ["BackgroundWriter", "Receiver", "RemoteSink", "message_bytes", "open_
 def open_writers(
     request: SegmentRequest, source: RasterSource, model: SegmentationModel
 ) -> dict[str, Any]:
-    """All outputs are created (and their paths checked) before any compute starts."""
+    """All outputs are created (and their paths checked) before any compute starts, on the
+    grid of `source` (with --resample: the model's)."""
     geo = {
         "width": source.width,
         "height": source.height,
@@ -49,7 +50,9 @@ def open_writers(
             request.output,
             class_names=names,
             class_colors=[tuple(c["color"]) for c in model.classes],
-            cog=request.cog,
+            # On the model's grid it is an intermediate (geoddu.engine.resampling): the map
+            # put back on the scene's grid is the one converted.
+            cog=request.cog and not request.regrids_output,
             **geo,
         )
         if request.probabilities is not None:
