@@ -54,9 +54,14 @@ _show_warning = warnings.showwarning
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """GeodduWarnings are for users: one 'Warning: ...' line, no file or line number."""
+    """GeodduWarnings are for users: one 'Warning: ...' line, no file or line number. Other
+    libraries' warnings (rasterio's NotGeoreferencedWarning with its source line, say) are
+    for developers: kept aside with native libraries' messages, shown if geoddu fails with a
+    traceback."""
     if issubclass(category, GeodduWarning):
         click.echo(f"Warning: {_one_line(message)}", err=True)
+    elif native_stderr.capturing():
+        native_stderr.aside(warnings.formatwarning(message, category, filename, lineno, line))
     else:
         _show_warning(message, category, filename, lineno, file, line)
 
@@ -66,6 +71,7 @@ class GeodduGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         native_stderr.capture()
+        native_stderr.keep_library_logs_aside()
         warnings.showwarning = _warning_line
         for signum in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, _raise_terminated)

@@ -10,6 +10,7 @@ libraries print is kept aside and shown only when a run fails unexpectedly.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -55,3 +56,41 @@ def captured(limit: int = 4000) -> str:
         return _log.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def aside(text: str) -> None:
+    """Keep a line for the end of a failed run (see :func:`captured`); dropped when not
+    capturing."""
+    if _log is None:
+        if os.environ.get("GEODDU_NATIVE_STDERR") == "1":
+            print(text.rstrip("\n"), file=sys.stderr)
+        return
+    try:
+        _log.write(text.rstrip("\n").encode("utf-8", "replace") + b"\n")
+        _log.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _AsideHandler(logging.Handler):
+    """Python libraries' log records (tifffile's "invalid data type 61444" for each bad tag,
+    several per file) are for developers: kept aside with the native messages, not printed
+    before the one `Error:` line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            aside(f"{record.name}: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - logging must never fail a run
+            pass
+
+
+def keep_library_logs_aside() -> None:
+    """Idempotent. With a handler on the root logger, logging's last-resort handler (which
+    prints WARNING records to stderr when nothing is configured) is never used."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _AsideHandler) for h in root.handlers):
+        root.addHandler(_AsideHandler(logging.WARNING))
+
+
+def capturing() -> bool:
+    return _log is not None

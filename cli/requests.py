@@ -31,7 +31,8 @@ def request_fields(ctx: click.Context, request: type[JsonRequest],
     command line over them."""
     fields: dict[str, Any] = {}
     if request_file is not None:
-        with click.open_file(request_file, encoding="utf-8") as f:
+        # Bytes: read_json names a file that is not UTF-8 in its one line.
+        with click.open_file(request_file, "rb") as f:
             fields = read_json(f.read())
     # Options only: a command's arguments (segment's SRC, several rasters) are its own.
     options = {p.name for p in ctx.command.params if isinstance(p, click.Option)}

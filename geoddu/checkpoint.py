@@ -23,7 +23,16 @@ from torch.overrides import TorchFunctionMode
 from .card import check_card, kind_of
 from .errors import GeodduError, first_line
 from .io.atomic import write_atomically
-from .model_config import DEFAULT_CONFIG, ENCODERS, MAX_CLASSES, MAX_DEPTH
+from .model_config import (
+    DEFAULT_CONFIG,
+    ENCODERS,
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_COMM_DILATION,
+    MAX_COMM_KERNEL,
+    MAX_COMM_LAYERS,
+    MAX_DEPTH,
+)
 from .models.ddunet import DDUNet
 from .models.resnet import RESNET_ENCODERS
 from .version import __version__
@@ -128,14 +137,14 @@ def check_description(
     _int(fail, "config.depth", cfg["depth"], 1, MAX_DEPTH)
     if enc in RESNET_ENCODERS and cfg["depth"] != 4:
         fail("config.depth", f"ResNet encoders are cut at 1/16: must be 4, not {cfg['depth']}")
-    n_in = _int(fail, "config.in_channels", cfg["in_channels"], 1)
+    n_in = _int(fail, "config.in_channels", cfg["in_channels"], 1, MAX_CHANNELS)
     n_cls = _int(fail, "config.num_classes", cfg["num_classes"], 1, MAX_CLASSES)
-    _int(fail, "config.base_channels", cfg["base_channels"], 1)
-    _int(fail, "config.comm_features", cfg["comm_features"], 0)
-    _int(fail, "config.comm_layers", cfg["comm_layers"], 1)
-    if _int(fail, "config.comm_kernel", cfg["comm_kernel"], 1) % 2 == 0:
+    _int(fail, "config.base_channels", cfg["base_channels"], 1, MAX_CHANNELS)
+    _int(fail, "config.comm_features", cfg["comm_features"], 0, MAX_CHANNELS)
+    _int(fail, "config.comm_layers", cfg["comm_layers"], 1, MAX_COMM_LAYERS)
+    if _int(fail, "config.comm_kernel", cfg["comm_kernel"], 1, MAX_COMM_KERNEL) % 2 == 0:
         fail("config.comm_kernel", f"must be odd ('same' padding), not {cfg['comm_kernel']}")
-    _int(fail, "config.comm_dilation", cfg["comm_dilation"], 1)
+    _int(fail, "config.comm_dilation", cfg["comm_dilation"], 1, MAX_COMM_DILATION)
     for key in ("communicate", "up_bias"):
         if not isinstance(cfg[key], bool):
             fail(f"config.{key}", f"must be true or false, not {_show(cfg[key])}")

@@ -34,3 +34,11 @@ MAX_CLASSES = 255
 # 2^8 = 256 px per bottleneck cell is already coarser than any subimage the paper uses; deeper
 # values in a file are corruption, not a model.
 MAX_DEPTH = 8
+# Bounds on the other sizes a checkpoint's config gives, far above any real model (the paper's:
+# 3 layers of 5x5, base 64, F <= 512) and low enough that a corrupt or hostile file is refused
+# before a model is built: 10^6 communication layers took minutes to build on the meta device
+# (found by fuzzing), 10^6 channels would ask for terabytes of activations.
+MAX_CHANNELS = 2**14  # in_channels, base_channels, comm_features
+MAX_COMM_LAYERS = 64
+MAX_COMM_KERNEL = 63
+MAX_COMM_DILATION = 64

@@ -15,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -144,22 +147,76 @@ class JsonRequest:
         if missing:
             raise GeodduError(f"request: missing {', '.join(missing)}")
         # null means "the default", as an absent field does.
-        return cls(**{k: v for k, v in data.items() if v is not None})
+        given = {k: v for k, v in data.items() if v is not None}
+        hints = typing.get_type_hints(cls)
+        for name, value in given.items():
+            if not _conforms(value, hints.get(name, Any)):
+                shown = json.dumps(value, default=str)
+                raise GeodduError(f"request: {cls.flag(name)} must be "
+                                  f"{_describe(hints[name])}, got "
+                                  f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
+        return cls(**given)
 
     @classmethod
     def from_json(cls, text: str) -> Any:
         return cls.from_dict(read_json(text))
 
 
-def read_json(text: str) -> dict[str, Any]:
+def read_json(text: str | bytes) -> dict[str, Any]:
     """The fields of a request sent as JSON (one object), not yet checked."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GeodduError(f"request: not JSON ({exc})") from exc
+    from .documents import parse_json
+
+    data = parse_json(text, "request")
     if not isinstance(data, dict):
         raise GeodduError("request: expected a JSON object")
     return data
+
+
+# A request arrives as JSON from strangers (a QGIS plugin, a pipeline, a fuzzer): each value is
+# checked against its field's annotation before the request is built, so that a list where a
+# path belongs is one line, not a TypeError deep in the engine.
+def _conforms(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str | os.PathLike)
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            return True  # the command line's spelling ("1,2,3", "2x2"): the field parses it
+        if not isinstance(value, list | tuple):
+            return False
+        args = typing.get_args(hint)
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return all(_conforms(v, args[0] if args else Any) for v in value)
+        return len(value) == len(args) and all(map(_conforms, value, args))
+    if origin is dict or hint is dict:
+        return isinstance(value, Mapping)
+    return True  # a type JSON cannot carry (a model object): the request's own checks
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(h) for h in typing.get_args(hint) if h is not type(None)]
+        return " or ".join(parts)
+    if origin in (tuple, list):
+        args = typing.get_args(hint)
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return f"a list of {_describe(args[0]) if args else 'values'}"
+        return f"a list of {len(args)} values"
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _plain(value: Any) -> Any:

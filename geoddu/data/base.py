@@ -9,7 +9,6 @@ set to the band mean, i.e. 0 after normalisation (the predictor's nodata rule), 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from ..errors import GeodduError, first_line
+from ..documents import parse_json, parse_yaml
+from ..errors import GeodduError
 from ..model_config import MAX_CLASSES
 
 # Label value that neither the loss nor IoU counts (nodata in label rasters, no polygon, ...).
@@ -167,27 +167,10 @@ def load_classes_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise GeodduError(f"{path}: classes file not found")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise GeodduError(f"{path}: not valid {kind} (not UTF-8 text)") from exc
+        data = path.read_bytes()
     except OSError as exc:
         raise GeodduError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if kind == "YAML":
-        try:
-            import yaml
-        except ImportError as exc:
-            raise GeodduError(
-                f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write it as JSON"
-            ) from exc
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise GeodduError(f"{path}: not valid YAML ({first_line(exc)})") from exc
-    else:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GeodduError(f"{path}: not valid JSON ({exc.msg})") from exc
+    doc = parse_yaml(data, str(path)) if kind == "YAML" else parse_json(data, str(path))
     if isinstance(doc, list):
         doc = {"classes": doc}
     if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list):

@@ -18,7 +18,7 @@ from affine import Affine
 
 from geoddu.errors import GeodduError
 
-from .raster_backends import RasterioBackend, open_backend
+from .raster_backends import RasterioBackend, check_block_size, open_backend
 
 __all__ = ["RasterSource", "open_raster"]
 
@@ -57,6 +57,18 @@ class RasterSource:
                         f"band{'s' if total != 1 else ''} (numbered from 1)"
                     )
         self.bands: tuple[int, ...] = chosen
+        self._check_blocks()
+
+    def _check_blocks(self) -> None:
+        if self._backend.name == "tifffile-memmap":
+            return  # uncompressed and mapped: a window touches only its own bytes
+        rows, cols = self._backend.block_shape(self.bands)
+        try:
+            check_block_size(self.path, rows, cols,
+                             self._backend.dtype(self.bands).itemsize * len(self.bands))
+        except GeodduError:
+            self._backend.close()
+            raise
 
     # --- description -------------------------------------------------------------------------
 

@@ -50,6 +50,26 @@ def _quiet_open(path: str) -> rasterio.DatasetReader:
         return rasterio.open(path)
 
 
+
+# The largest block (tile or strip, decoded) geoddu reads from: a single-strip 8192 x 8192 RGB
+# image (192 MiB) still opens.
+MAX_BLOCK_BYTES = 256 * 2**20
+
+
+def check_block_size(path: str, rows: int, cols: int, bytes_per_px: int) -> None:
+    """Refuse a raster whose one block (a tile or strip, decoded whole) is larger than
+    MAX_BLOCK_BYTES, before anything is read. Each window inside it would decode it again (it
+    cannot stay in GDAL's 32 MB block cache): a 1 MB file whose one DEFLATE tile inflates to
+    2^30 px ran for minutes at 4.9 GB before this check."""
+    size = rows * cols * bytes_per_px
+    if size > MAX_BLOCK_BYTES:
+        raise GeodduError(
+            f"{path}: its blocks are {cols}x{rows} px ({size / 2**20:,.0f} MiB decoded, more "
+            f"than {MAX_BLOCK_BYTES // 2**20} MiB), and each window read would decode one "
+            "again; rewrite it tiled, e.g. gdal_translate -co TILED=YES -co COMPRESS=DEFLATE "
+            "in.tif out.tif"
+        )
+
 class _UnsupportedLayout(GeodduError):
     """tifffile read the file but its axes do not map onto (bands, Y, X).
 
@@ -206,8 +226,19 @@ class TiffBackend:
         th, tw = self._block
         self._tiles_down = math.ceil(self.height / th)
         self._tiles_across = math.ceil(self.width / tw)
+        # A damaged file can list fewer offsets or byte counts than its size needs (found by
+        # fuzzing: an IndexError deep in a read); say so at open.
+        need = self._tiles_down * self._tiles_across * sep
+        for i, page in enumerate(self.pages):
+            if page is not None and min(len(page.dataoffsets), len(page.databytecounts)) < need:
+                raise GeodduError(
+                    f"{self.path}: damaged TIFF: page {i} lists "
+                    f"{min(len(page.dataoffsets), len(page.databytecounts))} data segments, its "
+                    f"size needs {need}"
+                )
         self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self._cache_bytes = 0
+        check_block_size(self.path, th, tw, self.dtype_.itemsize * nsamples)
         # Decode one segment now: a compression tifffile cannot decode (e.g. JPEG-XL without
         # imagecodecs) should fail at open, where another backend can still take over.
         self._segment(0, 0)

@@ -10,12 +10,12 @@ item's own location, as STAC says; remote ones are read through GDAL's ``/vsicur
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from geoddu.documents import parse_json
 from geoddu.errors import GeodduError
 
 from .band_stack import BandRef
@@ -51,10 +51,7 @@ def read_item(location: str) -> dict[str, Any]:
                 raw = f.read()
         except OSError as exc:
             raise GeodduError(f"--stac {location}: {exc.strerror or exc}") from exc
-    try:
-        item = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GeodduError(f"--stac {location}: not JSON ({exc})") from exc
+    item = parse_json(raw, f"--stac {location}")
     if not isinstance(item, dict) or not isinstance(item.get("assets"), dict):
         raise GeodduError(f"--stac {location}: not a STAC item (no 'assets' object)")
     return item

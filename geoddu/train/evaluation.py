@@ -49,6 +49,19 @@ def check_model_fits(model: DDUNet, dataset: Any, source: str) -> None:
         raise GeodduError(f"{source} has {classes} classes, the data has {dataset.num_classes}")
 
 
+def check_bottleneck_trains(part: Partition, stride: int) -> None:
+    """Refuse subimages that reach the bottleneck as a single pixel: BatchNorm in training needs
+    more than one value per channel, and a batch of one such subimage ended in torch's
+    ValueError traceback (found by fuzzing the train request: depth 4 on 16 px patches)."""
+    h, w = min(part.row_sizes) // stride, min(part.col_sizes) // stride
+    if h * w < 2:
+        raise GeodduError(
+            f"subimages of {min(part.row_sizes)}x{min(part.col_sizes)} px reach the bottleneck "
+            f"(1/{stride}) as {h}x{w}: BatchNorm cannot train on a single value; use a larger "
+            "--patch-size, fewer --subimages or a smaller --depth"
+        )
+
+
 def cell_size(part: Partition) -> int:
     """The checkpoint's `subimage_size` for a training grid (the larger side of a subimage)."""
     return max(max(part.row_sizes), max(part.col_sizes))

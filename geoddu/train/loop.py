@@ -50,7 +50,14 @@ from .augment import apply_augmentation, draw_augmentation
 from .batchnorm import PER_SUBIMAGE
 from .config import TrainConfig
 from .dropout import dropout_masks
-from .evaluation import Normalizer, cell_size, check_model_fits, evaluate, make_partition
+from .evaluation import (
+    Normalizer,
+    cell_size,
+    check_bottleneck_trains,
+    check_model_fits,
+    evaluate,
+    make_partition,
+)
 from .execution import SubimageTraining
 from .losses import get_loss
 from .mesh import TrainMesh
@@ -142,6 +149,7 @@ class Trainer:
         self.grid = config.subimages or train_set.grid or (1, 1)
         h, w = train_set.patch_shape
         self.partition = make_partition(h, w, model.stride, self.grid)
+        check_bottleneck_trains(self.partition, model.stride)
         # How the model runs in training (it wraps the model, as DDP does): the subimages as
         # streams meeting at BatchNorm under the chosen rule, over this rank's share of them.
         self.spatial = self._spread(model) if self.mesh.world > 1 else None

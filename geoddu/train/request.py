@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from ..data import DATASETS
 from ..errors import GeodduError
-from ..model_config import ENCODERS, MAX_CLASSES, MAX_DEPTH
+from ..model_config import ENCODERS, MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH
 from ..parallel import PRECISIONS
 from ..request_base import Check, JsonRequest, checked
 
@@ -31,6 +31,8 @@ LOSSES = ("class-dice", "dice")
 BATCHNORM_RULES = ("pooled", "per-subimage")
 
 _COUNT = Check(low=1, integer=True)
+# The bounds a checkpoint's config is held to (geoddu.checkpoint): a model trained here loads.
+_CHANNELS = Check(low=1, high=MAX_CHANNELS, integer=True)
 _FRACTION = Check(low=0, high=1, high_open=True)
 _PATHS = ("run_dir", "data", "init_model", "encoder_weights", "classes_file", "card")
 _TEXTS = ("arch", "device", "class_column")
@@ -56,11 +58,11 @@ class TrainRequest(JsonRequest):
     init_model: str | None = None
     arch: str | None = None
     encoder: str | None = checked(Check(choices=ENCODERS))
-    in_channels: int | None = checked(_COUNT)
+    in_channels: int | None = checked(_CHANNELS)
     num_classes: int | None = checked(Check(low=1, high=MAX_CLASSES, integer=True))
     depth: int | None = checked(Check(low=1, high=MAX_DEPTH, integer=True))
-    base_channels: int | None = checked(_COUNT)
-    comm_features: int | None = checked(Check(low=0, integer=True))
+    base_channels: int | None = checked(_CHANNELS)
+    comm_features: int | None = checked(Check(low=0, high=MAX_CHANNELS, integer=True))
     communicate: bool | None = None
     up_bias: bool | None = None
     dropout: float | None = checked(_FRACTION)

@@ -215,6 +215,88 @@ def _nan_scene() -> np.ndarray:
     return data
 
 
+# -- bombs (issue 26): small files that claim huge sizes --------------------------------------
+def _tiff_claiming(d: Path, name: str, **tags: int) -> str:
+    """A tiny tifffile TIFF whose tags are then rewritten to claim more than it holds."""
+    import tifffile
+
+    tifffile.imwrite(d / name, np.zeros((4, 16, 16), np.uint8), tile=(16, 16),
+                     compression="zlib", photometric="minisblack", planarconfig="separate")
+    with tifffile.TiffFile(d / name, mode="r+b") as tif:
+        for tag, value in tags.items():
+            tif.pages[0].tags[tag].overwrite(value)
+    return name
+
+
+def _tile_bomb(d: Path) -> str:
+    """1 MB on disk: one DEFLATE tile of 2^30 zero pixels (32768 x 32768)."""
+    import zlib
+
+    import tifffile
+
+    name = "bomb.tif"
+    tifffile.imwrite(d / name, np.zeros((16, 16), np.uint8), tile=(16, 16), compression="zlib")
+    stream = zlib.compress(bytes(2**30), 9)
+    offset = (d / name).stat().st_size
+    with open(d / name, "ab") as f:
+        f.write(stream)
+    with tifffile.TiffFile(d / name, mode="r+b") as tif:
+        page = tif.pages[0]
+        for tag, value in (("ImageWidth", 32768), ("ImageLength", 32768),
+                           ("TileWidth", 32768), ("TileLength", 32768), ("TileOffsets", offset),
+                           ("TileByteCounts", len(stream))):
+            page.tags[tag].overwrite(value)
+    return name
+
+
+def _aoi_vertices(d: Path, n: int) -> str:
+    """A circle of n vertices inside the scene, as GeoJSON written by hand (fast for 10^6)."""
+    import rasterio
+
+    with rasterio.open(d / "scene.tif") as ds:
+        b, crs = ds.bounds, ds.crs.to_string()
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    cx, cy, r = (b.left + b.right) / 2, (b.bottom + b.top) / 2, (b.top - b.bottom) / 2.5
+    ring = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+    coords = ",".join(f"[{x:.6f},{y:.6f}]" for x, y in np.vstack([ring, ring[:1]]))
+    head = ('{"type":"FeatureCollection","crs":{"type":"name","properties":{"name":"' + crs
+            + '"}},"features":[{"type":"Feature","properties":{},"geometry":{"type":"Polygon",'
+            '"coordinates":[[')
+    (d / "many.geojson").write_text(head + coords + "]]}}]}")
+    return "many.geojson"
+
+
+def _bad_tag_types(d: Path) -> str:
+    """A plain TIFF whose Compression tag has a data type that does not exist: tifffile logs a
+    record per read attempt (found by fuzzing; they reached stderr before the Error line)."""
+    import tifffile
+
+    tifffile.imwrite(d / "tags.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    with tifffile.TiffFile(d / "tags.tif") as tif:
+        entry = tif.pages[0].tags["Compression"].offset
+    data = bytearray((d / "tags.tif").read_bytes())
+    data[entry + 2 : entry + 4] = (46063).to_bytes(2, "little")
+    return _bytes(d, "tags.tif", bytes(data))
+
+
+def _request(d: Path, data: bytes) -> list[str]:
+    return ["segment", "-q", "--request", _bytes(d, "request.json", data)]
+
+
+def _tiny_folder(d: Path) -> str:
+    """A training folder of three 16 px images: depth 4 leaves a 1 x 1 bottleneck."""
+    for sub in ("images", "labels"):
+        (d / "tiny" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in "abc":
+        write_geotiff(d / "tiny" / "images" / f"{name}.tif",
+                      rng.integers(0, 255, (3, 32, 32), np.uint8))
+        write_geotiff(d / "tiny" / "labels" / f"{name}.tif",
+                      rng.integers(0, 2, (1, 32, 32), np.uint8))
+    (d / "tiny" / "classes.json").write_text('["a", "b"]')
+    return "tiny"
+
+
 CASES: list[Case] = [
     # -- the input raster ---------------------------------------------------------------------
     _c("input-not-a-raster", lambda d, s: seg(src=_bytes(d, "text.tif", b"hello\n" * 50)),
@@ -347,6 +429,37 @@ CASES: list[Case] = [
        _bytes(d, "out/run/last.pt", os.urandom(3000)) and
        ["train", "-q", "-o", "out/run", "--resume"],
        says="last.pt", outputs=("out/run/best.pt",),
+       rerun=lambda d: _synth_and_train(d, "out/run")),
+    # -- bombs and what the fuzzer found (issue 26; docs/reliability.md) -----------------------
+    _c("bomb-tiff-2e31-pixels",
+       lambda d, s: seg(src=_tiff_claiming(d, "huge.tif", ImageWidth=2**31 - 1,
+                                           ImageLength=2**31 - 1)), says="damaged TIFF"),
+    _c("bomb-tiff-65535-bands",
+       lambda d, s: seg("--bands", "1,2,3", src=_tiff_claiming(d, "bands.tif",
+                                                              SamplesPerPixel=65535)),
+       says="damaged TIFF"),
+    _c("bomb-tiff-2e30-px-tile", lambda d, s: seg(src=_tile_bomb(d)),
+       says="blocks are 32768x32768"),
+    _c("ok-aoi-1e6-vertices", lambda d, s: seg("--aoi", _aoi_vertices(d, 10**6)), ok=True),
+    _bad_model("million-channels", _set("config.base_channels", 10**6), says="base_channels"),
+    _bad_model("million-comm-layers", _set("config.comm_layers", 10**6), says="comm_layers"),
+    # It reads (libtiff and tifffile cope); the test of an ok row checks stderr is empty.
+    _c("ok-tiff-bad-tag-types", lambda d, s: seg(src=_bad_tag_types(d)), ok=True),
+    _c("request-not-utf8", lambda d, s: _request(d, b'{"src": "scene.tif\xa1"}'),
+       says="not UTF-8", rerun=lambda d: seg()),
+    _c("request-nested-deeply", lambda d, s: _request(d, b"[" * 100_000 + b"]" * 100_000),
+       says="nested too deeply", rerun=lambda d: seg()),
+    _c("request-wrong-types",
+       lambda d, s: _request(d, b'{"src": [["scene.tif"]], "output": "landcover.tif", '
+                                b'"model": "model.pt"}'), says="must be",
+       rerun=lambda d: seg()),
+    _c("train-one-pixel-bottleneck",
+       lambda d, s: ["train", "-q", "--dataset", "folder", "--data", _tiny_folder(d),
+                     "--patch-size", "16", "--depth", "4", "--base-channels", "4",
+                     "--comm-features", "4", "--batch-size", "1", "--subimages", "1",
+                     "-o", "out/run",
+                     "--epochs", "1"],
+       says="bottleneck", outputs=("out/run/last.pt", "out/run/best.pt"),
        rerun=lambda d: _synth_and_train(d, "out/run")),
     # -- inputs GDAL accepts: these must succeed ----------------------------------------------
     _c("ok-alpha-band", lambda d, s: seg(src=_scene(d, "rgba.tif", RGBA, photometric="RGB",

@@ -189,7 +189,7 @@ def test_stac_assets_by_key_or_band_name_relative_to_the_item(tmp_path):
                                           r"its assets: B04, B03, B02, thumbnail"):
         stac_bands(str(item), ["red", "nir"])
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(GeodduError, match="not JSON"):
+    with pytest.raises(GeodduError, match="not valid JSON"):
         stac_bands(str(tmp_path / "bad.json"), ["red"])
 
 
