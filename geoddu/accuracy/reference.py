@@ -161,7 +161,9 @@ def _vector_reference(info: MapInfo, path: str, n_classes: int, class_column: st
         for index, (geom, value) in enumerate(zip(gdf.geometry, gdf[class_column],
                                                   strict=True)):
             ref, why = lookup(value)
-            shown = None if value is None else str(value)
+            # An empty field reads as None or as NaN, depending on the pandas version.
+            missing = value is None or (isinstance(value, float) and value != value)
+            shown = None if missing else str(value)
             if ref is None:
                 sample.skip(Skipped(index, why, shown))
                 continue
