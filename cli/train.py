@@ -75,6 +75,10 @@ def _typed(flags: str, name: str, help: str, **kwargs: object):
               help="Random flips and 90-degree rotations [on; off for synthetic].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds initialisation, data order, augmentation and the data splits.")
+@click.option("--deterministic", is_flag=True,
+              help="Two runs of this command (killed and resumed or not) give bit-identical "
+                   "weights: deterministic kernels, one intra-op thread, seeded workers. "
+                   "Slower: a CPU run uses one core.")
 @device_option("cpu, cuda or cuda:N. Under torchrun: this rank's GPU (cuda:LOCAL_RANK) on a "
                "GPU host unless --device cpu.", default="cpu")
 @train_precision_option
@@ -124,9 +128,10 @@ def train(ctx: click.Context, request_file, progress, quiet, ranks, gpus, timeou
     Each global patch is cut into a grid of subimages; all subimages of all patches of a batch
     run as one batch (BatchNorm sees them all) and the communication network runs over each
     patch's mosaic. After every epoch RUN_DIR/last.pt (with everything --resume needs) and, on
-    a better validation loss, RUN_DIR/best.pt are replaced atomically: a killed run resumes
-    exactly. Checkpoints are self-describing: `geoddu segment` and `geoddu info` need nothing
-    else.
+    a better validation loss, RUN_DIR/best.pt are replaced atomically: a run killed at any
+    moment resumes with --resume, losing at most the epoch in progress (a run killed in its
+    first epoch starts again). Checkpoints are self-describing: `geoddu segment` and
+    `geoddu info` need nothing else.
 
     \b
     Data (--dataset):

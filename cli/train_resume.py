@@ -25,7 +25,7 @@ RESUME_STORED = {
     **{k: ("model", k) for k in MODEL_OPTION_KEYS},
     **{k: ("config", k) for k in ("dropout", "batch_size", "subimages", "lr", "lr_patience",
                                   "patience", "min_epochs", "loss", "augment", "seed", "amp",
-                                  "precision", "batchnorm")},
+                                  "precision", "batchnorm", "deterministic")},
     "dataset": ("dataset", "kind"),
     "init_model": ("training", "init_checkpoint"),
     "arch": ("training", "arch"),
@@ -44,6 +44,7 @@ def check_resume(ctx: click.Context, request: TrainRequest, mesh: Any) -> None:
     contradicts what RUN_DIR/last.pt stored, naming it as the command line does."""
     from geoddu.checkpoint import load_checkpoint
     from geoddu.train.loop import LAST, check_run_dir
+    from geoddu.train.run_folder import has_last
 
     given = {k: v for k, v in request.given().items() if k in RESUME_STORED}
     if not given:
@@ -52,6 +53,9 @@ def check_resume(ctx: click.Context, request: TrainRequest, mesh: Any) -> None:
     def check() -> None:
         if mesh is not None and not mesh.is_main:
             return  # only rank 0's host need hold the run (as resume_training reads it)
+        if request.dataset is not None and request.data is not None and \
+                not has_last(request.run_dir):
+            return  # killed in its first epoch: the run starts again (geoddu.train.api)
         run_dir = check_run_dir(request.run_dir, resume=True, overwrite=False)
         ckpt = load_checkpoint(run_dir / LAST)
         record = ckpt.get("training") or {}

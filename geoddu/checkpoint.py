@@ -9,13 +9,14 @@ segmentation made from garbage.
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -316,19 +317,54 @@ def save_checkpoint(
     return path
 
 
+def write_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
+    """Write a checkpoint dict as `load_checkpoint` returned it (or part of one), atomically:
+    the same tensors, bit for bit."""
+    _write_payload(Path(path), ckpt)
+
+
+class _WriteErrors(io.RawIOBase):
+    """The temporary file as torch.save writes it, keeping the OSError of a failed write:
+    torch's zip writer turns it into a RuntimeError that no longer says why (a full disk)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self.f = f
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
 def _write_payload(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file beside `path`, renamed over it."""
 
     def write(tmp: Path) -> None:
         try:
-            torch.save(payload, tmp)
+            with open(tmp, "wb") as f:
+                out = _WriteErrors(f)
+                try:
+                    torch.save(payload, out)
+                except RuntimeError as exc:
+                    if out.error is not None:
+                        raise out.error from exc
+                    raise
+                f.flush()
         except OSError as exc:
             raise GeodduError(f"{path}: cannot write checkpoint: {exc.strerror or exc}") from exc
         except RuntimeError as exc:
-            # torch's zip writer reports a full disk or a failed write as a RuntimeError.
+            # torch's zip writer reports a failed write as a RuntimeError.
             raise GeodduError(f"{path}: cannot write checkpoint: {first_line(exc)}") from exc
 
-    # A temporary file beside it, renamed over it: a killed run leaves the previous checkpoint.
+    # A temporary file beside it, fsynced and renamed over it: a killed run (or a full disk)
+    # leaves the previous checkpoint.
     write_atomically(path, write)
 
 

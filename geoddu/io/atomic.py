@@ -247,10 +247,15 @@ def commit_all(outputs: Iterable[AtomicOutput]) -> None:
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
     """``write(temp)``, then rename it over ``path`` (replacing it); on any failure the
-    temporary file goes and ``path`` is left as it was. An OSError is one line."""
+    temporary file goes and ``path`` is left as it was. An OSError is one line.
+
+    Durable too: the temporary file is fsynced before the rename and the folder after it.
+    Without the first, a power cut can leave the renamed name pointing at data never written
+    (an empty file where the old one was); without the second, the old name."""
     out = AtomicOutput(path, overwrite=True)
     try:
         write(out.temp)
+        _fsync(out.temp)
     except OSError as exc:
         out.discard()
         raise GeodduError(os_error_line(exc, str(path))) from exc
@@ -258,3 +263,15 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]
         out.discard()
         raise
     out.commit()
+    try:
+        _fsync(out.path.parent)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the rename itself has happened
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -21,6 +21,7 @@ from .loop import Callbacks, TrainResult
 from .mesh import TrainMesh
 from .request import TrainRequest
 from .run import resume_training, start_training
+from .run_folder import has_last
 
 __all__ = ["EventFn", "event_callbacks", "summary_line", "train_model"]
 
@@ -36,7 +37,7 @@ MODEL_FIELDS = ("encoder", "in_channels", "num_classes", "depth", "base_channels
 # TrainConfig's fields a request may set (the dataset's preset fills the others).
 CONFIG_FIELDS = ("epochs", "batch_size", "lr", "lr_patience", "patience", "min_epochs",
                  "dropout", "loss", "augment", "seed", "device", "precision", "amp", "workers",
-                 "batchnorm")
+                 "batchnorm", "deterministic")
 
 
 def train_model(request: TrainRequest | None = None, *, on_event: EventFn | None = None,
@@ -61,6 +62,12 @@ def train_model(request: TrainRequest | None = None, *, on_event: EventFn | None
     callbacks = event_callbacks(on_event)
     # Read before any work: a bad card file is one line, not a run that fails at its first save.
     card = read_card_file(request.card) if request.card is not None else None
+    if request.resume and request.dataset is not None and request.data is not None \
+            and not _has_last(request.run_dir, mesh):
+        # Killed in its first epoch, before last.pt: resuming is starting again. Anything
+        # else in the folder (a best.pt of an older geoddu, which wrote it first) belongs to
+        # that lost epoch.
+        request = request.replace(resume=False, overwrite=True)
     if request.resume:
         return resume_training(request.run_dir, data=request.data, epochs=request.epochs,
                                device=request.device, workers=request.workers,
@@ -74,6 +81,13 @@ def train_model(request: TrainRequest | None = None, *, on_event: EventFn | None
         freeze_encoder=request.freeze_encoder, dataset_options=dataset_options(request),
         overwrite=request.overwrite, callbacks=callbacks, mesh=mesh, card=card,
     )
+
+
+def _has_last(run_dir: str, mesh: TrainMesh | None) -> bool:
+    """Rank 0's answer on every rank: only its host need hold the run folder."""
+    if mesh is None:
+        return has_last(run_dir)
+    return mesh.broadcast_object(has_last(run_dir) if mesh.is_main else None)
 
 
 def model_options(request: TrainRequest) -> dict[str, Any]:

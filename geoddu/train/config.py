@@ -51,6 +51,9 @@ class TrainConfig:
     # the running statistics either way. See docs/training.md.
     batchnorm: str = "pooled"
     workers: int = 0
+    # Bit-identical weights from two runs of the same command: deterministic kernels, one
+    # intra-op thread, seeded workers (geoddu.train.determinism says what it costs).
+    deterministic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, not tuples) for checkpoints and logs."""

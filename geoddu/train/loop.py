@@ -2,10 +2,11 @@
 
 A run lives in one directory: `last.pt` (weights + everything `--resume` needs, written after
 every epoch), `best.pt` (lowest validation loss so far), `history.csv` / `history.json` (the
-curves). All three are replaced atomically, so killing the process at any moment leaves a run
-that resumes exactly where its last completed epoch ended: model, optimiser, scheduler, AMP
-scaler, epoch, early-stopping counters and RNG states are restored; data order and augmentation
-are drawn from (seed, epoch) so they do not depend on the process.
+curves). All are replaced atomically, `last.pt` first, so killing the process at any moment
+leaves a run that resumes exactly where its last completed epoch ended (geoddu.train.run_folder
+repairs what lagged behind `last.pt`): model, optimiser, scheduler, AMP scaler, epoch,
+early-stopping counters and RNG states are restored; data order and augmentation are drawn from
+(seed, epoch) so they do not depend on the process.
 
 Under torchrun the same loop runs on every rank of a `TrainMesh` (data x spatial). Each global
 batch is the one a single process would draw; data-parallel groups load their share of it,
@@ -16,9 +17,7 @@ the single-process step. Rank 0 alone writes the run directory.
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
 import json
 import math
 import os
@@ -41,7 +40,6 @@ from ..checkpoint import (
     update_card,
 )
 from ..errors import GeodduError
-from ..io.atomic import write_atomically
 from ..models.ddunet import DDUNet
 from ..parallel.devices import autocast, resolve_device
 from ..parallel.group import AgreedError
@@ -49,6 +47,7 @@ from ..version import __version__
 from .augment import apply_augmentation, draw_augmentation
 from .batchnorm import PER_SUBIMAGE
 from .config import TrainConfig
+from .determinism import deterministic_mode, seed_everything, seed_worker
 from .dropout import dropout_masks
 from .evaluation import (
     Normalizer,
@@ -61,9 +60,8 @@ from .evaluation import (
 from .execution import SubimageTraining
 from .losses import get_loss
 from .mesh import TrainMesh
+from .run_folder import BEST, LAST, remove_dead_temporaries, write_history
 from .spatial import SpatialTraining, average_gradients
-
-LAST, BEST = "last.pt", "best.pt"
 
 
 @dataclass
@@ -182,8 +180,13 @@ class Trainer:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.stopped_early = False
+        # A finished run killed before best.pt's card got the test figures: a resume adds them
+        # although no epoch is left (geoddu.train.run_folder.reconcile tells).
+        self.best_test_pending = False
         if resume_state is not None:
             self._restore(resume_state)
+        elif config.deterministic:
+            seed_everything(config.seed)
         else:
             torch.manual_seed(config.seed)
             random.seed(config.seed)
@@ -217,6 +220,10 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        with deterministic_mode(self.config.deterministic, self.device):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg, main = self.config, self.mesh.is_main
         # Every rank built the same weights from the same seed or checkpoint; rank 0's copy is
         # sent anyway (cheap), so nothing rests on that.
@@ -274,16 +281,18 @@ class Trainer:
             if not main:
                 continue
             # Both files hold this epoch's weights: the card's metrics are this epoch's.
+            # last.pt first: a kill before best.pt is written leaves last.pt holding the best
+            # epoch, from which a resume rebuilds best.pt (the other order would lose it).
             card = {**self._card(row, val), "test": test}
+            save_checkpoint(self.run_dir / LAST, self.model, self.metadata,
+                            training=self._training_record(), state=self._state(), card=card)
             if improved:
                 save_checkpoint(self.run_dir / BEST, self.model, self.metadata,
                                 training=self._training_record(), card=card)
-            save_checkpoint(self.run_dir / LAST, self.model, self.metadata,
-                            training=self._training_record(), state=self._state(), card=card)
-            self._write_history()
+            write_history(self.run_dir, self.history)
             if self.callbacks.on_epoch:
                 self.callbacks.on_epoch(row)
-        if ran and self.test_result is None:
+        if (ran or self.best_test_pending) and self.test_result is None:
             self._test_best()
         return self.result()
 
@@ -361,7 +370,8 @@ class Trainer:
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         shares = [b[self.mesh.share(len(b))] for b in batches]
         loader = iter(torch.utils.data.DataLoader(
-            ds, batch_sampler=[s for s in shares if s], num_workers=cfg.workers))
+            ds, batch_sampler=[s for s in shares if s], num_workers=cfg.workers,
+            worker_init_fn=seed_worker if cfg.deterministic and cfg.workers else None))
         h, w = ds.patch_shape
         square = h == w
         for batch, share in zip(batches, shares, strict=True):
@@ -502,15 +512,6 @@ class Trainer:
             np.random.set_state(("MT19937", np.asarray(ns["keys"], np.uint32), ns["pos"],
                                  ns["has_gauss"], ns["cached_gaussian"]))
 
-    def _write_history(self) -> None:
-        _atomic_write(self.run_dir / "history.json", json.dumps(self.history, indent=1) + "\n")
-        buf = io.StringIO()
-        fields = list(self.history[0]) if self.history else []
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.history)
-        _atomic_write(self.run_dir / "history.csv", buf.getvalue())
-
     def result(self) -> TrainResult:
         best = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
         return TrainResult(
@@ -531,7 +532,10 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / LAST).is_file():
-            raise GeodduError(f"{run_dir / LAST}: nothing to resume")
+            # A run killed in its first epoch left none: its whole command line with --resume
+            # starts it again (geoddu.train.api).
+            raise GeodduError(f"{run_dir / LAST}: nothing to resume; give the run's --dataset "
+                              f"and --data with --resume to start it")
         return run_dir
     if (run_dir / LAST).exists() or (run_dir / BEST).exists():
         if not overwrite:
@@ -541,6 +545,8 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
             (run_dir / name).unlink(missing_ok=True)
     if run_dir.exists() and not run_dir.is_dir():
         raise GeodduError(f"{run_dir}: not a directory")
+    if run_dir.is_dir():  # a run killed in its first epoch, started again
+        remove_dead_temporaries(run_dir)
     return run_dir
 
 
@@ -640,7 +646,3 @@ def _finite(value: Any) -> float | None:
 
 def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(text))

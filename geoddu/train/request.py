@@ -87,6 +87,7 @@ class TrainRequest(JsonRequest):
     amp: bool | None = None  # the older spelling of precision fp16 (True) / fp32 (False)
     workers: int | None = checked(Check(low=0, integer=True))
     spatial_ranks: int | None = checked(_COUNT)
+    deterministic: bool = False
     # -- the model card's user fields: a YAML or JSON file (geoddu.card.read_card_file)
     card: str | None = None
     # -- the run folder

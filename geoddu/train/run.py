@@ -30,6 +30,7 @@ from .loop import (
     set_dropout,
 )
 from .mesh import TrainMesh
+from .run_folder import reconcile
 
 
 def open_splits(kind: str, data: str | os.PathLike, options: dict[str, Any] | None = None,
@@ -170,13 +171,17 @@ def resume_training(
     """
     mesh = mesh or TrainMesh()
 
-    def read() -> dict[str, Any] | None:
+    def read() -> tuple[dict[str, Any], bool] | None:
         if not mesh.is_main:
             return None
         check_run_dir(run_dir, resume=True, overwrite=False)
-        return load_checkpoint(Path(run_dir) / LAST)
+        ckpt = load_checkpoint(Path(run_dir) / LAST)
+        if "resume" not in ckpt:  # refused before the folder is touched
+            raise GeodduError(f"{Path(run_dir) / LAST}: holds no training state to resume from")
+        # A kill at any moment left last.pt whole; what lags behind it is made to agree.
+        return ckpt, reconcile(run_dir, ckpt)
 
-    ckpt = mesh.broadcast_object(mesh.agreed(read))
+    ckpt, best_test_pending = mesh.broadcast_object(mesh.agreed(read))
 
     def build() -> Trainer:
         model = model_from_resume(ckpt, Path(run_dir) / LAST)
@@ -200,11 +205,13 @@ def resume_training(
                 "freeze_encoder")
         record = {k: record.get(k) for k in keep}
         record["data"] = str(Path(source).resolve())
-        return Trainer(model, train_set, val_set, Path(run_dir), config,
-                       normalization=ckpt["normalization"], record=record, callbacks=callbacks,
-                       resume_state=ckpt["resume"], mesh=mesh,
-                       card=user_fields(ckpt.get("card")) if card is None else card,
-                       test_set=test_set, no_test=no_test)
+        trainer = Trainer(model, train_set, val_set, Path(run_dir), config,
+                          normalization=ckpt["normalization"], record=record,
+                          callbacks=callbacks, resume_state=ckpt["resume"], mesh=mesh,
+                          card=user_fields(ckpt.get("card")) if card is None else card,
+                          test_set=test_set, no_test=no_test)
+        trainer.best_test_pending = best_test_pending
+        return trainer
 
     return mesh.agreed(build).fit()
 

@@ -314,8 +314,7 @@ def test_failed_save_keeps_the_old_file_and_no_temp(good, tmp_path, monkeypatch,
     meta = build_metadata(model.config, subimage_size=32)
 
     def full_disk(obj, f, *args, **kwargs):
-        with open(f, "wb") as out:
-            out.write(b"PK\x03\x04partial")
+        f.write(b"PK\x03\x04partial")  # checkpoints are written through a file object
         raise failure
 
     monkeypatch.setattr(torch, "save", full_disk)
