@@ -112,6 +112,11 @@ from .requests import error_events, request_fields
                    "them). two-pass: encode everything, then encode again to decode; less "
                    "memory, more work. auto: one pass where it fits and costs less. Never "
                    "changes the result; the summary says which ran.")
+@click.option("--memory-limit", "memory_limit", default=None, metavar="SIZE",
+              help="Keep the run's peak memory under SIZE (1G, 800M, 1.5GiB): the plan narrows "
+                   "its strips, or takes two passes with the bottleneck maps on --scratch, until "
+                   "its estimate (plus 10%) fits, and stops before any work, naming the smallest "
+                   "workable limit, when nothing does. --plan shows what was chosen.")
 @click.option("--aoi", type=str, default=None,
               help="Area of interest (any vector GDAL reads, any CRS): only its pixels are "
                    "segmented; the rest is nodata. Work grows with the area, not the scene.")

@@ -212,7 +212,7 @@ def open_job(
         source.close()
         resources.close()
         raise
-    return Job(request, model, source, plan, area, scratch, started, resources=resources,
+    return Job(plan.request, model, source, plan, area, scratch, started, resources=resources,
                resampled=resampled)
 
 

@@ -26,6 +26,7 @@ from ..partition import Partition
 from ..predictor import ModelSpec
 from .mapstore import MapStore
 from .memory import MemoryEstimate, estimate_memory, split_stores
+from .memory_limit import fit_memory_limit
 from .plan import SegmentPlan, plan_segment
 from .request import SegmentRequest
 from .resampling import Resampled, read_at_model_pixels
@@ -316,7 +317,26 @@ def make_plan(
     resampled: Resampled | None = None,
 ) -> JobPlan:
     """The plan, from the model's spec, the open scene (with --resample: the warped one, read
-    on `resampled.model`) and its area of interest."""
+    on `resampled.model`) and its area of interest; under `request.memory_limit`, the first
+    plan that fits it (:mod:`geoddu.engine.memory_limit`)."""
+
+    def plan(r: SegmentRequest) -> JobPlan:
+        return _make_plan(r, spec, source, area, devices, world, rank, resampled=resampled)
+
+    return fit_memory_limit(plan(request), plan)
+
+
+def _make_plan(
+    request: SegmentRequest,
+    spec: ModelSpec,
+    source: RasterSource,
+    area: Any,
+    devices: Sequence[str] | None = None,
+    world: int = 1,
+    rank: int = 0,
+    *,
+    resampled: Resampled | None = None,
+) -> JobPlan:
     if devices is None:
         from ..parallel.devices import resolve_devices
 

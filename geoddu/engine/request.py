@@ -22,6 +22,7 @@ from ..io.sources import expand_sources
 from ..io.warp import WARP_RESAMPLINGS
 from ..parallel import PRECISION_CHOICES, PRECISIONS
 from ..request_base import Check, JsonRequest, checked
+from .memory import parse_bytes
 
 __all__ = ["PRECISIONS", "SegmentRequest"]
 
@@ -115,6 +116,10 @@ class SegmentRequest(JsonRequest):
     resample: str | None = checked(Check(choices=WARP_RESAMPLINGS), None)
     output_grid: str = checked(Check(choices=OUTPUT_GRIDS), "scene")
     strict: bool = False
+    # A hard limit on the process's peak memory (bytes, or "1G"): the plan narrows its strips,
+    # or takes two passes with the bottleneck maps on scratch, until its estimate fits, and
+    # refuses before any work when nothing does (geoddu.engine.memory_limit).
+    memory_limit: int | str | None = None
     # Set by --mosaic on the one-scene run over its VRT (a new file in a new folder every run):
     # the inputs it was built from, which is what --resume recognises the scene by.
     mosaic_of: tuple[str, ...] | None = None
@@ -151,6 +156,8 @@ class SegmentRequest(JsonRequest):
                 f"unknown precision {self.precision!r}; choose from "
                 f"{', '.join(PRECISION_CHOICES)}"
             )
+        if self.memory_limit is not None:
+            put(self, "memory_limit", parse_bytes(self.memory_limit))
         if self.schedule not in SCHEDULES:
             raise GeodduError(
                 f"--schedule: unknown {self.schedule!r}; choose from {', '.join(SCHEDULES)}"
