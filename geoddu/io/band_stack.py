@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from urllib.parse import urlsplit
 
 from geoddu.errors import GeodduError
 
-from .atomic import AtomicOutput, os_error_line
+from .vrt_file import vrt_file
 
 __all__ = [
     "DEFAULT_RESAMPLING",
@@ -289,29 +288,7 @@ def band_stack(
     is removed when the block ends however it ends, and by a later run if this process is
     killed. None: the VRT lives in GDAL's memory (``/vsimem/``) and nothing is written.
     """
-    text = stack_vrt(refs, resampling)
-    if beside is None:
-        with _in_memory(text) as path:
-            yield path
-        return
-    # Only its private temporary names are used: it is never committed, only discarded.
-    area = AtomicOutput(beside, overwrite=True)
-    vrt = area.temp / "bands.vrt"
-    try:
-        try:
-            area.temp.mkdir()
-            vrt.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise GeodduError(os_error_line(exc, str(vrt))) from exc
-        yield str(vrt)
-    finally:
-        area.discard()
+    with vrt_file(stack_vrt(refs, resampling), "bands.vrt", beside) as path:
+        yield path
 
 
-@contextmanager
-def _in_memory(text: str) -> Iterator[str]:
-    from rasterio.io import MemoryFile
-
-    name = f"geoddu-bands-{secrets.token_hex(4)}.vrt"
-    with MemoryFile(text.encode("utf-8"), filename=name) as memory:
-        yield memory.name

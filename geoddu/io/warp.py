@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from typing import Any
 
 from geoddu.errors import GeodduError, first_line
 
-from .atomic import AtomicOutput, os_error_line
+from .vrt_file import vrt_file
 
 __all__ = [
     "DEFAULT_WARP_RESAMPLING",
@@ -167,25 +166,8 @@ def warped_scene(
     itself, so reader threads never share a GDAL dataset. None: in GDAL's memory
     (``/vsimem/``), for a plan that writes nothing or a rank that writes no output.
     """
-    text = warped_vrt(src_path, grid, resampling)
-    if beside is None:
-        from rasterio.io import MemoryFile
-
-        name = f"geoddu-warped-{secrets.token_hex(4)}.vrt"
-        with MemoryFile(text.encode("utf-8"), filename=name) as memory:
-            yield memory.name
-        return
-    area = AtomicOutput(beside, overwrite=True)  # its private temporary names only
-    vrt = area.temp / "warped.vrt"
-    try:
-        try:
-            area.temp.mkdir()
-            vrt.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise GeodduError(os_error_line(exc, str(vrt))) from exc
-        yield str(vrt)
-    finally:
-        area.discard()
+    with vrt_file(warped_vrt(src_path, grid, resampling), "warped.vrt", beside) as path:
+        yield path
 
 
 def regrid_class_map(
