@@ -192,8 +192,10 @@ def _conforms(value: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(value, str | os.PathLike)
     if origin in (tuple, list):
-        if isinstance(value, str):
-            return True  # the command line's spelling ("1,2,3", "2x2"): the field parses it
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            # The command line's spellings ("1,2,3", "2x2", or 2 for 2 x 2 subimages, as QGIS
+            # sends it): the field parses them.
+            return True
         if not isinstance(value, list | tuple):
             return False
         args = typing.get_args(hint)
