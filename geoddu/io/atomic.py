@@ -12,8 +12,14 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; commits there are unserialised
+    fcntl = None  # type: ignore[assignment]
 
 from geoddu.errors import GeodduError
 
@@ -120,6 +126,31 @@ def check_distinct_paths(
                 )
 
 
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``folder`` while one output is renamed into it.
+
+    The check that the destination is free and the renames must be one step: two runs on one
+    output that finish together both passed the check, and the later rename replaced the first
+    result (the later run exited 0 too). flock serialises them between processes of this host.
+    Where a file system refuses flock on a folder (some network ones), the commit goes on
+    unlocked, as it did before."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class AtomicOutput:
     """A destination path plus the temporary file that replaces it only on success.
 
@@ -169,10 +200,11 @@ class AtomicOutput:
         try:
             if not self.temp.is_file():
                 raise GeodduError(f"{self.path}: nothing was written")
-            # The destination may have appeared while we were working (another run).
-            if self.path.exists() and not self.overwrite:
-                raise GeodduError(f"{self.path} exists; pass --overwrite to replace it")
-            self._replace_with_sidecar()
+            with _folder_lock(self.path.parent):
+                # The destination may have appeared while we were working (another run).
+                if self.path.exists() and not self.overwrite:
+                    raise GeodduError(f"{self.path} exists; pass --overwrite to replace it")
+                self._replace_with_sidecar()
         except OSError as exc:
             self.discard()
             raise GeodduError(os_error_line(exc, str(self.path))) from exc
