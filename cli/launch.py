@@ -52,3 +52,17 @@ def run_local_ranks(nproc: int, command: str, args: Sequence[str]) -> int:
         return subprocess.run(cmd, env=env, stderr=sys.stderr).returncode
     except KeyboardInterrupt:
         return 130
+
+
+def end_now(signum: int, frame: object) -> None:
+    """SIGTERM once the run is over (torchrun's agent stops the other ranks when one has
+    failed). The outputs are renamed or removed by then, so there is nothing to unwind, and
+    raising SystemExit would land in whatever runs at that moment: in the interpreter's exit
+    hooks it printed "Exception ignored in atexit callback" and a traceback after the rank's
+    one Error line. End at once instead, with SIGTERM's status."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a write this signal interrupted; nothing to save
+            pass
+    os._exit(128 + signum)

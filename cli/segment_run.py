@@ -18,6 +18,7 @@ from typing import Any
 from geoddu.errors import GeodduError
 from geoddu.events import done_event, emit_json, error_event, progress_event
 
+from .launch import end_now
 from .progress import progress_reporter
 
 ProgressFn = Callable[[str, int, int], None]
@@ -105,7 +106,7 @@ def run_segment(
             return 1
     finally:
         if distributed:
-            signal.signal(signal.SIGTERM, _end_now)
+            signal.signal(signal.SIGTERM, end_now)
             import torch.distributed as dist
 
             if dist.is_initialized():
@@ -126,18 +127,6 @@ def run_segment(
     return 1 if failed else 0
 
 
-def _end_now(signum: int, frame: object) -> None:
-    """SIGTERM once the run is over (torchrun's agent stops the other ranks when one has
-    failed). The outputs are renamed or removed by then, so there is nothing to unwind, and
-    raising SystemExit would land in whatever runs at that moment: in the interpreter's exit
-    hooks it printed "Exception ignored in atexit callback" and a traceback after the rank's
-    one Error line. End at once instead, with SIGTERM's status."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a write this signal interrupted; nothing to save
-            pass
-    os._exit(128 + signum)
 
 
 def print_plans(

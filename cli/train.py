@@ -14,7 +14,7 @@ import click
 from geoddu.errors import GeodduError
 from geoddu.train.request import TrainRequest
 
-from .launch import command_args, run_local_ranks, strip_options
+from .launch import command_args, end_now, run_local_ranks, strip_options
 from .options import (
     bands_option,
     device_option,
@@ -259,6 +259,8 @@ def _train_as_rank(ctx: click.Context, request_file: str | None, progress: str, 
             click.echo(f"Error: {exc}", err=True)
         return 1
     finally:
+        # Past this point a SIGTERM from torchrun's agent has nothing to unwind (see end_now).
+        signal.signal(signal.SIGTERM, end_now)
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
