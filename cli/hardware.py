@@ -1,4 +1,5 @@
-"""`geoddu info --hardware`: what the machine has and what each precision does on it, printed
+"""`geoddu info --hardware`: what the machine has, what each precision does on it and the installed
+versions beside the release pins, printed
 from :func:`geoddu.hardware_report.hardware_report` (the dict `--json` prints as it is)."""
 
 from __future__ import annotations
@@ -82,8 +83,21 @@ def show(report: dict[str, Any], console: Any) -> None:
             c.add_row(precision, f"{rate:.3g}", f"{rate / base:.2f}x" if base else "-")
         console.print(c)
 
+    _show_versions(report["versions"], console)
     for note in m["notes"]:
         console.print(f"Note: {note}")
+
+
+def _show_versions(versions: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    if versions.get("error"):
+        console.print(f"Pinned versions: {versions['constraints']}: {versions['error']}")
+        return
+    t = Table("package", "installed", "pinned", "", title=f"Versions ({versions['constraints']})")
+    for row in versions["packages"]:
+        t.add_row(row["name"], row["installed"] or "-", row["pinned"], row["status"])
+    console.print(t)
 
 
 def _n(value: int | None) -> str:

@@ -22,7 +22,9 @@ from .options import device_option, json_option, model_config, model_option, mod
 @click.option("--hardware", is_flag=True,
               help="Describe this machine instead: CUDA devices and memory, CPU cores and "
                    "threads, bf16/int8 instructions, the measured speed of each precision and "
-                   "what --precision auto picks; with -m, the checkpoint's Mpx/s per precision.")
+                   "what --precision auto picks, and each dependency's installed version beside "
+                   "the release pin (ok, differs or missing; GEODDU_CONSTRAINTS names another "
+                   "constraints file); with -m, the checkpoint's Mpx/s per precision.")
 @device_option("With --hardware: the device(s) to measure (cpu, cuda:1, cpu,cuda:0) "
                "[the CPU and every CUDA device].")
 @click.option("--refresh", is_flag=True,
@@ -36,6 +38,7 @@ def info(model_path, checkpoint, size, subimages, hardware, device, refresh, as_
 
     With --hardware, describe this machine and how fast each precision runs on it (see
     docs/precision.md); the probe is measured once per machine and torch version, then cached.
+    It also lists the versions installed beside those pinned at release (docs/reliability.md).
 
     \b
     Examples:

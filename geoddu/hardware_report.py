@@ -1,7 +1,8 @@
 """The whole answer to "what does this machine have, and what should geoddu run in?": the
 machine's facts, the precision probe of each device, and (given a checkpoint) its Mpx/s per
-precision. One function for every front: ``geoddu info --hardware`` prints it, the QGIS plugin
-shows it (in-process, or as that command's JSON)."""
+precision, and the installed versions beside the release pins (:mod:`.pins`). One function for
+every front: ``geoddu info --hardware`` prints it, the QGIS plugin shows it (in-process, or as
+that command's JSON)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from .hardware import machine
 from .model_throughput import checkpoint_throughput
+from .pins import package_versions
 from .precision_probe import CACHE_FILE, cache_dir, probe_precision
 
 
@@ -34,6 +36,8 @@ def hardware_report(
         "probes": [p.to_dict() for p in probes],
         "auto": {p.device: p.choice for p in probes},
         "cache": str(cache_dir() / CACHE_FILE),
+        # Which versions run here, against those the release was tested with.
+        "versions": package_versions(),
     }
     if model is not None:
         out["checkpoint"] = [checkpoint_throughput(model, d) for d in devices]

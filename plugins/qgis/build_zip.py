@@ -2,9 +2,9 @@
 """Build the installable QGIS plugin zip: plugins/qgis/build/geoddu_qgis.zip.
 
 Install it in QGIS with Plugins > Manage and Install Plugins > Install from ZIP. The zip holds one
-folder, geoddu_qgis/ (the plugin's code, metadata.txt, icon, README and the project's LICENSE if
-there is one), without caches. Entries are sorted and time-stamped with the newest source file,
-so the same sources give the same zip.
+folder, geoddu_qgis/ (the plugin's code, metadata.txt, icon, README, the project's LICENSE and
+the release pins constraints.txt), without caches. Entries are sorted and time-stamped with the
+newest source file, so the same sources give the same zip.
 
 Usage: python3 plugins/qgis/build_zip.py [-o OUT.zip]
 """
@@ -29,7 +29,9 @@ ROOT = HERE.parents[1]
 EXCLUDE_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", "wheels"}
 WHEELS = "wheels"
 EXCLUDE_SUFFIXES = {".pyc", ".pyo", ".orig", ".rej", ".swp"}
-EXTRAS = {HERE / "README.md": "README.md", ROOT / "LICENSE": "LICENSE"}
+# constraints.txt: the release pins that Set up engine installs (tools/pin_constraints.py).
+EXTRAS = {HERE / "README.md": "README.md", ROOT / "LICENSE": "LICENSE",
+          ROOT / "geoddu" / "assets" / "constraints.txt": "constraints.txt"}
 
 
 def plugin_files() -> list[tuple[Path, str]]:

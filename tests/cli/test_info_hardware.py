@@ -92,3 +92,50 @@ def test_a_corrupt_cache_is_a_warning_not_a_failure(tmp_path):
     assert r.stderr.startswith("Warning: ignoring the unreadable precision cache")
     assert json.loads(r.stdout)["probes"][0]["cached"] is False
     json.loads((tmp_path / CACHE_FILE).read_text())  # rewritten whole
+
+
+def test_versions_beside_the_release_pins(cache, tmp_path):
+    """Each pinned package's installed and pinned version, and whether they match."""
+    from importlib.metadata import version
+
+    from geoddu.pins import CONSTRAINTS_ENV, DEFAULT_CONSTRAINTS, parse_constraints
+
+    r = run(cache, "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    versions = json.loads(r.stdout)["versions"]
+    assert versions["constraints"] == str(DEFAULT_CONSTRAINTS)
+    shipped = parse_constraints(DEFAULT_CONSTRAINTS.read_text())
+    assert [row["name"] for row in versions["packages"]] == [p.name for p in shipped]
+    torch = next(row for row in versions["packages"] if row["name"] == "torch")
+    assert torch == {"name": "torch", "installed": version("torch"), "pinned": "2.13.0",
+                     "status": "ok"}  # 2.13.0+cpu is the pinned 2.13.0
+
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("# a release of another time\n"
+                    f"click=={version('click')} --hash=sha256:{'0' * 64}\n"
+                    "rich==0.0.1\nno-such-package==1.0\n")
+    env = {**os.environ, CACHE_ENV: str(cache), CONSTRAINTS_ENV: str(pins)}
+    r = subprocess.run([*GEODDU, "info", "--hardware", "--json", "--device", "cpu"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["versions"] == {"constraints": str(pins), "packages": [
+        {"name": "click", "installed": version("click"), "pinned": version("click"),
+         "status": "ok"},
+        {"name": "rich", "installed": version("rich"), "pinned": "0.0.1", "status": "differs"},
+        {"name": "no-such-package", "installed": None, "pinned": "1.0", "status": "missing"},
+    ]}
+    r = subprocess.run([*GEODDU, "info", "--hardware", "--device", "cpu"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[1]: line for line in r.stdout.splitlines()
+            if line.startswith("│") and len(line.split()) > 2}
+    assert "differs" in rows["rich"] and "missing" in rows["no-such-package"]
+    assert "ok" in rows["click"]
+
+    (tmp_path / "gone").mkdir()
+    env[CONSTRAINTS_ENV] = str(tmp_path / "gone" / "constraints.txt")
+    r = subprocess.run([*GEODDU, "info", "--hardware", "--json", "--device", "cpu"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    gone = json.loads(r.stdout)["versions"]
+    assert gone["packages"] == [] and gone["error"] == "No such file or directory"

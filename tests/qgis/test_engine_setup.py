@@ -121,6 +121,23 @@ def test_set_up_engine_then_segment_through_it(plugin, data, wheel, restore_sett
     assert any("Successfully installed" in line and "geoddu" in line for line in log)
     assert engine_setup.is_ready(str(env_dir))
 
+    # The release pins: pip got them, and every pinned package is installed at its pin (QGIS's
+    # numpy and the torch requirement are the plan's own pins); the log and the task say so.
+    result = task.result
+    assert result.env_dir == str(env_dir) and plan.constraints
+    assert any(" -c " in line and line.startswith("[3/4]") for line in log)
+    release = {p.name: p.version for p in plan.pins()}
+    assert release and result.pinned == {**release, **plan.own_pins()}
+    for name, version in result.pinned.items():
+        assert (result.installed[name] or "").split("+")[0] == version, name
+    assert any(line.startswith("Installed: ") and "as pinned" in line for line in log)
+    # Hashes: the reference platform downloaded the release's own files.
+    assert set(result.hashes.values()) <= {"ok", "no hash"}, result.hashes
+    import json
+
+    marker = json.loads((env_dir / engine_setup.MARKER).read_text())
+    assert marker["installed"] == result.installed and marker["pinned"] == result.pinned
+
     # The provider is pointed at it, and finds it.
     assert settings.engine_settings()["mode"] == "env"
     assert settings.engine_settings()["python_env"] == str(env_dir)
@@ -181,3 +198,73 @@ def test_torch_build_and_defaults(qgis_app, tmp_path):
     with pytest.raises(engine_setup.SetupError, match="not a Python environment"):
         engine_setup.run_setup(plan, log=lambda line: None)
     assert (tmp_path / "geoddu" / "engine-env" / "mine.txt").read_text() == "keep"
+
+
+def test_release_pins_go_to_pip_and_hashes_are_checked(qgis_app, tmp_path):
+    """Without the registry: which pins pip is given, and the hash check on pip's report."""
+    if str(PLUGIN_PARENT) not in sys.path:
+        sys.path.insert(0, str(PLUGIN_PARENT))
+    import json
+
+    from geoddu_qgis import engine_setup
+
+    # The release file is found (a checkout here; the zip ships it next to the plugin), every
+    # line an exact pin, torch at the version CI installs.
+    release = engine_setup.find_constraints()
+    assert release and os.path.isfile(release)
+    text = open(release, encoding="utf-8").read()
+    pins = {p.name.lower(): p for p in engine_setup.parse_constraints(text)}
+    assert pins["torch"].version == "2.13.0" and not pins["torch"].hashes
+    assert {"rasterio", "numpy", "click", "shapely"} <= set(pins)
+    assert all(len(h) == 64 for p in pins.values() for h in p.hashes)
+    assert engine_setup.pinned_platform(text)
+
+    sha = "a" * 64
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("# platform: sys_platform=linux platform_machine=x86_64 "
+                           "python_version=3.11\n"
+                           f"click==8.1.0 --hash=sha256:{sha}\nnumpy==2.0.0 --hash=sha256:{sha}\n"
+                           "torch==2.13.0\n")
+    plan = engine_setup.make_plan(env_dir=str(tmp_path / "env"), python=sys.executable,
+                                  torch_requirement="torch==2.13.0", torch_pip_args=[],
+                                  geoddu_source="geoddu.whl",
+                                  extra_requirements=["numpy==1.24.2"],
+                                  constraints=str(constraints), environ={})
+    # The plan's own requirements (QGIS's numpy, the torch requirement) win over the pins.
+    assert [p.name for p in plan.pins()] == ["click"]
+    assert plan.own_pins() == {"torch": "2.13.0", "numpy": "1.24.2"}
+    install = plan.steps()[2][1]
+    assert install[install.index("-c") + 1] == plan.pin_file()
+    assert "--require-hashes" not in install
+    # Unset, the variable picks no pins at all.
+    assert engine_setup.make_plan(env_dir=str(tmp_path / "e"), python=sys.executable,
+                                  geoddu_source="g.whl", torch_pip_args=[],
+                                  environ={"GEODDU_SETUP_CONSTRAINTS": ""}).constraints is None
+
+    os.makedirs(plan.env_dir)
+
+    def report(platform_machine, digest):
+        with open(plan.report_file(), "w") as fh:
+            json.dump({"environment": {"sys_platform": "linux", "python_version": "3.11",
+                                       "platform_machine": platform_machine},
+                       "install": [{"metadata": {"name": "click", "version": "8.1.0"},
+                                    "download_info": {"archive_info": {
+                                        "hashes": {"sha256": digest}}}}]}, fh)
+
+    log: list[str] = []
+    report("x86_64", sha)
+    assert engine_setup._check_hashes(plan, plan.pins(), log.append) == {"click": "ok"}
+    report("x86_64", "b" * 64)  # the pins' own platform: another file is an error
+    with pytest.raises(engine_setup.SetupError, match="do not match the release's hashes"):
+        engine_setup._check_hashes(plan, plan.pins(), log.append)
+    report("arm64", "b" * 64)  # another platform's wheel: reported, not refused
+    assert engine_setup._check_hashes(plan, plan.pins(), log.append) == {"click": "other file"}
+    assert "Not the release's files" in log[-1]
+
+    result = engine_setup.SetupResult(plan.env_dir, installed={"click": "8.1.0", "numpy": "1.26",
+                                                               "rich": None},
+                                      pinned={"click": "8.1.0", "numpy": "1.24.2",
+                                              "rich": "13.0"}, hashes={"click": "ok"})
+    assert result.summary() == ["click 8.1.0 (as pinned, hash ok)",
+                                "numpy 1.26 (differs from the pin 1.24.2)",
+                                "rich - (missing, pinned 13.0)"]

@@ -20,10 +20,19 @@ is called as step ``k`` of ``n`` starts):
    ``nvidia-smi`` runs (an NVIDIA GPU with a driver); on macOS from the default registry. The
    requirement and the pip arguments are configurable (``GEODDU_SETUP_TORCH``,
    ``GEODDU_SETUP_TORCH_ARGS``; an empty value means the default registry).
-3. ``pip install <geoddu wheel>``: the wheel shipped in the plugin zip
+3. ``pip install <geoddu wheel> -c <constraints>``: the wheel shipped in the plugin zip
    (``geoddu_qgis/wheels/geoddu-*.whl``, built by ``build_zip.py``), or, for a plugin run from a
-   checkout, the checkout itself; its dependencies come from the default registry.
-4. A check that the environment imports geoddu and torch and has the ``geoddu`` command.
+   checkout, the checkout itself; its dependencies come from the default registry, at the exact
+   versions pinned at release (:data:`CONSTRAINTS`, see :func:`find_constraints`).
+4. A check that the environment imports geoddu and torch and has the ``geoddu`` command; it
+   lists the installed version of every pinned package, which :func:`run_setup` logs and returns.
+
+Hashes: the release file has ``--hash`` options, but pip cannot take them from a constraints
+file (a hash there switches on hash-checking mode, which then demands hashes on the requirements
+themselves, the unpinned geoddu wheel among them: every install fails), and torch has none (its
+files come from PyTorch's index). So pip gets the pins without hashes and no ``--require-hashes``;
+the set-up checks the hashes itself from pip's ``--report`` (pip 22.2 or newer): on the platform
+the pins were made on a file with another hash fails the set-up, elsewhere it is only reported.
 
 The environment is only *ready* once the marker file :data:`MARKER` is written, last. A failed or
 cancelled set-up kills the running step, removes an environment folder it created, and never
@@ -35,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -50,6 +60,9 @@ TORCH_VERSION = "2.13.0"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
 MARKER = "geoddu-engine.json"
+CONSTRAINTS = "constraints.txt"  # in the plugin folder; geoddu/assets/ in a checkout
+PIN_FILE = "geoddu-constraints.txt"  # in the environment: the pins pip is given
+REPORT_FILE = "geoddu-pip-report.json"  # in the environment: what step 3 downloaded
 ENV_FOLDER = ("geoddu", "engine-env")  # under the QGIS profile folder
 
 # Configuration through environment variables (the arguments of make_plan win over them).
@@ -57,7 +70,9 @@ ENV_DIR = "GEODDU_SETUP_DIR"
 ENV_PYTHON = "GEODDU_SETUP_PYTHON"
 ENV_TORCH = "GEODDU_SETUP_TORCH"
 ENV_TORCH_ARGS = "GEODDU_SETUP_TORCH_ARGS"
+ENV_CONSTRAINTS = "GEODDU_SETUP_CONSTRAINTS"  # another constraints file; empty: none
 
+INSTALLED_TAG = "geoddu-installed: "  # the check step's line with the installed versions
 PIP_QUIET = ["--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
 PLUGIN_DIR = Path(__file__).resolve().parent
 
@@ -74,6 +89,68 @@ class SetupCancelled(SetupError):
 
 
 @dataclass
+class SetupResult:
+    """What :func:`run_setup` made: the folder, and each pinned package's installed version
+    (None: not installed), pinned version, and whether its downloaded file's hash matched."""
+
+    env_dir: str
+    installed: dict = field(default_factory=dict)  # name -> version or None
+    pinned: dict = field(default_factory=dict)  # name -> version, as pip was given them
+    hashes: dict = field(default_factory=dict)  # name -> "ok", "other file", "no hash"
+
+    def summary(self) -> list[str]:
+        lines = []
+        for name, version in sorted(self.installed.items(), key=lambda kv: kv[0].lower()):
+            pin = self.pinned.get(name)
+            if pin is None:
+                state = "not pinned"
+            elif version is None:
+                state = f"missing, pinned {pin}"
+            elif _base(version) == _base(pin):
+                state = "as pinned"
+            else:
+                state = f"differs from the pin {pin}"
+            check = self.hashes.get(name)
+            lines.append(f"{name} {version or '-'} ({state}" + (f", hash {check})" if check
+                                                                  else ")"))
+        return lines
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    hashes: tuple = ()
+
+
+def parse_constraints(text: str) -> list[Pin]:
+    """The ``name==version [--hash=sha256:...]`` lines of a constraints file (as
+    ``geoddu.pins``; this module cannot import geoddu)."""
+    pins = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        match = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;]+)", line)
+        if match:
+            hashes = tuple(h.split(":", 1)[-1] for h in line.split() if h.startswith("--hash="))
+            pins.append(Pin(match.group(1), match.group(2), hashes))
+    return pins
+
+
+def pinned_platform(text: str) -> str | None:
+    """The ``# platform: ...`` line the pins (and their hashes) were made on."""
+    match = re.search(r"^# platform: (.+)$", text, re.M)
+    return match.group(1).strip() if match else None
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _base(version: str) -> str:
+    return version.split("+", 1)[0]
+
+
+@dataclass
 class SetupPlan:
     env_dir: str
     python: str  # the base interpreter that makes the environment
@@ -83,6 +160,33 @@ class SetupPlan:
     extra_requirements: list[str] = field(default_factory=list)  # e.g. numpy==<QGIS's>
     system_site_packages: bool = False
     pip_args: list[str] = field(default_factory=list)  # for every pip install, e.g. --no-compile
+    constraints: str | None = None  # the release pins (None: unpinned)
+
+    def pins(self) -> list[Pin]:
+        """The release pins pip is given: all but those of packages the plan names itself
+        (numpy pinned to QGIS's, a torch requirement of its own), which win."""
+        if not self.constraints:
+            return []
+        with open(self.constraints, encoding="utf-8") as fh:
+            pins = parse_constraints(fh.read())
+        own = {canonical(re.split(r"[\s<>=!~;\[@]", r.strip(), maxsplit=1)[0])
+               for r in [self.torch_requirement, *self.extra_requirements]}
+        return [p for p in pins if canonical(p.name) not in own]
+
+    def own_pins(self) -> dict:
+        """The plan's own ``name==version`` requirements (they replace the release's)."""
+        out = {}
+        for req in [self.torch_requirement, *self.extra_requirements]:
+            match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;]+)", req)
+            if match:
+                out[match.group(1)] = match.group(2)
+        return out
+
+    def pin_file(self) -> str:
+        return os.path.join(self.env_dir, PIN_FILE)
+
+    def report_file(self) -> str:
+        return os.path.join(self.env_dir, REPORT_FILE)
 
     def env_python(self) -> str:
         if os.name == "nt":
@@ -94,17 +198,26 @@ class SetupPlan:
         venv = [self.python, "-m", "venv"]
         if self.system_site_packages:
             venv.append("--system-site-packages")
+        names = [p.name for p in self.pins()] if self.constraints else []
         check = ("import geoddu, torch; geoddu.segment; "
                  "print('geoddu', getattr(geoddu, '__version__', '?'), 'torch', torch.__version__,"
-                 " 'cuda', torch.cuda.is_available())")
+                 " 'cuda', torch.cuda.is_available()); "
+                 "import importlib.metadata as md, json; v = {}\n"
+                 f"for n in {names!r} + ['geoddu', 'torch', 'numpy']:\n"
+                 "    try: v[n] = md.version(n)\n"
+                 "    except md.PackageNotFoundError: v[n] = None\n"
+                 f"print({INSTALLED_TAG!r} + json.dumps(v))")
+        # Torch's own index is the only index of step 2, so its dependencies are not pinned
+        # there (that index may lack the pinned releases); step 3 brings them to the pins.
+        pinned = ["-c", self.pin_file()] if self.constraints else []
         return [
             ("Creating the Python environment", venv + [self.env_dir]),
             (f"Installing {self.torch_requirement}",
              [py, "-m", "pip", "install", *PIP_QUIET, *self.pip_args, self.torch_requirement,
               *self.extra_requirements, *self.torch_pip_args]),
             ("Installing geoddu and its dependencies",
-             [py, "-m", "pip", "install", *PIP_QUIET, *self.pip_args, self.geoddu_source,
-              *self.extra_requirements]),
+             [py, "-m", "pip", "install", *PIP_QUIET, *self.pip_args, *pinned,
+              self.geoddu_source, *self.extra_requirements]),
             ("Checking the environment", [py, "-c", check]),
         ]
 
@@ -119,6 +232,8 @@ class SetupPlan:
         ]
         if self.extra_requirements:
             lines.append("Pinned: " + " ".join(self.extra_requirements))
+        lines.append(f"Release pins: {self.constraints}" if self.constraints
+                     else "Release pins: none (the newest versions pip finds)")
         return "\n".join(lines)
 
 
@@ -203,6 +318,17 @@ def default_torch_pip_args(gpu: bool | None = None) -> list[str]:
     return ["--index-url", CUDA_INDEX if gpu else CPU_INDEX]
 
 
+def find_constraints(plugin_dir: Path = PLUGIN_DIR) -> str | None:
+    """The release pins: ``constraints.txt`` in the plugin (the zip has it), else the
+    checkout's ``geoddu/assets/constraints.txt`` for a plugin run from a checkout."""
+    for candidate in (plugin_dir / CONSTRAINTS,
+                      plugin_dir.parents[2] / "geoddu" / "assets" / CONSTRAINTS
+                      if len(plugin_dir.parents) > 2 else None):
+        if candidate is not None and candidate.is_file():
+            return str(candidate)
+    return None
+
+
 def find_geoddu_source(plugin_dir: Path = PLUGIN_DIR) -> str:
     """The geoddu wheel shipped in the plugin, or the checkout the plugin runs from."""
     wheels = sorted((plugin_dir / "wheels").glob("geoddu-*.whl"))
@@ -227,7 +353,7 @@ def make_plan(env_dir: str | None = None, profile_dir: str | None = None,
               torch_pip_args: list[str] | None = None, geoddu_source: str | None = None,
               extra_requirements: list[str] | None = None,
               system_site_packages: bool | None = None, pip_args: list[str] | None = None,
-              environ: dict | None = None) -> SetupPlan:
+              constraints: str | None = None, environ: dict | None = None) -> SetupPlan:
     """What :func:`run_setup` will do. Arguments win over the ``GEODDU_SETUP_*`` variables,
     which win over the defaults (see the module docstring)."""
     environ = os.environ if environ is None else environ
@@ -249,13 +375,16 @@ def make_plan(env_dir: str | None = None, profile_dir: str | None = None,
         if own and numpy is not None and getattr(numpy, "__version__", None):
             # The environment is imported into QGIS, which has this numpy loaded.
             extra_requirements.append(f"numpy=={numpy.__version__}")
+    if constraints is None:
+        constraints = (environ[ENV_CONSTRAINTS] if ENV_CONSTRAINTS in environ
+                       else find_constraints())
     return SetupPlan(
         env_dir=os.path.abspath(os.path.expanduser(env_dir)), python=python,
         torch_requirement=torch_requirement, torch_pip_args=list(torch_pip_args),
         geoddu_source=geoddu_source or find_geoddu_source(),
         extra_requirements=list(extra_requirements),
         system_site_packages=own if system_site_packages is None else system_site_packages,
-        pip_args=list(pip_args or []))
+        pip_args=list(pip_args or []), constraints=constraints or None)
 
 
 # --- running it ---------------------------------------------------------------------------------
@@ -268,9 +397,10 @@ def is_ready(env_dir: str) -> bool:
 
 def run_setup(plan: SetupPlan, log: Log = print, progress: Progress | None = None,
               is_cancelled: Callable[[], bool] | None = None,
-              record: Callable[[str], None] | None = None) -> str:
-    """Make the environment of ``plan``; return its folder. ``record(folder)`` is called at the
-    end (the plugin saves it in its settings there).
+              record: Callable[[str], None] | None = None) -> SetupResult:
+    """Make the environment of ``plan``; return its folder and what was installed there (also
+    logged, and kept in the marker file). ``record(folder)`` is called at the end (the plugin
+    saves it in its settings there).
 
     Raises :class:`SetupCancelled` when ``is_cancelled()`` turns true (the running step is
     killed), :class:`SetupError` when a step fails. Either way an environment folder made by this
@@ -286,19 +416,33 @@ def run_setup(plan: SetupPlan, log: Log = print, progress: Progress | None = Non
     if os.path.exists(marker):
         os.remove(marker)  # not ready while it changes
     steps = plan.steps()
+    pins = plan.pins()
     started = time.monotonic()
+    result = SetupResult(env_dir, pinned={**{p.name: p.version for p in pins},
+                                          **plan.own_pins()})
     try:
         for k, (title, argv) in enumerate(steps, 1):
             if progress:
                 progress(k, len(steps), title)
+            if k == 2 and plan.constraints:  # the environment exists now
+                _write_pins(plan.pin_file(), pins, plan.constraints)
+            if k == 3 and plan.constraints and _pip_has_report(argv[0]):
+                argv = argv[:4] + ["--report", plan.report_file()] + argv[4:]
             log(f"[{k}/{len(steps)}] {title}: {' '.join(_quote(a) for a in argv)}")
-            _run_step(argv, log, is_cancelled, title)
+            output = _run_step(argv, log, is_cancelled, title)
+        installed = [line[len(INSTALLED_TAG):] for line in output
+                     if line.startswith(INSTALLED_TAG)]
+        result.installed = json.loads(installed[-1]) if installed else {}
+        if plan.constraints:
+            result.hashes = _check_hashes(plan, pins, log)
         geoddu_cli = _env_command(env_dir)
         if geoddu_cli is None:
             raise SetupError(f"{env_dir} has no geoddu command after the installation")
         info = {"python": plan.python, "torch": plan.torch_requirement,
                 "torch_pip_args": plan.torch_pip_args, "geoddu": plan.geoddu_source,
-                "geoddu_cli": geoddu_cli, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "geoddu_cli": geoddu_cli, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "constraints": plan.constraints, "installed": result.installed,
+                "pinned": result.pinned, "hashes": result.hashes}
         tmp = marker + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(info, fh, indent=1)
@@ -307,10 +451,69 @@ def run_setup(plan: SetupPlan, log: Log = print, progress: Progress | None = Non
         if created:
             shutil.rmtree(env_dir, ignore_errors=True)
         raise
+    log("Installed: " + "; ".join(result.summary()))
     log(f"Environment ready in {time.monotonic() - started:.0f} s: {env_dir}")
     if record:
         record(env_dir)
-    return env_dir
+    return result
+
+
+def _write_pins(path: str, pins: list[Pin], source: str) -> None:
+    """The pins as pip is given them: without hashes (see the module docstring)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"# from {source}, without hashes and the plan's own requirements\n")
+        fh.writelines(f"{p.name}=={p.version}\n" for p in pins)
+
+
+def _pip_has_report(python: str) -> bool:
+    """Whether the environment's pip has ``install --report`` (pip 22.2)."""
+    try:
+        done = subprocess.run([python, "-m", "pip", "--version"], capture_output=True,
+                              text=True, timeout=60, env=_child_env(), **no_window())
+        major, minor = (int(x) for x in done.stdout.split()[1].split(".")[:2])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return False
+    return (major, minor) >= (22, 2)
+
+
+def _check_hashes(plan: SetupPlan, pins: list[Pin], log: Log) -> dict:
+    """Each file pip downloaded for a pinned package against the release's hashes: "ok",
+    "other file" or "no hash". Another file on the pins' own platform is an error."""
+    try:
+        with open(plan.report_file(), encoding="utf-8") as fh:
+            report = json.load(fh)
+    except (OSError, ValueError):
+        log("No pip report (pip older than 22.2): the downloaded files' hashes are not checked")
+        return {}
+    with open(plan.constraints, encoding="utf-8") as fh:
+        platform = pinned_platform(fh.read())
+    env = report.get("environment", {})
+    here = (f"sys_platform={env.get('sys_platform')} "
+            f"platform_machine={env.get('platform_machine')} "
+            f"python_version={env.get('python_version')}")
+    by_name = {canonical(p.name): p for p in pins}
+    checks, wrong = {}, []
+    for item in report.get("install", []):
+        name = item.get("metadata", {}).get("name", "")
+        pin = by_name.get(canonical(name))
+        archive = (item.get("download_info") or {}).get("archive_info") or {}
+        digest = (archive.get("hashes") or {}).get("sha256") or archive.get("hash", "")
+        digest = digest.split("=", 1)[-1]
+        if pin is None or not digest:
+            continue
+        if not pin.hashes:
+            checks[pin.name] = "no hash"
+        elif digest in pin.hashes:
+            checks[pin.name] = "ok"
+        else:
+            checks[pin.name] = "other file"
+            wrong.append(f"{name} {item['metadata'].get('version')} (sha256 {digest})")
+    if wrong and platform == here:
+        raise SetupError("files that do not match the release's hashes: " + ", ".join(wrong))
+    if wrong:
+        log(f"Not the release's files (this is {here}, the hashes are for {platform}): "
+            + ", ".join(wrong))
+    return checks
 
 
 def _env_command(env_dir: str) -> str | None:
@@ -322,7 +525,8 @@ def _env_command(env_dir: str) -> str | None:
 
 
 def _run_step(argv: list[str], log: Log, is_cancelled: Callable[[], bool] | None,
-              title: str) -> None:
+              title: str) -> list[str]:
+    """Run one step, its output to ``log``; return its output lines."""
     env = _child_env()
     env["PYTHONUNBUFFERED"] = "1"
     kwargs: dict = no_window()
@@ -347,6 +551,7 @@ def _run_step(argv: list[str], log: Log, is_cancelled: Callable[[], bool] | None
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     tail: list[str] = []
+    output: list[str] = []
     try:
         while True:
             if is_cancelled and is_cancelled():
@@ -358,6 +563,9 @@ def _run_step(argv: list[str], log: Log, is_cancelled: Callable[[], bool] | None
             if line is None:
                 break
             if line.strip() and "is ignored: it is neither a file nor a directory" not in line:
+                output.append(line)
+                if line.startswith(INSTALLED_TAG):
+                    continue  # logged as the summary
                 log(line)
                 tail = (tail + [line])[-5:]
         code = proc.wait()
@@ -370,6 +578,7 @@ def _run_step(argv: list[str], log: Log, is_cancelled: Callable[[], bool] | None
             proc.stdout.close()
     if code != 0:
         raise SetupError(f"{title} failed (exit {code}): " + " | ".join(tail[-3:]))
+    return output
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -22,12 +22,14 @@ class EngineSetupTask(QgsTask):
         self.plan = plan
         self.on_finished = on_finished
         self.env_dir = None
+        self.result = None  # engine_setup.SetupResult: what was installed
         self.error = None
 
     def run(self):
         try:
-            self.env_dir = engine_setup.run_setup(
+            self.result = engine_setup.run_setup(
                 self.plan, log=_log, progress=self._progress, is_cancelled=self.isCanceled)
+            self.env_dir = self.result.env_dir
         except engine_setup.SetupCancelled:
             self.error = "cancelled"
             _log("Set-up cancelled; the unfinished environment was removed.", Qgis.Warning)
