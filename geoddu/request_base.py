@@ -192,13 +192,15 @@ def _conforms(value: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(value, str | os.PathLike)
     if origin in (tuple, list):
-        if isinstance(value, str | int) and not isinstance(value, bool):
-            # The command line's spellings ("1,2,3", "2x2", or 2 for 2 x 2 subimages, as QGIS
-            # sends it): the field parses them.
+        args = typing.get_args(hint)
+        # The command line's spellings, which the field parses: "1,2,3", "2x2", and for a pair
+        # of whole numbers one number (2 for 2 x 2 subimages, as QGIS sends it).
+        if isinstance(value, str):
             return True
+        if isinstance(value, int) and not isinstance(value, bool):
+            return len(args) == 2 and args[0] is int and args[1] is int
         if not isinstance(value, list | tuple):
             return False
-        args = typing.get_args(hint)
         if origin is list or (len(args) == 2 and args[1] is Ellipsis):
             return all(_conforms(v, args[0] if args else Any) for v in value)
         return len(value) == len(args) and all(map(_conforms, value, args))
@@ -215,7 +217,8 @@ def _describe(hint: Any) -> str:
     if origin in (tuple, list):
         args = typing.get_args(hint)
         if origin is list or (len(args) == 2 and args[1] is Ellipsis):
-            return f"a list of {_describe(args[0]) if args else 'values'}"
+            plural = {int: "whole numbers", float: "numbers", str: "strings"}
+            return f"a list of {plural.get(args[0], 'values') if args else 'values'}"
         return f"a list of {len(args)} values"
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))

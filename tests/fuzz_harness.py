@@ -316,8 +316,13 @@ def draw_case(i: int, draw, st, corpus: dict[str, Path], root: Path,
         return Case(i, target, how, [*seg, "-m", model, "--aoi", str(path), "--", scene],
                     str(folder), ["out/map.tif"]), files
     name = "segment.json" if target == "segment-request" else "train.json"
-    text = (corpus[name].read_text().replace("SCENE", scene).replace("MODEL", model)
-            .replace("DATA", str(corpus["data"])).replace("OUT", str(out)))
+    # Paths relative to the case's folder (the worker runs each case there): the document,
+    # and so every offset drawn in it, is the same whatever folder the run uses, so a seed
+    # draws the same cases on every machine.
+    up = os.path.relpath(corpus["model"].parent, folder)
+    text = (corpus[name].read_text().replace("SCENE", f"{up}/scene.tif")
+            .replace("MODEL", f"{up}/model.pt").replace("DATA", f"{up}/data")
+            .replace("OUT", "out"))
     path = folder / name
     if draw(st.booleans()):
         data, how = mutate_bytes(text.encode(), draw, st)
@@ -326,12 +331,13 @@ def draw_case(i: int, draw, st, corpus: dict[str, Path], root: Path,
         doc, how = mutate_json(json.loads(text), draw, st)
         files[path] = (doc if isinstance(doc, str) else json.dumps(doc)).encode()
     # A mutation may have moved the output elsewhere: then what it wrote is not checked.
-    kept = str(out).encode() in files[path]
+    # A mutation may have renamed or moved the output: whatever a successful run wrote into
+    # out/ must read back ("*").
     if target == "segment-request":
         return Case(i, target, how, ["segment", "-q", "--request", str(path)], str(folder),
-                    ["out/map.tif"] if kept else []), files
+                    ["*"]), files
     return Case(i, target, how, ["train", "-q", "--request", str(path)], str(folder),
-                ["out/run/best.pt"] if kept else []), files
+                ["*"]), files
 
 
 def mutate_checkpoint(src: Path, draw, st) -> tuple[str, Callable[[Path], None]]:
@@ -497,7 +503,11 @@ def judge(o: Outcome, rss_limit_mb: float) -> None:
     elif o.code == "traceback":
         o.kind = "traceback"
     elif o.code == 0:
-        bad = [p for p in o.case.outputs if not readable(folder / p)]
+        outputs = o.case.outputs
+        if outputs == ["*"]:
+            outputs = [str(p.relative_to(folder)) for p in (folder / "out").rglob("*")
+                       if p.suffix in (".tif", ".pt")]
+        bad = [p for p in outputs if not readable(folder / p)]
         o.kind = "unreadable output" if bad else "ok"
         o.detail = ", ".join(bad)
         others = [x for x in lines if not x.startswith("Warning: ")]
@@ -546,6 +556,7 @@ from geoddu.cli.main import cli
 native_stderr.capture()  # as the CLI does: what C libraries print to fd 2 is kept aside
 for line in sys.stdin:
     case = json.loads(line)
+    os.chdir(case["folder"])  # request files name their paths relative to it
     err = io.StringIO()
     t = time.perf_counter()
     with redirect_stderr(err), redirect_stdout(io.StringIO()), warnings.catch_warnings():

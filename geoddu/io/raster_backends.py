@@ -78,6 +78,24 @@ class _UnsupportedLayout(GeodduError):
     """
 
 
+def _check_uncompressed_size(path: str, ds: rasterio.DatasetReader) -> None:
+    """An uncompressed GeoTIFF must be as large as the pixels it claims. A fuzzed header of 40
+    x 67,108,904 px in a 1 KB file was opened by GDAL (which splits such a strip into one-row
+    blocks), planned as 4 million subimages and read for 35 s at 2.9 GB before failing."""
+    if ds.driver != "GTiff" or ds.compression is not None or not os.path.isfile(path):
+        return
+    if ds.block_shapes[0][1] != ds.width:
+        return  # tiled: GDAL's SPARSE_OK files may leave unwritten tiles out on purpose
+    claimed = ds.width * ds.height * sum(np.dtype(t).itemsize for t in ds.dtypes)
+    size = os.path.getsize(path)
+    if claimed > 64 * size + 2**20:
+        ds.close()
+        raise GeodduError(
+            f"{path}: damaged TIFF: it claims {ds.width} x {ds.height} px of uncompressed data "
+            f"({claimed / 2**30:,.1f} GiB) in a file of {size:,} bytes"
+        )
+
+
 class RasterioBackend:
     name = "rasterio"
 
@@ -92,6 +110,7 @@ class RasterioBackend:
         self.width = ds.width
         self.height = ds.height
         self.total_bands = ds.count
+        _check_uncompressed_size(path, ds)
         self.crs = ds.crs
         self.transform = ds.transform
         self.nodata = None if ds.nodata is None else float(ds.nodata)

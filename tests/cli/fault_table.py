@@ -249,6 +249,16 @@ def _tile_bomb(d: Path) -> str:
     return name
 
 
+def _strip_claiming(d: Path) -> str:
+    """A 5 KB uncompressed RGB TIFF whose one strip claims 40 x 67,108,904 px (7.5 GiB)."""
+    import tifffile
+
+    tifffile.imwrite(d / "wide.tif", np.zeros((40, 40, 3), np.uint8), photometric="rgb")
+    with tifffile.TiffFile(d / "wide.tif", mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(67108904)
+    return "wide.tif"
+
+
 def _aoi_vertices(d: Path, n: int) -> str:
     """A circle of n vertices inside the scene, as GeoJSON written by hand (fast for 10^6)."""
     import rasterio
@@ -440,6 +450,10 @@ CASES: list[Case] = [
        says="damaged TIFF"),
     _c("bomb-tiff-2e30-px-tile", lambda d, s: seg(src=_tile_bomb(d)),
        says="blocks are 32768x32768"),
+    # Found by the fuzzer: GDAL opened it (one-row blocks) and the run planned 4 million
+    # subimages, 35 s at 2.9 GB, before the read failed.
+    _c("bomb-strip-claims-7.5-GiB", lambda d, s: seg(src=_strip_claiming(d)),
+       says="claims 67108904 x 40 px"),
     _c("ok-aoi-1e6-vertices", lambda d, s: seg("--aoi", _aoi_vertices(d, 10**6)), ok=True),
     _bad_model("million-channels", _set("config.base_channels", 10**6), says="base_channels"),
     _bad_model("million-comm-layers", _set("config.comm_layers", 10**6), says="comm_layers"),
