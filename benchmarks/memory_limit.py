@@ -1,9 +1,10 @@
 """`geoddu segment --memory-limit`: the limit, the plan it chose, and the peak RSS measured.
 
 Each limit is one `geoddu segment` process on the same scene; its peak RSS is the child's
-`ru_maxrss`. With `--enforce`, the process also runs under `prlimit --as` at the limit plus
-the address space torch reserves without using it (`--as-slack`), so an allocation past the
-plan fails rather than swapping: the run must still end with exit 0 (or one `Error:` line).
+`ru_maxrss`. With `--enforce`, the process also runs held to the limit: in a memory cgroup at
+the limit where one can be made (resident memory and page cache; past the limit the kernel kills the
+process), else under `prlimit --as` at the limit plus the address space torch reserves
+without using it (`--as-slack`). The run must still end with exit 0 (or one `Error:` line).
 
     python benchmarks/memory_limit.py [--size 32768] [--limits 2G 1G 700M] [--enforce]
 """
@@ -13,16 +14,20 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import make_checkpoint, make_scene  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from memory_cgroup import run_limited  # noqa: E402
+
+from geoddu.sizes import parse_bytes  # noqa: E402
 
 GEODDU = [sys.executable, "-m", "geoddu.cli"]
 
@@ -43,23 +48,13 @@ def run(scene: Path, model: Path, limit: str | None, enforce: bool, slack: str) 
     cmd = [*GEODDU, "segment", "-q", "--overwrite", "-o", str(out), "-m", str(model), str(scene)]
     if limit:
         cmd[4:4] = ["--memory-limit", limit]
-        if enforce and shutil.which("prlimit"):
-            from geoddu.engine.memory import parse_bytes
-
-            cmd = ["prlimit", f"--as={parse_bytes(limit) + parse_bytes(slack)}", *cmd]
-    t = time.perf_counter()
-    # Through a wrapper of its own, so that the peak is this run's alone (a process's
-    # RUSAGE_CHILDREN keeps the largest child it ever waited for).
-    r = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True)
-    seconds = time.perf_counter() - t
+    # With --enforce the run is held to the limit itself (a cgroup: past it the kernel kills
+    # the process); without, to the machine's memory.
+    hard = parse_bytes(limit) if (enforce and limit) else 2**62
+    r = run_limited(cmd, hard, as_slack_bytes=parse_bytes(slack))
     lines = r.stderr.strip().splitlines()
-    peak = float(lines.pop()) / 1024 if lines else float("nan")
-    return r.returncode, (lines or [""])[-1], seconds, peak
-
-
-_MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-            "sys.exit(r.returncode)")
+    how = r.how if (enforce and limit) else "-"
+    return r.returncode, (lines or [""])[-1], r.seconds, r.peak_rss_mb, r.peak_charged_mb, how
 
 
 def main() -> None:
@@ -82,18 +77,20 @@ def main() -> None:
                             args.subimage_size)
     print(f"scene {args.size}^2 3-band uint8, DDU-Net(4,64,Y) base {args.base_channels}, "
           f"{args.subimage_size}^2 subimages; {os.cpu_count()} CPUs")
-    print("| --memory-limit | plan | exit | peak RSS (MiB) | time (s) |")
-    print("|---|---|---|---|---|")
+    print("| --memory-limit | plan | held by | exit | peak RSS (MiB) | cgroup peak (MiB) | "
+          "time (s) |")
+    print("|---|---|---|---|---|---|---|")
     for limit in sorted(args.limits, key=lambda x: -_bytes(x)):
         plan = plan_line(scene, model, limit)
-        code, last, seconds, peak = run(scene, model, limit, args.enforce, args.as_slack)
+        code, last, seconds, peak, charged, how = run(scene, model, limit, args.enforce,
+                                                      args.as_slack)
         shown = "ok" if code == 0 else f"{code}: {last[:80]}"
-        print(f"| {limit} | {plan} | {shown} | {peak:.0f} | {seconds:.1f} |", flush=True)
+        cg = f"{charged:.0f}" if charged is not None else "-"
+        print(f"| {limit} | {plan} | {how} | {shown} | {peak:.0f} | {cg} | {seconds:.1f} |",
+              flush=True)
 
 
 def _bytes(text: str) -> int:
-    from geoddu.engine.memory import parse_bytes
-
     return parse_bytes(text)
 
 

@@ -41,11 +41,19 @@ def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | Non
                    "neighbour is below --min-area.")
 @click.option("--window-size", type=click.IntRange(16), default=512, show_default=True,
               help="Pixels per window side; memory grows with its square, not with the map.")
+@click.option("--memory-limit", "memory_limit", default=None, metavar="SIZE",
+              help="Keep the run's memory under SIZE (1G, 800M, 1.5GiB): windows and batches "
+                   "are made small enough for the estimate (plus 10%) to fit, or the run stops "
+                   "before any work, naming the smallest workable limit. What the map's content "
+                   "makes grow (regions open across windows, the sieve's table, the layer held "
+                   "for --simplify) is checked after every window: past SIZE the run stops with "
+                   "one line and nothing written.")
 @overwrite_option
 @quiet_option
 @json_option
 def vectorize(
-    src, output, min_area, simplify, classes, sieve, window_size, overwrite, quiet, as_json
+    src, output, min_area, simplify, classes, sieve, window_size, memory_limit, overwrite, quiet,
+    as_json
 ) -> None:
     """Polygonise the class map SRC into one polygon layer: one polygon per connected region
     (4-connectivity), with the columns class_id and class_name (from the map's CLASS_NAMES
@@ -66,6 +74,7 @@ def vectorize(
       geoddu vectorize landcover.tif -o landcover.gpkg --min-area 500 --sieve smallest-first
       geoddu vectorize landcover.tif -o water.geojson --classes 1 --overwrite
       geoddu vectorize landcover.tif -o landcover.fgb --json
+      geoddu vectorize landcover.tif -o landcover.gpkg --memory-limit 1G
     """
     from .progress import progress_reporter
 
@@ -78,7 +87,7 @@ def vectorize(
 
         result = run_vectorize(src, output, min_area=min_area, simplify=simplify,
                                classes=classes, sieve=sieve, window_size=window_size,
-                               overwrite=overwrite,
+                               overwrite=overwrite, memory_limit=memory_limit,
                                progress=progress)
     if as_json:
         click.echo(json.dumps(result.to_dict()))

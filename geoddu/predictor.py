@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from .analysis import skip_values
 from .checkpoint import check_description, load_checkpoint, model_from_checkpoint
 from .errors import GeodduError
 from .models.ddunet import DDUNet
+from .models.frozen_cpu import freeze_for_cpu
 from .models.fusion import fuse_for_inference
 from .partition import Partition
 from .precision_probe import resolve_precision
@@ -292,63 +292,10 @@ def model_from_checkpoint_dict(
     # (its Scalar?[] argument), and without that fusion the traced bf16 model was the slower
     # one (segment of a 4096^2 scene, base 16: 4.0-4.2 s traced against 3.7-3.9 s eager).
     if fuse and device.type == "cpu" and not bf16_copy:
-        _freeze_for_cpu(model)
+        x = torch.zeros(1, len(model.bands), model.subimage_size, model.subimage_size,
+                        dtype=model.dtype).contiguous(memory_format=torch.channels_last)
+        freeze_for_cpu(model.net, x)
         # Tracing ran one subimage through the model: hand its freed activations back, or
         # they stay resident in this thread's heap, which the compute threads never reuse.
         release_free_memory()
     return model
-
-
-def _freeze_for_cpu(model: SegmentationModel) -> None:
-    """Trace and freeze the encoder and decoder for the CPU (oneDNN fuses conv + ReLU and
-    pre-packs the weights: about 10% faster on 2 cores). Frozen modules bake their weights in as
-    constants, so this is done only for CPU models, which are never moved."""
-    net = model.net
-    size = model.subimage_size
-    x = torch.zeros(1, len(model.bands), size, size, dtype=model.dtype).contiguous(
-        memory_format=torch.channels_last
-    )
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The encoder returns a list (its skips); their count is fixed by the architecture,
-            # so the tracer's warning about list outputs does not apply.
-            warnings.simplefilter("ignore")
-            skips, bottleneck = net.encoder(x)
-            # check_trace re-runs each module and compares through torch's DTensor-aware
-            # assert_close, whose imports alone cost about 0.9 s per process; the traced
-            # graphs are checked by the tests (segment equals the whole-scene forward).
-            encoder = torch.jit.freeze(
-                torch.jit.trace(net.encoder, x, strict=False, check_trace=False).eval()
-            )
-            decoder = torch.jit.freeze(
-                torch.jit.trace(
-                    net.decoder, (bottleneck, list(skips)), check_trace=False
-                ).eval()
-            )
-    except Exception:  # noqa: BLE001 - an untraceable model simply stays eager
-        return
-    net.encoder = _TracedEncoder(encoder, net.encoder)
-    net.decoder = _TracedDecoder(decoder)
-
-
-class _TracedEncoder(nn.Module):
-    """A frozen encoder that still answers the attributes the engine reads (stride, ...)."""
-
-    def __init__(self, traced: torch.jit.ScriptModule, original: nn.Module) -> None:
-        super().__init__()
-        self.traced = traced
-        self.stride = original.stride
-        self.out_channels = original.out_channels
-
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        skips, bottleneck = self.traced(x)
-        return list(skips), bottleneck
-
-
-class _TracedDecoder(nn.Module):
-    def __init__(self, traced: torch.jit.ScriptModule) -> None:
-        super().__init__()
-        self.traced = traced
-
-    def forward(self, bottleneck: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        return self.traced(bottleneck, list(skips))

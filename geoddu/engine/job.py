@@ -240,6 +240,7 @@ def finish_outputs(
         min_area=request.vector_min_area,
         simplify=request.vector_simplify,
         overwrite=request.overwrite,
+        memory_limit=request.memory_limit,
         progress=progress,
         cancel=cancel,
     )

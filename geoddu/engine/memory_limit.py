@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import GeodduError
-from .memory import human_bytes
+from ..sizes import human_bytes
 
 __all__ = ["fit_memory_limit"]
 

@@ -22,7 +22,7 @@ from ..io.sources import expand_sources
 from ..io.warp import WARP_RESAMPLINGS
 from ..parallel import PRECISION_CHOICES, PRECISIONS
 from ..request_base import Check, JsonRequest, checked
-from .memory import parse_bytes
+from ..sizes import parse_bytes
 
 __all__ = ["PRECISIONS", "SegmentRequest"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from ..parallel.halo import HaloPlan
 from ..partition import Subimage, balanced_blocks
-from .memory import human_bytes
+from ..sizes import human_bytes
 from .plan import SegmentPlan, Strip, Tile
 
 __all__ = [

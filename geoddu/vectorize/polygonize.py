@@ -52,6 +52,7 @@ from affine import Affine
 
 from geoddu.errors import Cancelled, GeodduError
 from geoddu.io.atomic import AtomicOutput
+from geoddu.sizes import human_bytes
 from geoddu.vectorize.class_windows import (
     NONE,
     CancelFn,
@@ -59,6 +60,13 @@ from geoddu.vectorize.class_windows import (
     ProgressFn,
     class_names_of,
     window_grid,
+)
+from geoddu.vectorize.memory_plan import (
+    MemoryGuard,
+    VectorizePlan,
+    check_gdal_sieve,
+    check_smallest_first,
+    plan_vectorize,
 )
 from geoddu.vectorize.polygon_edges import match_edges, orient_polygons, repair, to_map
 from geoddu.vectorize.sieve_gdal import SievedMap, gdal_sieve
@@ -108,6 +116,8 @@ class VectorizeResult:
     classes: list[int] | None = field(default=None)
     batches: int = 0  # writes into the layer
     peak_held: int = 0  # most polygons held at once (waiting to be written, or open pieces)
+    memory_limit: int | None = None  # bytes, as asked
+    memory_estimate: int | None = None  # the fitted plan's estimate
 
     def summary(self) -> str:
         parts = [f"{self.output}: {self.polygons} polygons"]
@@ -120,7 +130,9 @@ class VectorizeResult:
         if self.simplify is not None:
             parts.append(f"simplified at {self.simplify:g}")
         plural = "s" if self.windows != 1 else ""
-        parts.append(f"{self.windows} window{plural} of {self.window_size} px")
+        fitted = (f" (fitted to --memory-limit {human_bytes(self.memory_limit)})"
+                  if self.memory_limit is not None else "")
+        parts.append(f"{self.windows} window{plural} of {self.window_size} px{fitted}")
         return "; ".join(parts) + f"; {self.seconds:.1f} s"
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +151,8 @@ class VectorizeResult:
             "classes": self.classes,
             "batches": self.batches,
             "peak_held": self.peak_held,
+            "memory_limit": self.memory_limit,
+            "memory_estimate": self.memory_estimate,
             "seconds": round(self.seconds, 3),
         }
 
@@ -163,6 +177,7 @@ def vectorize(
     window_size: int = DEFAULT_WINDOW,
     batch_size: int = DEFAULT_BATCH,
     overwrite: bool = False,
+    memory_limit: int | str | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> VectorizeResult:
@@ -181,6 +196,10 @@ def vectorize(
     others are still used for sieving and simplification). ``window_size``: pixels per window
     side; memory grows with its square. ``batch_size``: complete polygons are written as soon
     as this many are waiting (without ``simplify``, which needs the whole layer at once).
+    ``memory_limit`` (bytes, or "1G", "800M"): windows and batches are made small enough
+    for the run's estimate to fit (:mod:`geoddu.vectorize.memory_plan`), or the run is
+    refused before any work; what the map's content makes grow (open regions, sieve tables,
+    ``simplify``'s layer) is watched after every window and stops the run past the limit.
     ``progress(stage, done, total)`` is called after each window; ``cancel()`` returning True
     stops the run with :class:`~geoddu.Cancelled`.
     Raises :class:`~geoddu.GeodduError` for user errors; nothing is written then.
@@ -243,18 +262,30 @@ def vectorize(
             # keeps e.g. 400 m^2 on 20 m^2 pixels at 20 pixels despite rounding.
             threshold = max(1, math.ceil(min_area / pixel_area - 1e-9))
 
+        plan: VectorizePlan | None = None
+        if memory_limit is not None:
+            plan = plan_vectorize(memory_limit, width=width,
+                                  block_rows=reader.source.block_shape[0],
+                                  itemsize=reader.source.dtype.itemsize,
+                                  window_size=window_size, batch_size=batch_size,
+                                  sieve=sieve if threshold is not None else None)
+            window_size, batch_size = plan.window_size, plan.batch_size
+            guard = MemoryGuard(plan, sieve if threshold is not None else None,
+                                simplify is not None)
+            report = _guarded(report, guard)
         windows = window_grid(height, width, window_size)
         with LayerWriter(dst_path, driver, overwrite, crs.to_wkt()) as writer:
-            source, plan = _sieve(
-                reader, sieve, threshold, windows, writer.folder, dst_path, report, cancel
+            source, sieve_plan = _sieve(
+                reader, sieve, threshold, windows, writer.folder, dst_path, report, cancel,
+                memory=plan,
             )
             sink = _Sink(writer, transform, names, src, batch_size, hold=simplify is not None)
             # With --simplify every class is polygonised: shared edges with classes that are
             # not written still have to be simplified the same way on both sides.
             lut = None if simplify is not None else keep_lut
             try:
-                _polygonize(source, plan, windows, lut, RegionStitcher(width, height), sink,
-                            report, cancel)
+                _polygonize(source, sieve_plan, windows, lut, RegionStitcher(width, height),
+                            sink, report, cancel)
             finally:
                 source.close()
             if simplify is not None:
@@ -285,12 +316,14 @@ def vectorize(
         window_size=window_size,
         min_area_pixels=threshold,
         sieve=sieve if threshold is not None else None,
-        sieved_pixels=_sieved_pixels(source, plan),
+        sieved_pixels=_sieved_pixels(source, sieve_plan),
         simplify=simplify,
         seconds=time.perf_counter() - started,
         classes=selected,
         batches=writer.batches,
         peak_held=sink.peak_held,
+        memory_limit=plan.limit if plan is not None else None,
+        memory_estimate=plan.estimate if plan is not None else None,
     )
 
 
@@ -303,6 +336,7 @@ def _sieve(
     dst: Path,
     report: ProgressFn,
     cancel: CancelFn | None,
+    memory: VectorizePlan | None = None,
 ) -> tuple[ClassReader | SievedMap, SievePlan | None]:
     """What the polygonising pass reads (the class map, or GDAL's sieved copy of it), and the
     plan of geoddu's own sieve where that one runs."""
@@ -310,11 +344,14 @@ def _sieve(
         return reader, None
     height, width = reader.source.height, reader.source.width
     if sieve == "smallest-first":
-        return reader, measure_regions(reader, windows, width, height, threshold, report, cancel)
+        fits = None if memory is None else (lambda n: check_smallest_first(memory, n))
+        return reader, measure_regions(reader, windows, width, height, threshold, report, cancel,
+                                       fits)
     if threshold > width * height:
         # No region can reach the threshold, so GDAL merges none (and rasterio refuses it).
         return reader, None
-    return gdal_sieve(reader, windows, threshold, folder, dst, report, cancel), None
+    fits = None if memory is None else (lambda n: check_gdal_sieve(memory, n))
+    return gdal_sieve(reader, windows, threshold, folder, dst, report, cancel, fits), None
 
 
 def _polygonize(
@@ -345,6 +382,14 @@ def _polygonize(
     source.close()
     for geoms, ids in stitcher.finish():
         sink.add(geoms, ids, stitcher.pieces)
+
+
+def _guarded(report: ProgressFn, guard: MemoryGuard) -> ProgressFn:
+    def checked(stage: str, done: int, total: int) -> None:
+        guard.check(stage, done, total)
+        report(stage, done, total)
+
+    return checked
 
 
 def _sieved_pixels(source: ClassReader | SievedMap, plan: SievePlan | None) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import mmap
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from geoddu.errors import Cancelled, GeodduError
 from geoddu.io.atomic import os_error_line
 from geoddu.io.gdal_errors import gdal_checked
-from geoddu.vectorize.class_windows import CancelFn, ClassReader, ProgressFn
+from geoddu.vectorize.class_windows import NONE, CancelFn, ClassReader, ProgressFn
+from geoddu.vectorize.memory_plan import region_starts
 
 Window = tuple[int, int, int, int]
 
@@ -121,14 +123,17 @@ def gdal_sieve(
     dst: Path,
     progress: ProgressFn,
     cancel: CancelFn | None,
+    fits: Callable[[int], None] | None = None,
 ) -> SievedMap:
     """Stage the class map into ``folder``, sieve it with GDAL (4-connectivity, regions below
-    ``threshold`` pixels), and return the sieved map to polygonise."""
+    ``threshold`` pixels), and return the sieved map to polygonise. ``fits(regions)``, if
+    given, is told an upper bound of the map's regions before GDAL runs (and may refuse)."""
     height, width = reader.source.height, reader.source.width
     staged = ScratchBand(folder / "classes.raw", height, width, str(dst))
     sieved: ScratchBand | None = None
     try:
         last_row = windows[0][0]
+        regions = 0
         for index, (r0, c0, h, w) in enumerate(windows):
             if cancel is not None and cancel():
                 raise Cancelled("vectorize cancelled; nothing was written")
@@ -136,12 +141,17 @@ def gdal_sieve(
                 reader.next_row()
                 staged.release(r0)
                 last_row = r0
+            cls = reader.read(r0, c0, h, w)
+            if fits is not None:
+                regions += region_starts(cls, NONE)
             # NONE (255) + 1 wraps to 0 in uint8: "no polygon" is GDAL's mask value 0.
-            staged.array[r0 : r0 + h, c0 : c0 + w] = reader.read(r0, c0, h, w) + np.uint8(1)
+            staged.array[r0 : r0 + h, c0 : c0 + w] = cls + np.uint8(1)
             if index + 1 < len(windows):  # the last step is reported when GDAL is done
                 progress("sieve", index + 1, len(windows))
         reader.close()
         staged.release(height)
+        if fits is not None:
+            fits(regions)
         sieved = ScratchBand(folder / "sieved.raw", height, width, str(dst))
         # rasterio ignores GDALSieveFilter's return value; GDAL's errors are caught here.
         with gdal_checked(dst, sieved.path), staged.open() as ds:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,8 +65,11 @@ def measure_regions(
     threshold: int,
     progress: ProgressFn,
     cancel: CancelFn | None,
+    fits: Callable[[int], None] | None = None,
 ) -> SievePlan | None:
-    """Pass 1: exact size, class, first pixel and neighbours of every region of the map."""
+    """Pass 1: exact size, class, first pixel and neighbours of every region of the map.
+    ``fits(pieces)``, if given, is told how many window-local regions the decision step will
+    hold before it starts (and may refuse)."""
     seams = Seams(width)
     uf = UnionFind()
     sizes: list[np.ndarray] = [np.zeros(1, np.int64)]
@@ -148,6 +152,8 @@ def measure_regions(
         progress("sieve", index + 1, len(windows))
 
     n_gid = next_gid
+    if fits is not None:
+        fits(n_gid)
     size = np.concatenate(sizes)
     cls = np.concatenate(classes)
     anchor = np.concatenate(anchors)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import rasterio
 from helpers import make_checkpoint, write_geotiff
+from memory_cgroup import hard_limit_available, run_limited
 
 import geoddu
-from geoddu.engine.memory import parse_bytes
 from geoddu.engine.memory_limit import MARGIN
 from geoddu.engine.planner import plan_job
 from geoddu.engine.request import SegmentRequest
 from geoddu.errors import GeodduError
+from geoddu.sizes import parse_bytes
 
 
 @pytest.fixture
@@ -72,3 +73,55 @@ def test_a_limit_too_small_is_refused_before_any_work(tmp_path, wide):
     named = lines[0].rsplit("give --memory-limit ", 1)[1].split()[0]
     plan = plan_job(_request(tmp_path, wide, "named.tif", memory_limit=named))
     assert plan.memory.peak("host") * MARGIN <= parse_bytes(named)
+
+
+def _named_limit(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1].rsplit("give --memory-limit ", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not (hard_limit_available() or "").startswith("cgroup"),
+                    reason="no memory cgroup can be made here")
+def test_the_smallest_named_limit_holds_under_a_hard_memory_cgroup(tmp_path, wide):
+    """The limit `segment` names is enough for the real process: held to it by the kernel (a
+    memory cgroup, where going over kills), the run ends 0 with the classes of a free run."""
+    scene, model = wide
+    out = tmp_path / "out"
+    out.mkdir()
+    base = [sys.executable, "-m", "geoddu.cli", "segment", "-q", "-m", str(model)]
+    refused = subprocess.run([*base, "-o", str(out / "x.tif"), "--memory-limit", "100M",
+                              str(scene)], capture_output=True, text=True)
+    named = _named_limit(refused.stderr)
+    held = run_limited([*base, "-o", str(out / "held.tif"), "--memory-limit", named,
+                        str(scene)], parse_bytes(named), timeout=300)
+    print(f"--memory-limit {named} under {held.how}: exit {held.returncode}, peak RSS "
+          f"{held.peak_rss_mb:.0f} MiB, charged {held.peak_charged_mb:.0f} MiB")
+    assert held.returncode == 0, held.stderr
+    # The kernel charges the cgroup only pages first touched inside it (the libraries' pages
+    # are already cached), so the process's own peak is the stricter figure.
+    assert max(held.peak_charged_mb, held.peak_rss_mb) <= parse_bytes(named) / 2**20
+    geoddu.segment(scene, out / "free.tif", model)
+    with rasterio.open(out / "free.tif") as a, rasterio.open(out / "held.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+
+
+@pytest.mark.skipif(not (hard_limit_available() or "").startswith("cgroup"),
+                    reason="no memory cgroup can be made here")
+def test_vectorize_at_its_named_limit_holds_under_a_hard_memory_cgroup(tmp_path):
+    rng = np.random.default_rng(5)
+    classes = write_geotiff(tmp_path / "classes.tif",
+                            rng.integers(0, 4, (1, 256, 256), np.uint8), tiled=True,
+                            blockxsize=64, blockysize=64)
+    out = tmp_path / "out"
+    out.mkdir()
+    base = [sys.executable, "-m", "geoddu.cli", "vectorize", "-q", "--min-area", "3",
+            str(classes)]
+    refused = subprocess.run([*base, "-o", str(out / "x.gpkg"), "--memory-limit", "1M"],
+                             capture_output=True, text=True)
+    named = _named_limit(refused.stderr)
+    held = run_limited([*base, "-o", str(out / "held.gpkg"), "--memory-limit", named],
+                       parse_bytes(named), timeout=300)
+    print(f"vectorize --memory-limit {named} under {held.how}: exit {held.returncode}, "
+          f"peak RSS {held.peak_rss_mb:.0f} MiB, charged {held.peak_charged_mb:.0f} MiB")
+    assert held.returncode == 0, held.stderr
+    assert max(held.peak_charged_mb, held.peak_rss_mb) <= parse_bytes(named) / 2**20
+    assert (out / "held.gpkg").exists()
