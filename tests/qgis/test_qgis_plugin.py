@@ -50,7 +50,8 @@ def test_provider_and_algorithm_are_registered(plugin):
     assert alg.displayName() == "Segment raster (DDU-Net)"
     names = [p.name() for p in alg.parameterDefinitions()]
     for required in ("INPUT", "MODEL", "OUTPUT", "DEVICE", "GPUS", "SUBIMAGE_SIZE",
-                     "PROBABILITIES", "CONFIDENCE", "POLYGONS", "MIN_AREA", "SIMPLIFY"):
+                     "MEMORY_LIMIT", "PROBABILITIES", "CONFIDENCE", "POLYGONS", "MIN_AREA",
+                     "SIMPLIFY"):
         assert required in names
     assert not alg.parameterDefinition("PROBABILITIES").createByDefault()
     flags = alg.flags()
@@ -271,6 +272,11 @@ def test_parameters_reach_the_engine(plugin, data, mode, feedback_cls, tmp_path)
     _run({"INPUT": data["image"], "MODEL": data["model"], "BANDS": [3, 2, 1],
           "SUBIMAGE_SIZE": 2 * SUBIMAGE, "OUTPUT": str(tmp_path / "big.tif")}, feedback)
     assert any("(4 steps)" in m for m in feedback.messages)  # 2 x 2 subimages of 64 px
+    # MEMORY_LIMIT is --memory-limit: too small, the engine's one line, and no output.
+    with pytest.raises(QgsProcessingException, match=r"give --memory-limit \d+M or more"):
+        _run({"INPUT": data["image"], "MODEL": data["model"], "MEMORY_LIMIT": "50M",
+              "OUTPUT": str(tmp_path / "limited.tif")}, feedback_cls())
+    assert not (tmp_path / "limited.tif").exists()
 
 
 def test_area_of_interest_layer(plugin, data, mode, feedback_cls, tmp_path):

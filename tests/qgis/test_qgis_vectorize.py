@@ -119,3 +119,20 @@ def test_cancel_and_errors_leave_nothing(plugin, class_map, mode, feedback_cls, 
             tmp_path / "y" / "bad.gpkg")}, feedback=feedback_cls())
     assert "\n" not in str(info.value).strip()
     assert sorted(os.listdir(tmp_path)) == ["image.tif"]  # no output, no folder made for it
+
+
+def test_memory_limit_reaches_the_engine(plugin, class_map, mode, feedback_cls, tmp_path):
+    """MEMORY_LIMIT is `--memory-limit`: a limit too small is the engine's one line naming the
+    smallest that would do, and nothing is written; a roomy one runs."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    dst = tmp_path / "limited.gpkg"
+    with pytest.raises(QgsProcessingException, match=r"give --memory-limit \d+M or more"):
+        processing.run("geoddu:vectorize", {"INPUT": class_map, "MEMORY_LIMIT": "1M",
+                                            "OUTPUT": str(dst)}, feedback=feedback_cls())
+    assert not dst.exists()
+    processing.run("geoddu:vectorize", {"INPUT": class_map, "MEMORY_LIMIT": "4G",
+                                        "OUTPUT": str(dst)}, feedback=feedback_cls())
+    rows, _ = _features(str(dst))
+    assert sum(1 for class_id, _, _ in rows if class_id == 2) == 4

@@ -66,6 +66,9 @@ class SegmentAlgorithm(GeodduAlgorithm):
         "Plugins > geoddu > Hardware and precision… shows it).\n"
         "Subimage size (SUBIMAGE_SIZE, advanced): pixels per subimage side (0: the "
         "checkpoint's).\n"
+        "Memory limit (MEMORY_LIMIT, advanced): e.g. 1G or 800M; the run is planned to stay "
+        "under it (narrower strips, then two passes), polygons too, or stops before any work "
+        "naming the smallest limit that would do (geoddu segment --memory-limit).\n"
         "Segment together with (MOSAIC_WITH, optional): more raster layers (files GDAL "
         "reads: tiles or sheets of the same scene) segmented with the input as ONE seamless "
         "mosaic, through a GDAL virtual raster over their union, so sheet edges are no seams. "
@@ -127,6 +130,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
             self.SUBIMAGE_SIZE, self.tr("Subimage size in pixels (0: the checkpoint's)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, optional=True, minValue=0)
         self.add_advanced(gpus, precision, size)
+        self.addParameter(self.memory_limit_parameter())
         self.addParameter(QgsProcessingParameterVectorLayer(
             self.AOI, self.tr("Area of interest (only these pixels; the rest is nodata)"),
             [QgsProcessing.TypeVectorPolygon], optional=True))
@@ -218,6 +222,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
             "subimage_size": self.parameterAsInt(parameters, self.SUBIMAGE_SIZE, context) or None,
             "aoi": aoi,
             "aoi_layer": aoi_layer,
+            "memory_limit": self.memory_limit(parameters, context),
             **{key: self.parameterAsOutputLayer(parameters, name, context) or None
                for key, name in EXTRA_RASTERS},
             "overwrite": True,  # Processing asked for these outputs: replace what is there
@@ -262,6 +267,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
                 feedback.setProgressText(self.tr("geoddu: polygons"))
                 polygons = engine.vectorize(
                     output, polygons, min_area=min_area, simplify=simplify,
+                    memory_limit=request.get("memory_limit"),
                     progress=self.stage_progress(
                         feedback, engine_bridge.vector_stages(min_area, simplify), share,
                         100.0 - share),

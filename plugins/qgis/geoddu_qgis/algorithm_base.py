@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
     QgsProviderRegistry,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -41,6 +42,7 @@ class GeodduAlgorithm(QgsProcessingAlgorithm):
     # Parameter and output names every algorithm (or both polygon writers) uses alike.
     INPUT, OUTPUT, ENGINE = "INPUT", "OUTPUT", "ENGINE"
     MIN_AREA, SIMPLIFY = "MIN_AREA", "SIMPLIFY"
+    MEMORY_LIMIT = "MEMORY_LIMIT"
 
     def name(self):
         return self.NAME
@@ -86,6 +88,18 @@ class GeodduAlgorithm(QgsProcessingAlgorithm):
                                              QgsProcessingParameterNumber.Double,
                                              defaultValue=0.0, optional=True, minValue=0.0)
                 for name, label in ((self.MIN_AREA, min_area), (self.SIMPLIFY, simplify))]
+
+    def memory_limit_parameter(self):
+        """MEMORY_LIMIT (advanced): what `--memory-limit` takes, e.g. 1G or 800M."""
+        param = QgsProcessingParameterString(
+            self.MEMORY_LIMIT, self.tr("Memory limit, e.g. 1G or 800M (empty: none)"),
+            optional=True)
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        return param
+
+    def memory_limit(self, parameters, context) -> str | None:
+        return (self.parameterAsString(parameters, self.MEMORY_LIMIT, context) or "").strip() \
+            or None
 
     def polygon_options(self, parameters, context) -> tuple[float | None, float | None]:
         """(min_area, simplify) for the engine, None where 0."""

@@ -51,8 +51,8 @@ class CliEngine(Engine):
         return self._run([*self.command, *SEGMENT_ARGS], request_outputs(request),
                          _progress_events(progress), cancel, log, stdin_text=json.dumps(request))
 
-    def vectorize(self, src, dst, *, min_area=None, simplify=None, progress=None, cancel=None,
-                  log=None):
+    def vectorize(self, src, dst, *, min_area=None, simplify=None, memory_limit=None,
+                  progress=None, cancel=None, log=None):
         # `geoddu vectorize` reports no progress lines: the run shows as one step. Every option
         # comes first, the output as --output=PATH, and the source after `--`, so that names
         # starting with `-` are read as values.
@@ -61,6 +61,8 @@ class CliEngine(Engine):
             args.append(f"--min-area={float(min_area)!r}")
         if simplify:
             args.append(f"--simplify={float(simplify)!r}")
+        if memory_limit:
+            args.append(f"--memory-limit={memory_limit}")
         args += ["--", src]
         try:
             return self._run(args, [dst], None, cancel, log)

@@ -141,7 +141,8 @@ class Engine:
         raise NotImplementedError
 
     def vectorize(self, src: str, dst: str, *, min_area: float | None = None,
-                  simplify: float | None = None, progress: ProgressFn | None = None,
+                  simplify: float | None = None, memory_limit: str | None = None,
+                  progress: ProgressFn | None = None,
                   cancel: CancelFn | None = None, log: LogFn | None = None) -> str:
         """Polygonise the class map ``src`` into the vector file ``dst`` (format by extension,
         overwritten); same errors as :meth:`segment`."""

@@ -36,8 +36,8 @@ class InProcessEngine(Engine):
         # A mosaic's per-tile maps (output_dir) stand in for the class map.
         return request.get("output") or request.get("output_dir")
 
-    def vectorize(self, src, dst, *, min_area=None, simplify=None, progress=None, cancel=None,
-                  log=None):
+    def vectorize(self, src, dst, *, min_area=None, simplify=None, memory_limit=None,
+                  progress=None, cancel=None, log=None):
         function = None
         # geoddu.vectorize (the package), or geoddu.io.polygonize in geoddu before 0.2
         for where in (".vectorize", ".io.polygonize"):
@@ -50,7 +50,7 @@ class InProcessEngine(Engine):
             raise EngineError(TOO_OLD["vectorize"], problem)
         options = {key: value for key, value in
                    (("min_area", min_area), ("simplify", simplify), ("progress", progress),
-                    ("cancel", cancel)) if value is not None}
+                    ("cancel", cancel), ("memory_limit", memory_limit)) if value is not None}
         self._call(lambda: function(src, dst, overwrite=True, **options), [dst])
         return dst
 

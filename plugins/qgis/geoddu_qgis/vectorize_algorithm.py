@@ -36,6 +36,9 @@ class VectorizeAlgorithm(GeodduAlgorithm):
         "Polygons (OUTPUT): GeoPackage, GeoJSON, FlatGeobuf or Shapefile, in the map's "
         "CRS, with the columns class_id and class_name (from the map's class names); "
         "added to the project coloured and labelled by class.\n"
+        "Memory limit (MEMORY_LIMIT, advanced): e.g. 1G or 800M; windows are made small "
+        "enough to stay under it, or the run stops naming the smallest limit that would do "
+        "(geoddu vectorize --memory-limit).\n"
         "\n"
         "Outputs: the polygons and ENGINE, the engine set-up that ran (import, env or cli). "
         "Cancelling stops between windows and leaves no output file; so does a failure."
@@ -49,7 +52,7 @@ class VectorizeAlgorithm(GeodduAlgorithm):
             "Merge regions smaller than (map units², 0: none)",
             "Simplify borders by (map units, 0: none)")
         for param in (QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Class map")), sieve,
-                      simplify, output):
+                      simplify, output, self.memory_limit_parameter()):
             self.addParameter(param)
         self.addOutput(QgsProcessingOutputString(self.ENGINE, self.tr("Engine used")))
 
@@ -64,7 +67,8 @@ class VectorizeAlgorithm(GeodduAlgorithm):
         # The engine left nothing at the output; the folders made for it go too.
         with self.engine_errors(feedback, lambda: remove_made_folders(made)):
             dst = engine.vectorize(
-                src, dst, min_area=min_area, simplify=simplify, cancel=feedback.isCanceled,
+                src, dst, min_area=min_area, simplify=simplify,
+                memory_limit=self.memory_limit(parameters, context), cancel=feedback.isCanceled,
                 progress=self.stage_progress(
                     feedback, engine_bridge.vector_stages(min_area, simplify)),
                 log=feedback.pushConsoleInfo)
