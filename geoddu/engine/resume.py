@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GeodduError
+from ..io.atomic import fsync_path
 
 __all__ = [
     "RESUME_SUFFIX",
@@ -121,14 +122,6 @@ _WHAT = {
 }
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ProgressRecord:
     """The folder of one --resume run, locked while open: its fingerprint and done strips."""
 
@@ -211,7 +204,7 @@ class ProgressRecord:
             os.replace(tmp, self.folder / RECORD)
             # Persists the rename, and the names of the strip files created since the last
             # record: their data was fsynced, but a name lives in the folder.
-            _fsync_dir(self.folder)
+            fsync_path(self.folder)
         except OSError as exc:
             raise GeodduError(f"{self.folder}: cannot write --resume progress: "
                               f"{exc.strerror or exc}") from exc

@@ -28,6 +28,7 @@ __all__ = [
     "PAM_SUFFIX",
     "AtomicOutput",
     "check_distinct_paths",
+    "fsync_path",
     "commit_all",
     "os_error_line",
     "remove_stale_temporaries",
@@ -287,7 +288,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]
     out = AtomicOutput(path, overwrite=True)
     try:
         write(out.temp)
-        _fsync(out.temp)
+        fsync_path(out.temp)
     except OSError as exc:
         out.discard()
         raise GeodduError(os_error_line(exc, str(path))) from exc
@@ -296,12 +297,13 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]
         raise
     out.commit()
     try:
-        _fsync(out.path.parent)
+        fsync_path(out.path.parent)
     except OSError:
         pass  # some file systems cannot sync a folder; the rename itself has happened
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a folder by its path (a folder: its entries, e.g. after a rename)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
