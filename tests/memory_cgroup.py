@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -60,13 +61,30 @@ def hard_limit_available() -> str | None:
     return "prlimit --as" if shutil.which("prlimit") else None
 
 
+# Between this process and the command: it joins the cgroup, starts the command, and reports
+# the command's own peak. A child forked from a large process (pytest, with torch loaded)
+# inherits the parent's peak in ru_maxrss across exec; one started from this small wrapper
+# reports its own.
+_WRAPPER = r"""
+import os, subprocess, sys
+procs, report, *cmd = sys.argv[1:]
+if procs:
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+p = subprocess.Popen(cmd)
+_, status, usage = os.wait4(p.pid, 0)
+with open(report, "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def run_limited(cmd: list[str], limit_bytes: int, timeout: float = 3600,
                 as_slack_bytes: int = 6 * 2**30, env: dict | None = None) -> Limited:
     """``cmd`` under ``limit_bytes``; its exit status, output and peaks."""
     found = _cgroup_root()
     group: Path | None = None
     how = "none"
-    preexec = None
+    procs = ""
     if found:
         root, version = found
         group = root / f"geoddu-limit-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -85,32 +103,23 @@ def run_limited(cmd: list[str], limit_bytes: int, timeout: float = 3600,
             if (group / "memory.swap.max").exists():
                 (group / "memory.swap.max").write_text("0")
         procs = str(group / "cgroup.procs")
-
-        def preexec() -> None:  # the child joins the group before it execs
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
     elif shutil.which("prlimit"):
         cmd = ["prlimit", f"--as={limit_bytes + as_slack_bytes}", *cmd]
         how = "prlimit --as"
     t = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, preexec_fn=preexec,
-                             env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            # wait4: this child's own peak (RUSAGE_CHILDREN would keep the largest child's).
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                p.kill()
-            time.sleep(0.05)
-        p.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report"
+        try:
+            r = subprocess.run([sys.executable, "-c", _WRAPPER, procs, str(report), *cmd],
+                               capture_output=True, text=True, env=env, timeout=timeout)
+            code, out, err = r.returncode, r.stdout, r.stderr
+        except subprocess.TimeoutExpired as exc:
+            code, out, err = -9, str(exc.stdout or ""), str(exc.stderr or "")
         seconds = time.perf_counter() - t
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    rss = usage.ru_maxrss / 1024
+        rss = float("nan")
+        if report.exists():  # else the wrapper itself was killed
+            status, maxrss = report.read_text().split()
+            code, rss = int(status), int(maxrss) / 1024
     charged = None
     if group is not None:
         name = "memory.max_usage_in_bytes" if how.endswith("v1") else "memory.peak"
@@ -124,4 +133,4 @@ def run_limited(cmd: list[str], limit_bytes: int, timeout: float = 3600,
                 break
             except OSError:
                 time.sleep(0.1)
-    return Limited(p.returncode, stdout, stderr, rss, charged, how, seconds)
+    return Limited(code, out, err, rss, charged, how, seconds)

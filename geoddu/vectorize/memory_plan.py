@@ -58,6 +58,10 @@ MIN_WINDOW = 64
 MIN_BATCH = 100
 # What the estimate leaves out that a limit must still hold: the estimate's own error.
 MARGIN = 1.10
+# Added to the limit a refusal names: what the process holds at the start is measured, and it
+# differs between runs of one command by a few MB (207.1 against 205.8 MB needed), so a limit
+# named to the megabyte was refused by the next run.
+NAMED_SLACK = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,11 @@ def _parts(window: int, batch: int, width: int, block_rows: int, itemsize: int,
     return (("one window", window * window * per_pixel),
             ("GDAL's block cache", cache_rows * width * itemsize),
             ("polygons waiting to be written", batch * BATCH_POLYGON_BYTES))
+
+
+def _named(need: float) -> int:
+    """The limit a refusal names, in MiB: the need, plus what a rerun may hold more."""
+    return -(-(int(need) + NAMED_SLACK) // 2**20)
 
 
 def held_now() -> int:
@@ -120,7 +129,7 @@ def plan_vectorize(limit: int | str, *, width: int, block_rows: int, itemsize: i
         f"--memory-limit {human_bytes(limit)}: vectorize needs at least {human_bytes(need)} "
         f"(windows of {window} px; {human_bytes(held)} held by the process and its libraries, "
         f"largest other part: {biggest[0]}, {human_bytes(biggest[1])}); give --memory-limit "
-        f"{-(-int(need) // 2**20)}M or more"
+        f"{_named(need)}M or more"
     )
 
 
@@ -134,7 +143,7 @@ def check_gdal_sieve(plan: VectorizePlan, regions: int) -> None:
     raise GeodduError(
         f"--memory-limit {human_bytes(plan.limit)}: GDAL's sieve could hold up to "
         f"{regions} regions ({human_bytes(table)}), which does not fit; nothing was written; "
-        f"give --memory-limit {-(-int(need) // 2**20)}M or more"
+        f"give --memory-limit {_named(need)}M or more"
     )
 
 
@@ -149,7 +158,7 @@ def check_smallest_first(plan: VectorizePlan, regions: int) -> None:
     raise GeodduError(
         f"--memory-limit {human_bytes(plan.limit)}: this map needs more: geoddu's sieve holds "
         f"{regions} regions ({human_bytes(table)}) beside {human_bytes(rss)}; nothing was "
-        f"written; give --memory-limit {-(-int(need) // 2**20)}M or more, or use GDAL's sieve "
+        f"written; give --memory-limit {_named(need)}M or more, or use GDAL's sieve "
         "(--sieve gdal, ~24 bytes per region)"
     )
 
