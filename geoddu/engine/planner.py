@@ -11,7 +11,6 @@ reads, the progress totals, the encoder runs and the expected peak memory. The e
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..analysis import forward_values
+from ..io.gdal_cache import gdal_cache_bytes
 from ..io.raster import RasterSource, open_raster
 from ..parallel.devices import resolve_devices
 from ..partition import Partition
@@ -42,10 +42,6 @@ from .steps import (
 )
 
 __all__ = ["JobPlan", "SceneHeader", "model_spec", "open_scene", "plan_job", "read_area"]
-
-# GDAL's block cache when GDAL_CACHEMAX says nothing readable (geoddu.io sets 32 MB).
-GDAL_CACHE_DEFAULT = 32 * 2**20
-
 
 @dataclass(frozen=True)
 class SceneHeader:
@@ -417,7 +413,7 @@ def _memory(plan: JobPlan, work: Sequence[DeviceWork]) -> MemoryEstimate:
         maps_bytes=ram,
         tile_bytes=tiles,
         scratch_bytes=scratch,
-        cache_bytes=min(_gdal_cache_bytes(), _io_bytes(plan, probs)),
+        cache_bytes=min(gdal_cache_bytes(), _io_bytes(plan, probs)),
     )
 
 
@@ -427,17 +423,3 @@ def _io_bytes(plan: JobPlan, probs_per_window: int) -> int:
     size = plan.cells.partition.row_sizes[0]
     bands = len(plan.scene.bands) * np.dtype(plan.scene.dtype).itemsize
     return px * (bands + 1) + px * probs_per_window // (size * size)
-
-
-def _gdal_cache_bytes() -> int:
-    """GDAL_CACHEMAX as GDAL reads it: megabytes below 100000, bytes above, or a percentage
-    of the RAM."""
-    value = os.environ.get("GDAL_CACHEMAX", "").strip()
-    try:
-        if value.endswith("%"):
-            return int(float(value[:-1]) / 100 * os.sysconf("SC_PAGE_SIZE")
-                       * os.sysconf("SC_PHYS_PAGES"))
-        n = int(value)
-    except (ValueError, OSError):
-        return GDAL_CACHE_DEFAULT
-    return n * 2**20 if n < 100_000 else n

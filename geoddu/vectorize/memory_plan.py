@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoddu.errors import GeodduError
+from geoddu.io.gdal_cache import gdal_cache_bytes
 from geoddu.resources import current_rss_mb
 from geoddu.sizes import human_bytes, parse_bytes
 
@@ -86,7 +87,7 @@ def _parts(window: int, batch: int, width: int, block_rows: int, itemsize: int,
            per_pixel: int) -> tuple[tuple[str, int], ...]:
     cache_rows = max(window, block_rows)
     return (("one window", window * window * per_pixel),
-            ("GDAL's block cache", cache_rows * width * itemsize),
+            ("GDAL's block cache", min(gdal_cache_bytes(), cache_rows * width * itemsize)),
             ("polygons waiting to be written", batch * BATCH_POLYGON_BYTES))
 
 
@@ -140,11 +141,8 @@ def check_gdal_sieve(plan: VectorizePlan, regions: int) -> None:
     if plan.fits(table):
         return
     need = (plan.held + max(table, sum(b for _, b in plan.parts))) * MARGIN
-    raise GeodduError(
-        f"--memory-limit {human_bytes(plan.limit)}: GDAL's sieve could hold up to "
-        f"{regions} regions ({human_bytes(table)}), which does not fit; nothing was written; "
-        f"give --memory-limit {_named(need)}M or more"
-    )
+    _refuse(plan, f"GDAL's sieve could hold up to {regions} regions ({human_bytes(table)}), "
+                  "which does not fit", need)
 
 
 def check_smallest_first(plan: VectorizePlan, regions: int) -> None:
@@ -154,12 +152,15 @@ def check_smallest_first(plan: VectorizePlan, regions: int) -> None:
     table = regions * SMALLEST_FIRST_REGION_BYTES
     if (rss + table) * MARGIN <= plan.limit:
         return
-    need = (rss + table) * MARGIN
+    _refuse(plan, f"this map needs more: geoddu's sieve holds {regions} regions "
+                  f"({human_bytes(table)}) beside {human_bytes(rss)}", (rss + table) * MARGIN,
+            ", or use GDAL's sieve (--sieve gdal, ~24 bytes per region)")
+
+
+def _refuse(plan: VectorizePlan, what: str, need: float, hint: str = "") -> None:
     raise GeodduError(
-        f"--memory-limit {human_bytes(plan.limit)}: this map needs more: geoddu's sieve holds "
-        f"{regions} regions ({human_bytes(table)}) beside {human_bytes(rss)}; nothing was "
-        f"written; give --memory-limit {_named(need)}M or more, or use GDAL's sieve "
-        "(--sieve gdal, ~24 bytes per region)"
+        f"--memory-limit {human_bytes(plan.limit)}: {what}; nothing was written; give "
+        f"--memory-limit {_named(need)}M or more{hint}"
     )
 
 
