@@ -63,7 +63,8 @@ def _execute_scene(
         writers.update(open_writers(request, job.source, model))
         with BackgroundWriter(writers, len(model.classes)) as sink:
             if cells.communicates and plan.schedule.kind == "one-pass":
-                run.over_strips(plan.work, plan.totals, cells, sink, job.area)
+                run.over_strips(plan.work, plan.totals, cells, sink, job.area,
+                                trim_each_row=plan.trims_each_row)
             else:
                 communicated = None
                 if cells.communicates:

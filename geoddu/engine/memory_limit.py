@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import GeodduError
+from ..sizes import MEMORY_MARGIN as MARGIN
 from ..sizes import human_bytes
 
 __all__ = ["fit_memory_limit"]
 
-# What the estimate leaves out that a limit must still hold: the estimate's own error.
-MARGIN = 1.10
 
 
 def _cheaper(request: Any) -> Iterator[Any]:

@@ -78,6 +78,13 @@ class JobPlan:
         return self.schedule.encoder_runs
 
     @property
+    def trims_each_row(self) -> bool:
+        """Whether the one-pass strips hand freed heap back after every row rather than once
+        per strip: under --memory-limit, whose plan must hold however tall the strips are
+        (:func:`geoddu.engine.strips.run_strips`)."""
+        return self.request.memory_limit is not None and self.schedule.kind == "one-pass"
+
+    @property
     def totals(self) -> dict[str, int]:
         """Progress totals per stage, as the run reports them. On a rank: its own cells and
         tiles, and the decoded windows of all ranks (rank 0 writes them all)."""
@@ -119,6 +126,8 @@ class JobPlan:
                 "kind": self.schedule.kind, "label": self.schedule.label,
                 "encoder_runs": self.encoder_runs, "strip_width": self.schedule.width,
                 "why": self.schedule.why,
+                "heap_trimmed": ("each pass" if self.schedule.kind != "one-pass" else
+                                 "each row" if self.trims_each_row else "each strip"),
             },
             "devices": [_work_dict(w) for w in self.work],
             "totals": self.totals,
@@ -151,6 +160,8 @@ class JobPlan:
             + (" (area of interest)" if grid["area_of_interest"] else ""),
             f"schedule   {sch['label']}, {sch['encoder_runs']} encoder runs",
             f"  why      {sch['why']}",
+            *(["  heap     freed memory handed back after each row (--memory-limit)"]
+              if self.trims_each_row else []),
         ]
         if self.world > 1:
             lines.append(f"ranks      {self.world} (torchrun), each on one device:")
@@ -391,6 +402,8 @@ def _memory(plan: JobPlan, work: Sequence[DeviceWork]) -> MemoryEstimate:
     if one_pass:  # a strip's live rows of maps, context columns included; one row's tile
         width = plan.schedule.width
         ram = (cells.reach + 1) * (width + 2 * cells.reach) * record * len(work)
+        if width < cols:  # the left context a strip was handed and the one it hands on
+            ram += 2 * cells.reach * rows * record * len(work)
         tiles = tile(1, width)
     elif cells.communicates:  # the two stores exist together while the tiles run
         store = MapStore.bytes_for(cells.partition.grid, (spec.comm_features, c, c))

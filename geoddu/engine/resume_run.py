@@ -66,7 +66,8 @@ def execute_resumable(
                 with lock:
                     record.strip_done(strip.strip.cols)
 
-            run.over_strips(work, _totals(work), plan.cells, store, job.area, strip_done)
+            run.over_strips(work, _totals(work), plan.cells, store, job.area, strip_done,
+                            plan.trims_each_row)
             writers.update(open_writers(request, job.source, job.model))
             store.write_into(writers["classes"].write, run.check_cancel)
             writers["classes"].finish()

@@ -87,6 +87,7 @@ class CellRunner:
     def over_strips(
         self, work: Sequence[DeviceWork], totals: dict[str, int], plan: SegmentPlan, sink: Any,
         area: Any, strip_done: Callable[[StripRun], None] | None = None,
+        trim_each_row: bool = False,
     ) -> None:
         """The one-pass schedule: each device runs its planned strips
         (:func:`geoddu.engine.strips.run_strips`) over its planned reads; `strip_done(strip)`
@@ -95,7 +96,7 @@ class CellRunner:
         def run(k: int, ctx: Worker, stop: threading.Event, tick: Tick) -> None:
             with closing(_prefetch(ctx.source, work[k].reads, stop)) as feed:
                 runs, skipped = run_strips(ctx, work[k].strips, plan, feed, sink, area, tick,
-                                           stop, strip_done)
+                                           stop, strip_done, trim_each_row)
             with self._lock:
                 self.encoder_runs += runs
                 self.skipped += skipped

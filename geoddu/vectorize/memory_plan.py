@@ -32,6 +32,7 @@ import numpy as np
 from geoddu.errors import GeodduError
 from geoddu.io.gdal_cache import gdal_cache_bytes
 from geoddu.resources import current_rss_mb
+from geoddu.sizes import MEMORY_MARGIN as MARGIN
 from geoddu.sizes import human_bytes, parse_bytes
 
 __all__ = ["MemoryGuard", "VectorizePlan", "plan_vectorize", "region_starts"]
@@ -57,8 +58,6 @@ GDAL_SIEVE_REGION_BYTES = 24
 SMALLEST_FIRST_REGION_BYTES = 480
 MIN_WINDOW = 64
 MIN_BATCH = 100
-# What the estimate leaves out that a limit must still hold: the estimate's own error.
-MARGIN = 1.10
 # Added to the limit a refusal names: what the process holds at the start is measured, and it
 # differs between runs of one command by a few MB (207.1 against 205.8 MB needed), so a limit
 # named to the megabyte was refused by the next run.
