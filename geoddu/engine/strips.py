@@ -155,8 +155,8 @@ class _StripRun:
             del self.maps[k]
         if self.trim_each_row:
             # glibc serves each row's skips from holes the freed rows left, and the holes it
-            # cannot reuse stay resident: trimmed once per strip, the peak crept up with the
-            # strip's height (DDU-Net(4,64,Y) base 16, 512 px, --memory-limit 1G: 873 MiB on
-            # 8192^2, 958 on 16384^2, 1075 on 32768^2, against 880 MB planned). Trimmed each
-            # row it stays at 798 and 842 MiB, for 7.7% more time (docs/reliability.md).
+            # cannot reuse stay resident: trimmed once per strip, the peak crept up as the run
+            # went on (DDU-Net(4,64,Y) base 16, 512 px, --memory-limit 1G: 873 MiB on 8192^2,
+            # 958 on 16384^2, 1075 on 32768^2, against 880 MB planned). Trimmed each row it
+            # stayed at 798 and 842 MiB, for 7.7% more time (docs/reliability.md).
             release_free_memory()

@@ -76,9 +76,9 @@ def test_a_limit_too_small_is_refused_before_any_work(tmp_path, wide):
 
 
 def test_under_a_limit_the_strips_hand_freed_memory_back_after_every_row(tmp_path, wide):
-    """Trimmed once per strip, glibc's holes let the peak creep up with the strip's height
-    (880 MB planned, 1075 MiB measured on 32768^2); under a limit every row is trimmed. The
-    plan says so, and the classes are those of a free run."""
+    """Trimmed once per strip, glibc's holes let the peak creep up as the run goes on (880 MB
+    planned, 1075 MiB measured on 32768^2); under a limit every row is trimmed. The plan says
+    so, and the classes are those of a free run."""
     free = plan_job(_request(tmp_path, wide, "free.tif"))
     held = plan_job(_request(tmp_path, wide, "held.tif", memory_limit="4G"))
     assert (held.schedule.kind, held.schedule.width) == (free.schedule.kind, free.schedule.width)
