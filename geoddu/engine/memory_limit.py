@@ -20,7 +20,6 @@ from ..sizes import human_bytes
 __all__ = ["fit_memory_limit"]
 
 
-
 def _cheaper(request: Any) -> Iterator[Any]:
     """The request with its memory knobs turned, one step at a time (each never changes the
     classes)."""

@@ -78,11 +78,17 @@ class JobPlan:
         return self.schedule.encoder_runs
 
     @property
+    def heap_trimmed(self) -> str:
+        """How often freed heap is handed back: "each pass" (two passes), or for the one-pass
+        strips "each row" under --memory-limit, whose plan must hold however long the run is,
+        else "each strip" (:func:`geoddu.engine.strips.run_strips`)."""
+        if self.schedule.kind != "one-pass":
+            return "each pass"
+        return "each row" if self.request.memory_limit is not None else "each strip"
+
+    @property
     def trims_each_row(self) -> bool:
-        """Whether the one-pass strips hand freed heap back after every row rather than once
-        per strip: under --memory-limit, whose plan must hold however tall the strips are
-        (:func:`geoddu.engine.strips.run_strips`)."""
-        return self.request.memory_limit is not None and self.schedule.kind == "one-pass"
+        return self.heap_trimmed == "each row"
 
     @property
     def totals(self) -> dict[str, int]:
@@ -126,8 +132,7 @@ class JobPlan:
                 "kind": self.schedule.kind, "label": self.schedule.label,
                 "encoder_runs": self.encoder_runs, "strip_width": self.schedule.width,
                 "why": self.schedule.why,
-                "heap_trimmed": ("each pass" if self.schedule.kind != "one-pass" else
-                                 "each row" if self.trims_each_row else "each strip"),
+                "heap_trimmed": self.heap_trimmed,
             },
             "devices": [_work_dict(w) for w in self.work],
             "totals": self.totals,
