@@ -9,6 +9,7 @@ passes over memory (measured on a 2-core CPU: 0.70 -> 0.79 Mpx/s for DDU-Net(4,6
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -33,8 +34,21 @@ def fuse_for_inference(model: nn.Module, conv_relu: bool = False) -> nn.Module:
     return fused
 
 
+@functools.cache
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN convolves `dtype` on this CPU. Its bf16 kernels need AVX512BW/VL/DQ or
+    AVX-NE-CONVERT (fp16: AVX512-FP16 or AMX); on an AVX2-only CPU the call fails, where
+    torch's own convolution still runs bf16, slowly, without oneDNN."""
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
 class ConvReLU(nn.Module):
-    """relu(conv(x)) in one oneDNN call on the CPU; elsewhere the two modules as they were."""
+    """relu(conv(x)) in one oneDNN call on the CPU where oneDNN runs x's dtype; elsewhere the
+    two modules as they were."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -42,7 +56,7 @@ class ConvReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        if x.device.type != "cpu" or isinstance(c.padding, str):
+        if x.device.type != "cpu" or isinstance(c.padding, str) or not _onednn_runs(x.dtype):
             return torch.relu_(c(x))
         return torch.ops.mkldnn._convolution_pointwise(
             x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups,

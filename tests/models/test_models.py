@@ -208,3 +208,7 @@ def test_conv_relu_fusion_gives_the_same_bits_in_bf16(name):
     x = torch.randn(1, 3, 64, 64).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.equal(fused(x, (2, 2)), plain(x, (2, 2)))
+    # fp32, which oneDNN runs on every x86 CPU: the fused call itself is exercised here also
+    # where the CPU lacks oneDNN's bf16 kernels (AVX2 only), and bf16 above falls back.
+    with torch.no_grad():
+        assert torch.equal(fused.float()(x.float(), (2, 2)), plain.float()(x.float(), (2, 2)))
