@@ -16,7 +16,8 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from geoddu.checkpoint import build_metadata, save_checkpoint
+from geoddu.checkpoint import save_checkpoint
+from geoddu.checkpoint_metadata import build_metadata
 from geoddu.models import create_model
 from geoddu.resources import peak_rss_mb  # noqa: F401 - re-exported for the scripts
 

@@ -40,7 +40,8 @@ PAPER = {1: "0.0857 s / 2742 MB (1 V100, 1x1)", 4: "0.0463 s / 739 MB (4 V100, 2
 
 
 def make_checkpoint(path: Path, subimage_size: int, classes: int = 7, seed: int = 0) -> Path:
-    from geoddu.checkpoint import build_metadata, save_checkpoint
+    from geoddu.checkpoint import save_checkpoint
+    from geoddu.checkpoint_metadata import build_metadata
     from geoddu.models import create_model
 
     torch.manual_seed(seed)

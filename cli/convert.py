@@ -67,7 +67,8 @@ def convert(reference, output, classes_file, class_names, bands, mean, std, scal
     Depth, base channels, F, the communication kernel, input channels and the number of
     classes are read from the tensors; the result computes the same logits as the reference.
     """
-    from geoddu.checkpoint import build_metadata, default_classes, save_checkpoint
+    from geoddu.checkpoint import save_checkpoint
+    from geoddu.checkpoint_metadata import build_metadata, default_classes
     from geoddu.data.base import load_classes_file
     from geoddu.models import DDUNet
     from geoddu.reference.convert import (

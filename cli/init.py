@@ -44,7 +44,8 @@ def init(output, classes_file, subimage_size, bands, seed, overwrite, encoder_we
     """
     import torch
 
-    from geoddu.checkpoint import build_metadata, save_checkpoint
+    from geoddu.checkpoint import save_checkpoint
+    from geoddu.checkpoint_metadata import build_metadata
     from geoddu.data.base import load_classes_file
     from geoddu.models import create_model
     from geoddu.models.encoder_weights import imagenet_normalization, load_encoder_weights

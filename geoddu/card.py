@@ -19,10 +19,10 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from .card_sections import check_accuracy, check_test
-from .errors import GeodduError
+from .errors import GeodduError, fail, kind_of, show
 
 # Fields the user writes (--card FILE, `geoddu card --set`): each text, authors text or a list.
 USER_FIELDS = ("description", "license", "citation", "authors", "intended_use", "limitations")
@@ -70,11 +70,11 @@ def check_card(card: Any, where: str | os.PathLike | None = None) -> dict[str, A
     """A plain, checked copy of `card`; the first problem is one GeodduError line naming
     `where` and the field ("model.pt: card.license: must be text, not 3")."""
     if not isinstance(card, Mapping):
-        _fail(where, "card", f"must be a dict of fields, not {kind_of(card)}")
+        fail(where, "card", f"must be a dict of fields, not {kind_of(card)}")
     unknown = [k for k in card if k not in FIELDS]
     if unknown:
-        _fail(where, "card", f"unknown field(s) {', '.join(_show(k) for k in unknown[:3])} "
-                             f"(known: {', '.join(FIELDS)})")
+        fail(where, "card", f"unknown field(s) {', '.join(show(k) for k in unknown[:3])} "
+                            f"(known: {', '.join(FIELDS)})")
     plain = {}
     budget = [MAX_VALUES]
     for key, value in card.items():
@@ -83,7 +83,7 @@ def check_card(card: Any, where: str | os.PathLike | None = None) -> dict[str, A
         plain[key] = _plain(value)
     size = len(json.dumps(plain))
     if size > MAX_CARD_BYTES:
-        _fail(where, "card", f"{size:,} bytes as JSON, more than the {MAX_CARD_BYTES:,} allowed")
+        fail(where, "card", f"{size:,} bytes as JSON, more than the {MAX_CARD_BYTES:,} allowed")
     return plain
 
 
@@ -92,8 +92,8 @@ def check_user_fields(fields: Any, where: str | os.PathLike | None = None) -> di
     if isinstance(fields, Mapping):
         others = [k for k in fields if k not in USER_FIELDS]
         if others:
-            _fail(where, "card", f"unknown field(s) {', '.join(_show(k) for k in others[:3])} "
-                                 f"(a card file holds {', '.join(USER_FIELDS)})")
+            fail(where, "card", f"unknown field(s) {', '.join(show(k) for k in others[:3])} "
+                                f"(a card file holds {', '.join(USER_FIELDS)})")
     return check_card(fields, where)
 
 
@@ -125,7 +125,7 @@ def read_card_file(path: str | os.PathLike) -> dict[str, Any]:
         raise GeodduError(f"{path}: nested too deeply") from exc
     except yaml.YAMLError as exc:
         line = str(exc).replace("\n", " ")
-        raise GeodduError(f"{path}: not YAML or JSON ({_show(line, 120)})") from exc
+        raise GeodduError(f"{path}: not YAML or JSON ({show(line, 120)})") from exc
     if fields is None:
         return {}
     return check_user_fields(fields, path)
@@ -264,32 +264,32 @@ def _check_value(where: Any, field: str, value: Any, depth: int, budget: list[in
     walk by `budget` (values left to look at)."""
     budget[0] -= 1
     if budget[0] < 0:
-        _fail(where, "card", f"more than {MAX_VALUES:,} values")
+        fail(where, "card", f"more than {MAX_VALUES:,} values")
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            _fail(where, field, f"must be a finite number, not {value}")
+            fail(where, field, f"must be a finite number, not {value}")
         return
     if isinstance(value, str):
         if len(value) > MAX_TEXT:
-            _fail(where, field, f"{len(value):,} characters, more than the {MAX_TEXT:,} allowed")
+            fail(where, field, f"{len(value):,} characters, more than the {MAX_TEXT:,} allowed")
         return
     if isinstance(value, list | tuple | Mapping):
         if depth >= MAX_DEPTH:
-            _fail(where, field, f"nested more than {MAX_DEPTH} levels deep")
+            fail(where, field, f"nested more than {MAX_DEPTH} levels deep")
         if len(value) > MAX_ITEMS:
-            _fail(where, field, f"{len(value):,} entries, more than the {MAX_ITEMS:,} allowed")
+            fail(where, field, f"{len(value):,} entries, more than the {MAX_ITEMS:,} allowed")
         if isinstance(value, Mapping):
             for k, v in value.items():
                 if not isinstance(k, str) or len(k) > 200:
-                    _fail(where, field, f"keys must be short text, not {_show(k)}")
+                    fail(where, field, f"keys must be short text, not {show(k)}")
                 _check_value(where, f"{field}.{k}", v, depth + 1, budget)
         else:
             for n, v in enumerate(value):
                 _check_value(where, f"{field}[{n}]", v, depth + 1, budget)
         return
-    _fail(where, field, f"must be text, a number, a list or a dict, not {kind_of(value)}")
+    fail(where, field, f"must be text, a number, a list or a dict, not {kind_of(value)}")
 
 
 def _check_field(where: Any, key: str, value: Any) -> None:
@@ -306,22 +306,22 @@ def _check_field(where: Any, key: str, value: Any) -> None:
             return
         kind = kind[: -len("-or-none")]
     if kind == "text" and not isinstance(value, str):
-        _fail(where, field, f"must be text, not {_show(value)}")
+        fail(where, field, f"must be text, not {show(value)}")
     if kind == "texts" and not (isinstance(value, str) or (
             isinstance(value, list | tuple) and all(isinstance(v, str) for v in value))):
-        _fail(where, field, f"must be text or a list of texts, not {_show(value)}")
+        fail(where, field, f"must be text or a list of texts, not {show(value)}")
     if kind == "dict" and not isinstance(value, Mapping):
-        _fail(where, field, f"must be a dict, not {kind_of(value)}")
+        fail(where, field, f"must be a dict, not {kind_of(value)}")
     if kind == "list" and not isinstance(value, list | tuple):
-        _fail(where, field, f"must be a list, not {kind_of(value)}")
+        fail(where, field, f"must be a list, not {kind_of(value)}")
     if kind == "number" and not (isinstance(value, int | float) and not isinstance(value, bool)
                                  and value >= 0):
-        _fail(where, field, f"must be a number of at least 0, not {_show(value)}")
+        fail(where, field, f"must be a number of at least 0, not {show(value)}")
     if kind == "pair" and not (
             isinstance(value, list | tuple) and len(value) == 2
             and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
                     for v in value)):
-        _fail(where, field, f"must be [x, y], two numbers above 0, or None, not {_show(value)}")
+        fail(where, field, f"must be [x, y], two numbers above 0, or None, not {show(value)}")
 
 
 def _plain(value: Any) -> Any:
@@ -331,21 +331,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def _fail(where: Any, field: str, problem: str) -> NoReturn:
-    parts = [str(p) for p in (where, field) if p not in (None, "")]
-    raise GeodduError(": ".join([*parts, problem]))
-
-
-def _show(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def kind_of(value: Any) -> str:
-    """'a str', 'an int', 'None': what a value is, for a one-line message."""
-    if value is None:
-        return "None"
-    name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"

@@ -10,11 +10,10 @@ no numpy: `geoddu card --help` and the QGIS plugin import it through geoddu.card
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from .errors import GeodduError
+from .errors import Where, fail, show
 
 __all__ = ["ACCURACY_CLASS_KEYS", "ACCURACY_KEYS", "DESIGNS", "TEST_KEYS", "check_accuracy",
            "check_test"]
@@ -24,17 +23,6 @@ DESIGNS = ("stratified", "simple")
 _SLACK = 1e-9
 
 Check = Callable[[str, Any], None]
-Where = str | os.PathLike | None
-
-
-def _fail(where: Where, field: str, problem: str) -> NoReturn:
-    parts = [str(p) for p in (where, field) if p not in (None, "")]
-    raise GeodduError(": ".join([*parts, problem]))
-
-
-def _show(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_number(value: Any) -> bool:
@@ -48,15 +36,15 @@ class _Checker:
         self.where = where
 
     def fail(self, field: str, problem: str) -> NoReturn:
-        _fail(self.where, field, problem)
+        fail(self.where, field, problem)
 
     def text(self, field: str, value: Any) -> None:
         if not isinstance(value, str):
-            self.fail(field, f"must be text, not {_show(value)}")
+            self.fail(field, f"must be text, not {show(value)}")
 
     def count(self, field: str, value: Any) -> None:
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            self.fail(field, f"must be a whole number of at least 0, not {_show(value)}")
+            self.fail(field, f"must be a whole number of at least 0, not {show(value)}")
 
     def number(self, field: str, value: Any, low: float = 0.0, high: float | None = None,
                *, none: bool = True) -> None:
@@ -67,7 +55,7 @@ class _Checker:
         if not ok:
             span = f"between {low:g} and {high:g}" if high is not None else f"of at least {low:g}"
             self.fail(field, f"must be a number {span}{' or None' if none else ''}, "
-                             f"not {_show(value)}")
+                             f"not {show(value)}")
 
     def share(self, field: str, value: Any) -> None:
         self.number(field, value, 0.0, 1.0)
@@ -83,10 +71,10 @@ class _Checker:
     def keys(self, field: str, value: Any, keys: tuple[str, ...]) -> None:
         """A dict with exactly `keys`."""
         if not isinstance(value, Mapping):
-            self.fail(field, f"must be a dict, not {_show(value)}")
+            self.fail(field, f"must be a dict, not {show(value)}")
         unknown = [k for k in value if k not in keys]
         if unknown:
-            self.fail(field, f"unknown key(s) {', '.join(_show(k) for k in unknown[:3])} "
+            self.fail(field, f"unknown key(s) {', '.join(show(k) for k in unknown[:3])} "
                              f"(known: {', '.join(keys)})")
         missing = [k for k in keys if k not in value]
         if missing:
@@ -94,7 +82,7 @@ class _Checker:
 
     def items(self, field: str, value: Any, check: Check) -> None:
         if not isinstance(value, list | tuple):
-            self.fail(field, f"must be a list, not {_show(value)}")
+            self.fail(field, f"must be a list, not {show(value)}")
         for n, item in enumerate(value):
             check(f"{field}[{n}]", item)
 
@@ -119,9 +107,9 @@ def check_accuracy(value: Any, where: Where = None) -> None:
     for key in ("map", "reference", "reference_kind", "sample_unit", "area_unit", "date"):
         c.text(f"{f}.{key}", value[key])
     if value["design"] not in DESIGNS:
-        c.fail(f"{f}.design", f"must be {' or '.join(DESIGNS)}, not {_show(value['design'])}")
+        c.fail(f"{f}.design", f"must be {' or '.join(DESIGNS)}, not {show(value['design'])}")
     if value["area_unit"] != "ha":
-        c.fail(f"{f}.area_unit", f"must be 'ha', not {_show(value['area_unit'])}")
+        c.fail(f"{f}.area_unit", f"must be 'ha', not {show(value['area_unit'])}")
     c.count(f"{f}.sample_size", value["sample_size"])
     c.count(f"{f}.skipped", value["skipped"])
     c.number(f"{f}.z", value["z"], none=False)
@@ -134,7 +122,7 @@ def check_accuracy(value: Any, where: Where = None) -> None:
         c.keys(field, entry, ACCURACY_CLASS_KEYS)
         if not (isinstance(entry["id"], int) and not isinstance(entry["id"], bool)
                 and 0 <= entry["id"] <= 254):
-            c.fail(f"{field}.id", f"must be a class id from 0 to 254, not {_show(entry['id'])}")
+            c.fail(f"{field}.id", f"must be a class id from 0 to 254, not {show(entry['id'])}")
         c.text(f"{field}.name", entry["name"])
         c.count(f"{field}.mapped_pixels", entry["mapped_pixels"])
         c.number(f"{field}.mapped_area_ha", entry["mapped_area_ha"], none=False)
@@ -164,16 +152,16 @@ def check_test(value: Any, where: Where = None) -> None:
     """The ``test`` section: the test split's figures, or why there are none."""
     c, f = _Checker(where), "card.test"
     if not isinstance(value, Mapping):
-        c.fail(f, f"must be a dict, not {_show(value)}")
+        c.fail(f, f"must be a dict, not {show(value)}")
     if value.get("evaluated") is False:
         c.keys(f, value, _NOT_EVALUATED_KEYS)
         c.text(f"{f}.reason", value["reason"])
         return
     if value.get("evaluated") is not True:
-        c.fail(f"{f}.evaluated", f"must be true or false, not {_show(value.get('evaluated'))}")
+        c.fail(f"{f}.evaluated", f"must be true or false, not {show(value.get('evaluated'))}")
     c.keys(f, value, TEST_KEYS)
     if value["split"] != "test":
-        c.fail(f"{f}.split", f"must be 'test', not {_show(value['split'])}")
+        c.fail(f"{f}.split", f"must be 'test', not {show(value['split'])}")
     for key in ("epoch", "patches", "pixels"):
         c.count(f"{f}.{key}", value[key])
     c.number(f"{f}.loss", value["loss"])
@@ -181,6 +169,6 @@ def check_test(value: Any, where: Where = None) -> None:
     c.share(f"{f}.overall_accuracy", value["overall_accuracy"])
     iou = value["iou"]
     if not isinstance(iou, Mapping):
-        c.fail(f"{f}.iou", f"must be a dict of class name to IoU, not {_show(iou)}")
+        c.fail(f"{f}.iou", f"must be a dict of class name to IoU, not {show(iou)}")
     for name, v in iou.items():
         c.share(f"{f}.iou.{name}", v)

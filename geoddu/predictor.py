@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .analysis import skip_values
-from .checkpoint import check_description, load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint_metadata import check_description
 from .errors import GeodduError
 from .models.ddunet import DDUNet
 from .models.frozen_cpu import freeze_for_cpu

@@ -11,7 +11,8 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from geoddu.checkpoint import build_metadata, save_checkpoint
+from geoddu.checkpoint import save_checkpoint
+from geoddu.checkpoint_metadata import build_metadata
 from geoddu.models import create_model
 
 CRS = "EPSG:32631"

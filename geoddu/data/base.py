@@ -73,8 +73,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def data_description(self) -> dict[str, Any] | None:
         """What the pixels are, for the checkpoint's "data" record (see
-        geoddu.checkpoint._check_data): pixel size and its units, data type, value range per
-        band and how that range was found. None: the dataset cannot say."""
+        geoddu.checkpoint_metadata._check_data): pixel size and its units, data type, value
+        range per band and how that range was found. None: the dataset cannot say."""
         return None
 
 
@@ -186,7 +186,7 @@ def load_classes_file(path: str | Path) -> dict[str, Any]:
             raise GeodduError(f"{path}: class {k} needs a name")
         color = c.get("color")
         if color is None:
-            from ..checkpoint import DEFAULT_COLORS
+            from ..checkpoint_metadata import DEFAULT_COLORS
 
             color = DEFAULT_COLORS[k % len(DEFAULT_COLORS)]
         if not isinstance(color, (list, tuple)) or len(color) != 3 or not all(

@@ -210,7 +210,8 @@ def test_the_peak_estimate_is_near_the_measured_peak(tmp_path):
     """A run whose skips and activations outweigh the fixed costs, in its own process: what
     the job adds to the runtime's memory is within 25% of the plan's figure (0.93 measured)."""
     torch.manual_seed(0)
-    from geoddu.checkpoint import build_metadata, save_checkpoint
+    from geoddu.checkpoint import save_checkpoint
+    from geoddu.checkpoint_metadata import build_metadata
 
     model = create_model("DDU-Net(3,16,Y)", base_channels=8, num_classes=4)
     save_checkpoint(tmp_path / "m.pt", model, build_metadata(model.config, subimage_size=256))

@@ -16,7 +16,8 @@ import rasterio
 import torch
 from helpers import make_checkpoint, write_geotiff
 
-from geoddu.checkpoint import build_metadata, load_checkpoint, save_checkpoint
+from geoddu.checkpoint import load_checkpoint, save_checkpoint
+from geoddu.checkpoint_metadata import build_metadata
 from geoddu.data import open_dataset
 from geoddu.data.synthetic import write
 from geoddu.engine.scene_check import SceneFacts, scene_differences

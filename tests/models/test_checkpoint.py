@@ -10,12 +10,8 @@ import torch
 from helpers import make_checkpoint
 
 import geoddu
-from geoddu.checkpoint import (
-    build_metadata,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from geoddu.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from geoddu.checkpoint_metadata import build_metadata
 from geoddu.errors import GeodduError
 from geoddu.models import create_model
 from geoddu.predictor import load_model

@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 from geoddu.cli.main import cli
 
-from geoddu.checkpoint import build_metadata, save_checkpoint
+from geoddu.checkpoint import save_checkpoint
+from geoddu.checkpoint_metadata import build_metadata
 from geoddu.models import create_model
 from geoddu.predictor import load_model
 
