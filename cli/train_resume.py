@@ -43,8 +43,7 @@ def check_resume(ctx: click.Context, request: TrainRequest, mesh: Any) -> None:
     """Refuse a field of ``request`` (given on the command line or in --request) that
     contradicts what RUN_DIR/last.pt stored, naming it as the command line does."""
     from geoddu.checkpoint import load_checkpoint
-    from geoddu.train.loop import LAST, check_run_dir
-    from geoddu.train.run_folder import has_last
+    from geoddu.train.run_folder import LAST, check_run_dir, has_last
 
     given = {k: v for k, v in request.given().items() if k in RESUME_STORED}
     if not given:

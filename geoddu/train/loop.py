@@ -18,7 +18,6 @@ the single-process step. Rank 0 alone writes the run directory.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import random
@@ -32,13 +31,8 @@ import numpy as np
 import torch
 
 from ..card import check_user_fields
-from ..checkpoint import (
-    build_metadata,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-    update_card,
-)
+from ..checkpoint import load_checkpoint, save_checkpoint, update_card
+from ..checkpoint_metadata import build_metadata
 from ..errors import GeodduError
 from ..models.ddunet import DDUNet
 from ..parallel.devices import autocast, resolve_device
@@ -46,6 +40,7 @@ from ..parallel.group import AgreedError
 from ..version import __version__
 from .augment import apply_augmentation, draw_augmentation
 from .batchnorm import PER_SUBIMAGE
+from .card_facts import describe_data, epoch_metrics, finite, model_card_facts, test_figures
 from .config import TrainConfig
 from .determinism import deterministic_mode, seed_everything, seed_worker
 from .dropout import dropout_masks
@@ -60,7 +55,8 @@ from .evaluation import (
 from .execution import SubimageTraining
 from .losses import get_loss
 from .mesh import TrainMesh
-from .run_folder import BEST, LAST, remove_dead_temporaries, write_history
+from .rng_state import restore_rng_state, rng_state
+from .run_folder import BEST, LAST, write_history
 from .spatial import SpatialTraining, average_gradients
 
 
@@ -322,18 +318,7 @@ class Trainer:
             )
         finally:
             torch.set_rng_state(rng)
-        return {
-            "evaluated": True,
-            "split": "test",
-            "epoch": int(epoch),
-            "patches": len(self.test_set),
-            "pixels": int(res["pixels"]),
-            "loss": _finite(res["loss"]),
-            "miou": _finite(res["miou"]),
-            "overall_accuracy": _finite(res["overall_accuracy"]),
-            "iou": {str(name): _finite(v)
-                    for name, v in zip(res["classes"], res["iou"], strict=True)},
-        }
+        return test_figures(res, epoch, len(self.test_set))
 
     def _test_best(self) -> None:
         """best.pt was written by an earlier epoch than the last: evaluate its weights on the
@@ -442,9 +427,9 @@ class Trainer:
             "mesh": {"data": self.mesh.data_size, "spatial": self.mesh.spatial_size},
             "epochs_run": self.epoch,
             "best_epoch": self.best_epoch,
-            "best_val_loss": _finite(self.best_val_loss),
-            "best_val_miou": _finite(best.get("val_miou")),
-            "last_val_miou": _finite(last.get("val_miou")),
+            "best_val_loss": finite(self.best_val_loss),
+            "best_val_miou": finite(best.get("val_miou")),
+            "last_val_miou": finite(last.get("val_miou")),
             "stopped_early": self.stopped_early,
             "geoddu_version": __version__,
         }
@@ -454,16 +439,7 @@ class Trainer:
         if self._card_static is None:  # once per run: the CPU's name, the data's sizes
             self._card_static = model_card_facts(self.train_set, self.val_set, self.metadata,
                                                  self.record, self.device)
-        metrics = {
-            "epoch": row["epoch"],
-            "val_loss": _finite(row["val_loss"]),
-            "val_miou": _finite(row["val_miou"]),
-            "val_iou": {str(name): _finite(v)
-                        for name, v in zip(val["classes"], val["iou"], strict=True)},
-            "train_loss": _finite(row["train_loss"]),
-            "best_epoch": self.best_epoch,
-            "epochs_run": self.epoch,
-        }
+        metrics = epoch_metrics(row, val, best_epoch=self.best_epoch, epochs_run=self.epoch)
         seconds = sum(float(r.get("seconds", 0.0)) for r in self.history)
         return {
             **self.user_card,
@@ -479,17 +455,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "best_val_loss": _finite(self.best_val_loss),
+            "best_val_loss": finite(self.best_val_loss),
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
             "history": self.history,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python_rng": random.getstate(),
-            # Our own numpy draws come from per-epoch generators; the legacy global state is
-            # kept for datasets that use np.random directly.
-            "numpy_rng": _numpy_state(),
+            **rng_state(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -503,14 +474,7 @@ class Trainer:
         self.bad_epochs = int(state["bad_epochs"])
         self.stopped_early = bool(state["stopped_early"])
         self.history = [dict(r) for r in state["history"]]
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        random.setstate(_as_tuple(state["python_rng"]))
-        if state.get("numpy_rng"):
-            ns = state["numpy_rng"]
-            np.random.set_state(("MT19937", np.asarray(ns["keys"], np.uint32), ns["pos"],
-                                 ns["has_gauss"], ns["cached_gaussian"]))
+        restore_rng_state(state)
 
     def result(self) -> TrainResult:
         best = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
@@ -525,124 +489,3 @@ class Trainer:
             model=self.model,
             test=self.test_result,
         )
-
-
-def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
-    """A new run refuses to clobber an old one unless told to."""
-    run_dir = Path(run_dir)
-    if resume:
-        if not (run_dir / LAST).is_file():
-            # A run killed in its first epoch left none: its whole command line with --resume
-            # starts it again (geoddu.train.api).
-            raise GeodduError(f"{run_dir / LAST}: nothing to resume; give the run's --dataset "
-                              f"and --data with --resume to start it")
-        return run_dir
-    if (run_dir / LAST).exists() or (run_dir / BEST).exists():
-        if not overwrite:
-            raise GeodduError(f"{run_dir} already holds a run; pass --resume to continue it or "
-                              f"--overwrite to start again")
-        for name in (LAST, BEST, "history.csv", "history.json"):
-            (run_dir / name).unlink(missing_ok=True)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise GeodduError(f"{run_dir}: not a directory")
-    if run_dir.is_dir():  # a run killed in its first epoch, started again
-        remove_dead_temporaries(run_dir)
-    return run_dir
-
-
-def model_from_resume(ckpt: dict[str, Any], where: str | os.PathLike) -> DDUNet:
-    """The model of a `last.pt` checkpoint already read, with its encoder frozen if it was."""
-    if "resume" not in ckpt:
-        raise GeodduError(f"{where}: holds no training state to resume from")
-    model = model_from_checkpoint(ckpt)
-    if ckpt.get("training", {}).get("freeze_encoder"):
-        model.encoder.freeze()
-    return model
-
-
-def set_dropout(model: torch.nn.Module, p: float) -> None:
-    """Change every dropout rate of a model (and its recorded config)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout2d | torch.nn.Dropout):
-            m.p = p
-    if hasattr(model, "config"):
-        model.config["dropout"] = p
-
-
-def model_card_facts(train_set: Any, val_set: Any, metadata: dict[str, Any],
-                     record: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """What a run knows about itself for the model card, apart from the per-epoch metrics:
-    the data, its bands, pixel size and classes, the hardware and the versions."""
-    import platform
-
-    from ..hardware import machine
-
-    described = dict(record.get("dataset") or {})
-    source: dict[str, Any] = {
-        "kind": described.pop("kind", getattr(train_set, "kind", None)),
-        "path": record.get("data"),
-        "options": described,
-        "patches": {"train": len(train_set), "val": len(val_set)},
-        "patch_size": list(train_set.patch_shape),
-    }
-    images = getattr(train_set, "image_paths", None)
-    if images is not None:
-        source["images"] = len(images)
-        source["image_sizes"] = sorted({f"{w} x {h}" for h, w in
-                                        getattr(train_set, "shapes", [])})[:20]
-    data = metadata.get("data") or {}
-    if data.get("dtype"):
-        source["dtype"] = data["dtype"]
-    try:
-        cpu = machine().cpu.model
-    except Exception:  # noqa: BLE001 - a card without the CPU's name beats no training
-        cpu = platform.processor() or platform.machine()
-    hardware: dict[str, Any] = {"device": str(device), "cpu": cpu,
-                                "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        hardware["gpu"] = torch.cuda.get_device_name(device)
-    names = getattr(train_set, "band_names", None)
-    facts = {
-        "data_source": source,
-        "bands": list(metadata["bands"]),
-        "band_names": list(names) if names else None,
-        "pixel_size": data.get("pixel_size"),
-        "crs_units": data.get("units"),
-        "normalization": metadata["normalization"],
-        "classes": metadata["classes"],
-        "hardware": hardware,
-        "versions": {"geoddu": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-    }
-    # Datasets describe themselves with numpy scalars or paths here and there: a card holds
-    # plain JSON values only, and a stray type must not stop a run at its first save.
-    return json.loads(json.dumps(facts, default=_json_value))
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def describe_data(dataset: Any) -> dict[str, Any] | None:
-    """The dataset's "data" record for the checkpoint (PatchDataset.data_description)."""
-    describe = getattr(dataset, "data_description", None)
-    return describe() if callable(describe) else None
-
-
-def _numpy_state() -> dict[str, Any]:
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached)}
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value

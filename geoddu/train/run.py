@@ -16,21 +16,13 @@ from ..card import user_fields
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..data import open_dataset
 from ..errors import GeodduError
-from ..models.ddunet import create_model
+from ..models.ddunet import DDUNet, create_model
 from ..models.encoder_weights import imagenet_normalization, load_encoder_weights
 from .config import TrainConfig
 from .evaluation import check_model_fits
-from .loop import (
-    LAST,
-    Callbacks,
-    Trainer,
-    TrainResult,
-    check_run_dir,
-    model_from_resume,
-    set_dropout,
-)
+from .loop import Callbacks, Trainer, TrainResult
 from .mesh import TrainMesh
-from .run_folder import reconcile
+from .run_folder import LAST, check_run_dir, reconcile
 
 
 def open_splits(kind: str, data: str | os.PathLike, options: dict[str, Any] | None = None,
@@ -219,3 +211,21 @@ def resume_training(
 def _is_uint8_scale(norm: dict[str, list[float]]) -> bool:
     return all(m == 0 for m in norm["mean"]) and all(s == 255 for s in norm["std"])
 
+
+def model_from_resume(ckpt: dict[str, Any], where: str | os.PathLike) -> DDUNet:
+    """The model of a `last.pt` checkpoint already read, with its encoder frozen if it was."""
+    if "resume" not in ckpt:
+        raise GeodduError(f"{where}: holds no training state to resume from")
+    model = model_from_checkpoint(ckpt)
+    if ckpt.get("training", {}).get("freeze_encoder"):
+        model.encoder.freeze()
+    return model
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Change every dropout rate of a model (and its recorded config)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout2d | torch.nn.Dropout):
+            m.p = p
+    if hasattr(model, "config"):
+        model.config["dropout"] = p

@@ -39,6 +39,29 @@ def has_last(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / LAST).is_file()
 
 
+def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+    """A new run refuses to clobber an old one unless told to."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / LAST).is_file():
+            # A run killed in its first epoch left none: its whole command line with --resume
+            # starts it again (geoddu.train.api).
+            raise GeodduError(f"{run_dir / LAST}: nothing to resume; give the run's --dataset "
+                              f"and --data with --resume to start it")
+        return run_dir
+    if (run_dir / LAST).exists() or (run_dir / BEST).exists():
+        if not overwrite:
+            raise GeodduError(f"{run_dir} already holds a run; pass --resume to continue it or "
+                              f"--overwrite to start again")
+        for name in (LAST, BEST, "history.csv", "history.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GeodduError(f"{run_dir}: not a directory")
+    if run_dir.is_dir():  # a run killed in its first epoch, started again
+        remove_dead_temporaries(run_dir)
+    return run_dir
+
+
 def remove_dead_temporaries(run_dir: Path) -> None:
     """The temporary files a killed writer left of the run's files (a live one's stay)."""
     for name in RUN_FILES:
