@@ -158,6 +158,7 @@ def test_cancel_kills_the_step_and_removes_the_environment(qgis_app, tmp_path):
     if str(PLUGIN_PARENT) not in sys.path:
         sys.path.insert(0, str(PLUGIN_PARENT))
     from geoddu_qgis import engine_setup
+    from geoddu_qgis.setup_process import SetupCancelled
 
     env_dir = tmp_path / "engine-env"
     plan = engine_setup.make_plan(env_dir=str(env_dir), torch_requirement=TORCH,
@@ -169,7 +170,7 @@ def test_cancel_kills_the_step_and_removes_the_environment(qgis_app, tmp_path):
     def cancelled():  # as soon as the torch install runs
         return steps[-1] >= 2
 
-    with pytest.raises(engine_setup.SetupCancelled, match="torch"):
+    with pytest.raises(SetupCancelled, match="torch"):
         engine_setup.run_setup(plan, log=log.append,
                                progress=lambda k, n, title: steps.append(k),
                                is_cancelled=cancelled, record=pytest.fail)
@@ -206,18 +207,18 @@ def test_release_pins_go_to_pip_and_hashes_are_checked(qgis_app, tmp_path):
         sys.path.insert(0, str(PLUGIN_PARENT))
     import json
 
-    from geoddu_qgis import engine_setup
+    from geoddu_qgis import engine_setup, setup_pins
 
     # The release file is found (a checkout here; the zip ships it next to the plugin), every
     # line an exact pin, torch at the version CI installs.
     release = engine_setup.find_constraints()
     assert release and os.path.isfile(release)
     text = open(release, encoding="utf-8").read()
-    pins = {p.name.lower(): p for p in engine_setup.parse_constraints(text)}
+    pins = {p.name.lower(): p for p in setup_pins.parse_constraints(text)}
     assert pins["torch"].version == "2.13.0" and not pins["torch"].hashes
     assert {"rasterio", "numpy", "click", "shapely"} <= set(pins)
     assert all(len(h) == 64 for p in pins.values() for h in p.hashes)
-    assert engine_setup.pinned_platform(text)
+    assert setup_pins.pinned_platform(text)
 
     sha = "a" * 64
     constraints = tmp_path / "constraints.txt"
@@ -253,12 +254,12 @@ def test_release_pins_go_to_pip_and_hashes_are_checked(qgis_app, tmp_path):
 
     log: list[str] = []
     report("x86_64", sha)
-    assert engine_setup._check_hashes(plan, plan.pins(), log.append) == {"click": "ok"}
+    assert setup_pins.check_hashes(plan, plan.pins(), log.append) == {"click": "ok"}
     report("x86_64", "b" * 64)  # the pins' own platform: another file is an error
     with pytest.raises(engine_setup.SetupError, match="do not match the release's hashes"):
-        engine_setup._check_hashes(plan, plan.pins(), log.append)
+        setup_pins.check_hashes(plan, plan.pins(), log.append)
     report("arm64", "b" * 64)  # another platform's wheel: reported, not refused
-    assert engine_setup._check_hashes(plan, plan.pins(), log.append) == {"click": "other file"}
+    assert setup_pins.check_hashes(plan, plan.pins(), log.append) == {"click": "other file"}
     assert "Not the release's files" in log[-1]
 
     result = engine_setup.SetupResult(plan.env_dir, installed={"click": "8.1.0", "numpy": "1.26",

@@ -20,8 +20,8 @@ import subprocess
 import threading
 
 from .engine_base import TOO_OLD, Engine, EngineCancelled, EngineError, request_outputs
-from .engine_setup import no_window
 from .output_guard import OutputGuard
+from .setup_process import no_window
 from .training_run import TrainEvents, train_summary
 
 # --progress-format is the name every geoddu with JSON progress knows for segment (--progress

@@ -43,18 +43,33 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .setup_pins import (
+    Pin,
+    base_version,
+    canonical,
+    check_hashes,
+    parse_constraints,
+    pip_has_report,
+    write_pins,
+)
+from .setup_process import (
+    INSTALLED_TAG,
+    SetupError,
+    child_env,
+    no_window,
+    quote,
+    run_step,
+)
 
 TORCH_VERSION = "2.13.0"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -72,20 +87,11 @@ ENV_TORCH = "GEODDU_SETUP_TORCH"
 ENV_TORCH_ARGS = "GEODDU_SETUP_TORCH_ARGS"
 ENV_CONSTRAINTS = "GEODDU_SETUP_CONSTRAINTS"  # another constraints file; empty: none
 
-INSTALLED_TAG = "geoddu-installed: "  # the check step's line with the installed versions
 PIP_QUIET = ["--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
 PLUGIN_DIR = Path(__file__).resolve().parent
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int, str], None]
-
-
-class SetupError(RuntimeError):
-    """The set-up failed; the message says which step and why."""
-
-
-class SetupCancelled(SetupError):
-    """The set-up was cancelled."""
 
 
 @dataclass
@@ -106,7 +112,7 @@ class SetupResult:
                 state = "not pinned"
             elif version is None:
                 state = f"missing, pinned {pin}"
-            elif _base(version) == _base(pin):
+            elif base_version(version) == base_version(pin):
                 state = "as pinned"
             else:
                 state = f"differs from the pin {pin}"
@@ -114,40 +120,6 @@ class SetupResult:
             lines.append(f"{name} {version or '-'} ({state}" + (f", hash {check})" if check
                                                                   else ")"))
         return lines
-
-
-@dataclass(frozen=True)
-class Pin:
-    name: str
-    version: str
-    hashes: tuple = ()
-
-
-def parse_constraints(text: str) -> list[Pin]:
-    """The ``name==version [--hash=sha256:...]`` lines of a constraints file (as
-    ``geoddu.pins``; this module cannot import geoddu)."""
-    pins = []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        match = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;]+)", line)
-        if match:
-            hashes = tuple(h.split(":", 1)[-1] for h in line.split() if h.startswith("--hash="))
-            pins.append(Pin(match.group(1), match.group(2), hashes))
-    return pins
-
-
-def pinned_platform(text: str) -> str | None:
-    """The ``# platform: ...`` line the pins (and their hashes) were made on."""
-    match = re.search(r"^# platform: (.+)$", text, re.M)
-    return match.group(1).strip() if match else None
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _base(version: str) -> str:
-    return version.split("+", 1)[0]
 
 
 @dataclass
@@ -245,7 +217,7 @@ def _probe(python: str) -> tuple[int, int] | None:
     try:
         done = subprocess.run(
             [python, "-c", "import sys, venv, ensurepip; print(*sys.version_info[:2])"],
-            capture_output=True, text=True, timeout=60, env=_child_env(),
+            capture_output=True, text=True, timeout=60, env=child_env(),
             **no_window())
     except (OSError, subprocess.SubprocessError):
         return None
@@ -425,16 +397,16 @@ def run_setup(plan: SetupPlan, log: Log = print, progress: Progress | None = Non
             if progress:
                 progress(k, len(steps), title)
             if k == 2 and plan.constraints:  # the environment exists now
-                _write_pins(plan.pin_file(), pins, plan.constraints)
-            if k == 3 and plan.constraints and _pip_has_report(argv[0]):
+                write_pins(plan.pin_file(), pins, plan.constraints)
+            if k == 3 and plan.constraints and pip_has_report(argv[0]):
                 argv = argv[:4] + ["--report", plan.report_file()] + argv[4:]
-            log(f"[{k}/{len(steps)}] {title}: {' '.join(_quote(a) for a in argv)}")
-            output = _run_step(argv, log, is_cancelled, title)
+            log(f"[{k}/{len(steps)}] {title}: {' '.join(quote(a) for a in argv)}")
+            output = run_step(argv, log, is_cancelled, title)
         installed = [line[len(INSTALLED_TAG):] for line in output
                      if line.startswith(INSTALLED_TAG)]
         result.installed = json.loads(installed[-1]) if installed else {}
         if plan.constraints:
-            result.hashes = _check_hashes(plan, pins, log)
+            result.hashes = check_hashes(plan, pins, log)
         geoddu_cli = _env_command(env_dir)
         if geoddu_cli is None:
             raise SetupError(f"{env_dir} has no geoddu command after the installation")
@@ -458,161 +430,9 @@ def run_setup(plan: SetupPlan, log: Log = print, progress: Progress | None = Non
     return result
 
 
-def _write_pins(path: str, pins: list[Pin], source: str) -> None:
-    """The pins as pip is given them: without hashes (see the module docstring)."""
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"# from {source}, without hashes and the plan's own requirements\n")
-        fh.writelines(f"{p.name}=={p.version}\n" for p in pins)
-
-
-def _pip_has_report(python: str) -> bool:
-    """Whether the environment's pip has ``install --report`` (pip 22.2)."""
-    try:
-        done = subprocess.run([python, "-m", "pip", "--version"], capture_output=True,
-                              text=True, timeout=60, env=_child_env(), **no_window())
-        major, minor = (int(x) for x in done.stdout.split()[1].split(".")[:2])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return False
-    return (major, minor) >= (22, 2)
-
-
-def _check_hashes(plan: SetupPlan, pins: list[Pin], log: Log) -> dict:
-    """Each file pip downloaded for a pinned package against the release's hashes: "ok",
-    "other file" or "no hash". Another file on the pins' own platform is an error."""
-    try:
-        with open(plan.report_file(), encoding="utf-8") as fh:
-            report = json.load(fh)
-    except (OSError, ValueError):
-        log("No pip report (pip older than 22.2): the downloaded files' hashes are not checked")
-        return {}
-    with open(plan.constraints, encoding="utf-8") as fh:
-        platform = pinned_platform(fh.read())
-    env = report.get("environment", {})
-    here = (f"sys_platform={env.get('sys_platform')} "
-            f"platform_machine={env.get('platform_machine')} "
-            f"python_version={env.get('python_version')}")
-    by_name = {canonical(p.name): p for p in pins}
-    checks, wrong = {}, []
-    for item in report.get("install", []):
-        name = item.get("metadata", {}).get("name", "")
-        pin = by_name.get(canonical(name))
-        archive = (item.get("download_info") or {}).get("archive_info") or {}
-        digest = (archive.get("hashes") or {}).get("sha256") or archive.get("hash", "")
-        digest = digest.split("=", 1)[-1]
-        if pin is None or not digest:
-            continue
-        if not pin.hashes:
-            checks[pin.name] = "no hash"
-        elif digest in pin.hashes:
-            checks[pin.name] = "ok"
-        else:
-            checks[pin.name] = "other file"
-            wrong.append(f"{name} {item['metadata'].get('version')} (sha256 {digest})")
-    if wrong and platform == here:
-        raise SetupError("files that do not match the release's hashes: " + ", ".join(wrong))
-    if wrong:
-        log(f"Not the release's files (this is {here}, the hashes are for {platform}): "
-            + ", ".join(wrong))
-    return checks
-
-
 def _env_command(env_dir: str) -> str | None:
     for rel in (("bin", "geoddu"), ("Scripts", "geoddu.exe")):
         candidate = os.path.join(env_dir, *rel)
         if os.path.isfile(candidate):
             return candidate
     return None
-
-
-def _run_step(argv: list[str], log: Log, is_cancelled: Callable[[], bool] | None,
-              title: str) -> list[str]:
-    """Run one step, its output to ``log``; return its output lines."""
-    env = _child_env()
-    env["PYTHONUNBUFFERED"] = "1"
-    kwargs: dict = no_window()
-    if os.name == "nt":
-        kwargs["creationflags"] = (kwargs.get("creationflags", 0)
-                                   | subprocess.CREATE_NEW_PROCESS_GROUP)
-    else:
-        kwargs["start_new_session"] = True  # its own process group: cancel kills pip's children
-    try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, text=True,
-                                errors="replace", bufsize=1, **kwargs)
-    except OSError as exc:
-        raise SetupError(f"{title}: cannot run {argv[0]}: {exc}") from exc
-    lines: queue.Queue = queue.Queue()
-
-    def reader():
-        for line in proc.stdout:
-            lines.put(line.rstrip("\r\n"))
-        lines.put(None)
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    tail: list[str] = []
-    output: list[str] = []
-    try:
-        while True:
-            if is_cancelled and is_cancelled():
-                raise SetupCancelled(f"cancelled while: {title}")
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            if line.strip() and "is ignored: it is neither a file nor a directory" not in line:
-                output.append(line)
-                if line.startswith(INSTALLED_TAG):
-                    continue  # logged as the summary
-                log(line)
-                tail = (tail + [line])[-5:]
-        code = proc.wait()
-    except BaseException:
-        _kill(proc)
-        raise
-    finally:
-        thread.join(timeout=5)
-        if proc.stdout:
-            proc.stdout.close()
-    if code != 0:
-        raise SetupError(f"{title} failed (exit {code}): " + " | ".join(tail[-3:]))
-    return output
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        if os.name == "nt":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)],
-                           capture_output=True, **no_window())
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        proc.kill()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _child_env() -> dict:
-    """The environment for the subprocesses: without what ties a Python to QGIS's set-up or to
-    an activated virtualenv."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONSTARTUP",
-                        "__PYVENV_LAUNCHER__")}
-    return env
-
-
-def no_window() -> dict:
-    """Popen keywords that keep a console window from flashing up on Windows."""
-    if os.name == "nt":
-        return {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)}
-    return {}
-
-
-def _quote(arg: str) -> str:
-    return shlex.quote(arg) if os.name != "nt" else subprocess.list2cmdline([arg])

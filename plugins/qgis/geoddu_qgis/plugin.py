@@ -6,6 +6,7 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 from . import engine_setup, hardware_info, settings
 from .engine_bridge import EngineError
 from .provider import GeodduProvider
+from .setup_process import SetupCancelled, SetupError
 
 LOG_TAG = "geoddu"
 
@@ -30,7 +31,7 @@ class EngineSetupTask(QgsTask):
             self.result = engine_setup.run_setup(
                 self.plan, log=_log, progress=self._progress, is_cancelled=self.isCanceled)
             self.env_dir = self.result.env_dir
-        except engine_setup.SetupCancelled:
+        except SetupCancelled:
             self.error = "cancelled"
             _log("Set-up cancelled; the unfinished environment was removed.", Qgis.Warning)
             return False
@@ -138,7 +139,7 @@ class GeodduPlugin:
             return
         try:
             plan = engine_setup.make_plan(profile_dir=QgsApplication.qgisSettingsDirPath())
-        except engine_setup.SetupError as exc:
+        except SetupError as exc:
             QMessageBox.warning(window, "geoddu: Set up engine", str(exc))
             return
         answer = QMessageBox.question(
