@@ -11,14 +11,12 @@ import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from affine import Affine
 
 from geoddu.errors import GeodduError, first_line
 
-if TYPE_CHECKING:
-    from .mosaic import Member
+from .mosaic_member import Member
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
                "uint32": "UInt32", "int32": "Int32", "uint64": "UInt64", "int64": "Int64",

@@ -221,7 +221,7 @@ def test_help_and_version_do_not_import_torch(argv, tmp_path):
 
 
 def test_the_light_model_constants_are_the_models():
-    from geoddu import checkpoint, model_config
+    from geoddu import checkpoint_metadata, model_config
     from geoddu.models import ddunet
     from geoddu.models.resnet import RESNET_ENCODERS
 
@@ -230,7 +230,8 @@ def test_the_light_model_constants_are_the_models():
     assert model_config.ENCODERS == ("unet", *RESNET_ENCODERS)
     assert ddunet.DEFAULT_CONFIG is model_config.DEFAULT_CONFIG
     assert ddunet.ENCODERS is model_config.ENCODERS
-    assert (checkpoint.MAX_CLASSES, checkpoint.MAX_DEPTH) == (
+    # The checkpoint's checks (geoddu.checkpoint_metadata) use the same limits.
+    assert (checkpoint_metadata.MAX_CLASSES, checkpoint_metadata.MAX_DEPTH) == (
         model_config.MAX_CLASSES, model_config.MAX_DEPTH)
 
 
