@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -277,6 +278,55 @@ def test_parameters_reach_the_engine(plugin, data, mode, feedback_cls, tmp_path)
         _run({"INPUT": data["image"], "MODEL": data["model"], "MEMORY_LIMIT": "50M",
               "OUTPUT": str(tmp_path / "limited.tif")}, feedback_cls())
     assert not (tmp_path / "limited.tif").exists()
+
+
+def _model_at(data, geoddu_cli, folder, metres: float) -> str:
+    """The test checkpoint with a card that says it was trained at `metres` pixels, written by
+    the geoddu command's own Python (its script's first line names it)."""
+    path = str(folder / f"model-{metres:g}m.pt")
+    shutil.copyfile(data["model"], path)
+    with open(geoddu_cli, encoding="utf-8", errors="replace") as fh:
+        python = fh.readline().removeprefix("#!").strip()
+    code = ("import sys; from geoddu.checkpoint import update_card; update_card(sys.argv[1], "
+            "{'pixel_size': [float(sys.argv[2])] * 2, 'crs_units': 'metre'})")
+    subprocess.run([python, "-c", code, path, str(metres)], check=True, capture_output=True)
+    return path
+
+
+def test_resample_output_grid_and_strict_reach_the_engine(plugin, data, mode, feedback_cls,
+                                                          geoddu_cli, tmp_path):
+    """RESAMPLE, OUTPUT_GRID and STRICT are --resample, --output-grid and --strict. The model
+    was trained at 20 m, the input has 10 m pixels: STRICT stops the run with the engine's one
+    line and nothing written; RESAMPLE reads the input at 20 m, the class map on the input's
+    grid or, with OUTPUT_GRID model, on the 20 m grid."""
+    from qgis.core import QgsProcessingException
+
+    model = _model_at(data, geoddu_cli, tmp_path, 20.0)
+    strict = str(tmp_path / "strict.tif")
+    with pytest.raises(QgsProcessingException, match="10 m pixels but the model was trained "
+                                                     "on 20 m"):
+        _run({"INPUT": data["image"], "MODEL": model, "STRICT": True, "OUTPUT": strict},
+             feedback_cls())
+    assert not os.path.exists(strict)
+
+    scene_grid = str(tmp_path / "scene-grid.tif")
+    _run({"INPUT": data["image"], "MODEL": model, "RESAMPLE": "average", "OUTPUT": scene_grid},
+         feedback_cls())
+    out = georef(scene_grid)
+    assert out["size"] == (HEIGHT, WIDTH)
+    assert out["transform"] == pytest.approx(GEOTRANSFORM)
+    reference = str(tmp_path / "reference.tif")
+    subprocess.run([geoddu_cli, "segment", "-q", "-o", reference, "-m", model, "--resample",
+                    "average", "--", data["image"]], check=True)
+    assert (out["values"] == georef(reference)["values"]).mean() > 0.999
+
+    model_grid = str(tmp_path / "model-grid.tif")
+    _run({"INPUT": data["image"], "MODEL": model, "RESAMPLE": "nearest",
+          "OUTPUT_GRID": "model", "STRICT": True, "OUTPUT": model_grid}, feedback_cls())
+    out = georef(model_grid)
+    assert out["size"] == (HEIGHT // 2, WIDTH // 2)
+    assert out["transform"][1] == pytest.approx(20.0)
+    assert out["transform"][5] == pytest.approx(-20.0)
 
 
 def test_area_of_interest_layer(plugin, data, mode, feedback_cls, tmp_path):

@@ -11,6 +11,7 @@ from qgis.core import (
     QgsProcessingOutputLayerDefinition,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
@@ -25,6 +26,7 @@ from qgis.core import (
 
 from . import engine_bridge
 from .algorithm_base import GeodduAlgorithm, docs_url, existing_file, raster_path
+from .engine_base import OUTPUT_GRIDS, RESAMPLINGS
 from .output_guard import file_state, listdir
 from .styling import ClassMapStyler, ClassPolygonStyler, read_classes
 
@@ -33,6 +35,8 @@ __all__ = ["DEVICES", "PRECISIONS", "SegmentAlgorithm", "docs_url", "make_folder
 
 DEVICES = ["cpu", "cuda"]
 PRECISIONS = ["fp32", "bf16", "fp16", "auto"]
+#: RESAMPLE's choices: off (the scene as it is), or a GDAL warp kernel (--resample METHOD).
+RESAMPLE_CHOICES = ["off", *RESAMPLINGS]
 #: Optional raster outputs: (request field, parameter).
 EXTRA_RASTERS = (("probabilities", "PROBABILITIES"), ("confidence", "CONFIDENCE"))
 
@@ -42,6 +46,7 @@ class SegmentAlgorithm(GeodduAlgorithm):
     # optional outputs, the area of interest.
     MODEL, BANDS, DEVICE, GPUS = "MODEL", "BANDS", "DEVICE", "GPUS"
     PRECISION, SUBIMAGE_SIZE = "PRECISION", "SUBIMAGE_SIZE"
+    RESAMPLE, OUTPUT_GRID, STRICT = "RESAMPLE", "OUTPUT_GRID", "STRICT"
     PROBABILITIES, CONFIDENCE, POLYGONS = "PROBABILITIES", "CONFIDENCE", "POLYGONS"
     AOI = "AOI"
     MOSAIC_WITH, TILE_OUTPUTS = "MOSAIC_WITH", "TILE_OUTPUTS"
@@ -66,6 +71,16 @@ class SegmentAlgorithm(GeodduAlgorithm):
         "Plugins > geoddu > Hardware and precision… shows it).\n"
         "Subimage size (SUBIMAGE_SIZE, advanced): pixels per subimage side (0: the "
         "checkpoint's).\n"
+        "Read at the model's pixel size (RESAMPLE, advanced): off, or a GDAL warp kernel "
+        "(bilinear, cubic, average, mode, ...): the input is read through a GDAL warped "
+        "virtual raster at the pixel size in the checkpoint's model card, so a 0.5 m scene "
+        "meets a 2 m model at 2 m (geoddu segment --resample; docs/resampling.md).\n"
+        "Grid of the class map (OUTPUT_GRID, advanced, with RESAMPLE): scene (the input's "
+        "CRS, transform and size; classes put back by nearest neighbour) or model (the "
+        "warped grid; needed for Class probabilities and Confidence).\n"
+        "Stop on another pixel size (STRICT, advanced): when the input's pixel size differs "
+        "from the model's by more than 1.5x and RESAMPLE is off, stop with nothing written "
+        "instead of warning (geoddu segment --strict).\n"
         "Memory limit (MEMORY_LIMIT, advanced): e.g. 1G or 800M; the run is planned to stay "
         "under it (narrower strips, then two passes), polygons too, or stops before any work "
         "naming the smallest limit that would do (geoddu segment --memory-limit).\n"
@@ -129,7 +144,18 @@ class SegmentAlgorithm(GeodduAlgorithm):
         size = QgsProcessingParameterNumber(
             self.SUBIMAGE_SIZE, self.tr("Subimage size in pixels (0: the checkpoint's)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, optional=True, minValue=0)
-        self.add_advanced(gpus, precision, size)
+        resample = QgsProcessingParameterEnum(
+            self.RESAMPLE, self.tr("Read at the model's pixel size (GDAL warp kernel)"),
+            options=RESAMPLE_CHOICES, defaultValue=RESAMPLE_CHOICES[0])
+        resample.setUsesStaticStrings(True)  # qgis_process takes --RESAMPLE=bilinear
+        grid = QgsProcessingParameterEnum(
+            self.OUTPUT_GRID, self.tr("Grid of the resampled class map"),
+            options=list(OUTPUT_GRIDS), defaultValue=OUTPUT_GRIDS[0])
+        grid.setUsesStaticStrings(True)
+        strict = QgsProcessingParameterBoolean(
+            self.STRICT, self.tr("Stop when the pixel size differs from the model's (>1.5x)"),
+            defaultValue=False)
+        self.add_advanced(gpus, precision, size, resample, grid, strict)
         self.addParameter(self.memory_limit_parameter())
         self.addParameter(QgsProcessingParameterVectorLayer(
             self.AOI, self.tr("Area of interest (only these pixels; the rest is nodata)"),
@@ -209,6 +235,9 @@ class SegmentAlgorithm(GeodduAlgorithm):
         # sources over earlier ones where they overlap). The engine checks they fit.
         mosaic_with = [raster_path(layer) for layer in
                        self.parameterAsLayerList(parameters, self.MOSAIC_WITH, context) or []]
+        resample = (self.parameterAsEnumString(parameters, self.RESAMPLE, context)
+                    or RESAMPLE_CHOICES[0])
+        grid = self.parameterAsEnumString(parameters, self.OUTPUT_GRID, context) or OUTPUT_GRIDS[0]
         request = {
             "src": [src, *mosaic_with] if mosaic_with else src,
             "mosaic": True if mosaic_with else None,
@@ -223,6 +252,10 @@ class SegmentAlgorithm(GeodduAlgorithm):
             "aoi": aoi,
             "aoi_layer": aoi_layer,
             "memory_limit": self.memory_limit(parameters, context),
+            # Left out at their defaults, so that a request stays what an older engine reads.
+            "resample": None if resample == RESAMPLE_CHOICES[0] else resample,
+            "output_grid": None if grid == OUTPUT_GRIDS[0] else grid,
+            "strict": True if self.parameterAsBoolean(parameters, self.STRICT, context) else None,
             **{key: self.parameterAsOutputLayer(parameters, name, context) or None
                for key, name in EXTRA_RASTERS},
             "overwrite": True,  # Processing asked for these outputs: replace what is there

@@ -28,6 +28,13 @@ EpochFn = Callable[[dict], None]
 #: Request fields that name an output file: a failed run leaves nothing at any of them.
 OUTPUT_FIELDS = ("output", "probabilities", "confidence", "vector")
 
+#: The choices of a segment request's ``resample`` (GDAL warp kernels: geoddu.io.warp's
+#: WARP_RESAMPLINGS) and ``output_grid`` (geoddu.engine.request's OUTPUT_GRIDS); copies, as
+#: the plugin runs where geoddu is not importable (tests/test_plugin_copies.py holds them equal).
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "rms",
+               "mode", "min", "max", "med", "q1", "q3", "sum")
+OUTPUT_GRIDS = ("scene", "model")
+
 
 def _stage_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The engine's stage names (``geoddu.events``), in the order a run goes through them."""
