@@ -35,6 +35,34 @@ def field_type(request: type, name: str) -> click.ParamType:
                             max_open=check.high_open)
 
 
+class BareChoice(click.Choice):
+    """The choices of an option that may be given bare (``flag_value``: ``--resample`` alone
+    means bilinear). Click then takes the next word as the value whenever it does not start
+    with "-", so ``--resample scene.tif`` reads the scene as a method: the one-line error says
+    so, and how to write it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            name = param.opts[0] if param is not None and param.opts else "the option"
+            flag = getattr(param, "flag_value", None)
+            if flag is not None and _names_a_file(value):
+                exc.message = (f"{exc.message.rstrip('.')}: {name} alone takes the next word "
+                               f"as its value; give it ({name} {flag} {value}) or put {name} "
+                               f"after {value}")
+            raise
+
+
+def _names_a_file(value: Any) -> bool:
+    """A path or a file name (scene.tif, /vsicurl/...), not a mistyped word."""
+    import os
+
+    return isinstance(value, str) and (os.path.exists(value) or "/" in value or os.sep in value
+                                       or os.path.splitext(value)[1] != "")
+
+
 def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
 

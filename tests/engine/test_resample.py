@@ -209,3 +209,20 @@ def test_resample_option_on_the_command_line(tmp_path):
     assert r.returncode != 0 and r.stderr.splitlines() == [
         "Error: --probabilities and --confidence are written on the model's grid: add "
         "--output-grid model to --resample"]
+
+
+def test_a_bare_resample_before_the_scene_says_how_to_write_it(tmp_path):
+    """`--resample` alone takes the next word as its method: before SRC it takes the scene.
+    The one error line says so and how to write it; a mistyped method gets the choices alone."""
+    model, scene = _model(tmp_path), _scene(tmp_path, 1.0)
+    out = tmp_path / "o.tif"
+    r = _segment("--resample", scene, "-o", out, "-m", model)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error:"), r.stderr
+    assert f"give it (--resample bilinear {scene}) or put --resample after {scene}" in lines[0]
+    assert not out.exists()
+    r = _segment("--resample", "bilinaer", scene, "-o", out, "-m", model)
+    assert r.returncode == 2 and "'bilinaer' is not one of" in r.stderr
+    assert "alone takes" not in r.stderr
+    r = _segment("--resample", "bilinear", scene, "-o", out, "-m", model, "-q")
+    assert r.returncode == 0 and out.exists(), r.stderr
