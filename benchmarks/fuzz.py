@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import fuzz_harness as fh  # noqa: E402
+import fuzz_runner as fr  # noqa: E402
 
 
 def main() -> None:
@@ -36,10 +37,10 @@ def main() -> None:
     corpus = fh.build_corpus(root / "corpus")
     cases = fh.draw_cases(args.cases, args.seed, root / "cases", corpus, args.targets)
     made = time.perf_counter() - t
-    outcomes = fh.run_cases(cases, timeout_s=args.timeout, workers=args.workers)
+    outcomes = fr.run_cases(cases, timeout_s=args.timeout, workers=args.workers)
     print(f"seed {args.seed}: {len(cases)} cases drawn in {made:.1f} s, run in "
           f"{time.perf_counter() - t - made:.1f} s with {args.workers} workers\n")
-    print(fh.summary(outcomes))
+    print(fr.summary(outcomes))
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
     sys.exit(1 if any(not o.passed for o in outcomes) else 0)

@@ -7,6 +7,7 @@ of choices), :func:`field_type` makes the option's type from it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -21,13 +22,14 @@ from geoddu.train.request import TrainRequest
 F = Callable[..., Any]
 
 
-def field_type(request: type, name: str) -> click.ParamType:
-    """The click type of the option for ``request``'s field ``name``, from its declared check."""
+def field_type(request: type, name: str, *, bare: bool = False) -> click.ParamType:
+    """The click type of the option for ``request``'s field ``name``, from its declared check.
+    ``bare``: the option may be given without its value (``flag_value``), see BareChoice."""
     check = field_check(request, name)
     if check is None:
         raise ValueError(f"{request.__name__}.{name} declares no check")
     if check.choices is not None:
-        return click.Choice(check.choices)
+        return BareChoice(check.choices) if bare else click.Choice(check.choices)
     if check.integer:
         return click.IntRange(_int(check.low), _int(check.high), min_open=check.low_open,
                               max_open=check.high_open)
@@ -57,8 +59,6 @@ class BareChoice(click.Choice):
 
 def _names_a_file(value: Any) -> bool:
     """A path or a file name (scene.tif, /vsicurl/...), not a mistyped word."""
-    import os
-
     return isinstance(value, str) and (os.path.exists(value) or "/" in value or os.sep in value
                                        or os.path.splitext(value)[1] != "")
 

@@ -11,7 +11,6 @@ from geoddu.errors import GeodduError
 from geoddu.io.warp import DEFAULT_WARP_RESAMPLING
 
 from .options import (
-    BareChoice,
     area_options,
     bands_option,
     device_option,
@@ -70,8 +69,7 @@ from .requests import error_events, request_fields
               default=SegmentRequest.band_resampling, show_default=True,
               help="How a band file at another resolution than the first is resampled onto "
                    "its grid (GDAL's methods; nearest for classes or QA bands).")
-@click.option("--resample", type=BareChoice(field_type(SegmentRequest, "resample").choices),
-              default=None,
+@click.option("--resample", type=field_type(SegmentRequest, "resample", bare=True), default=None,
               is_flag=False, flag_value=DEFAULT_WARP_RESAMPLING, metavar="[METHOD]",
               help="Read the scene at the model's pixel size (its card's pixel_size) through a "
                    "GDAL warped VRT, with this GDAL warp kernel; --resample alone: "

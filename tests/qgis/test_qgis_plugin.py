@@ -282,11 +282,10 @@ def test_parameters_reach_the_engine(plugin, data, mode, feedback_cls, tmp_path)
 
 def _model_at(data, geoddu_cli, folder, metres: float) -> str:
     """The test checkpoint with a card that says it was trained at `metres` pixels, written by
-    the geoddu command's own Python (its script's first line names it)."""
+    the Python of the geoddu command's environment (beside the command, as in a venv)."""
     path = str(folder / f"model-{metres:g}m.pt")
     shutil.copyfile(data["model"], path)
-    with open(geoddu_cli, encoding="utf-8", errors="replace") as fh:
-        python = fh.readline().removeprefix("#!").strip()
+    python = os.path.join(os.path.dirname(geoddu_cli), "python")
     code = ("import sys; from geoddu.checkpoint import update_card; update_card(sys.argv[1], "
             "{'pixel_size': [float(sys.argv[2])] * 2, 'crs_units': 'metre'})")
     subprocess.run([python, "-c", code, path, str(metres)], check=True, capture_output=True)
